@@ -1,0 +1,26 @@
+"""Errors a user can cause. Each message names the file and, where there is one, the fix.
+
+The CLI prints ``str(error)`` on one line and exits non-zero; the napari layer shows it
+as a notification. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class CTSegError(Exception):
+    """An expected error with a message meant for the user."""
+
+
+class ScanReadError(CTSegError):
+    """The file or folder could not be read as a CT scan."""
+
+
+class NotAScanError(ScanReadError):
+    """The path holds no NIfTI or DICOM image at all."""
+
+
+class ScanTooLargeError(ScanReadError):
+    """The scan would not fit in the memory available."""
+
+
+class MaskWriteError(CTSegError):
+    """A mask could not be written (wrong shape, would overwrite the scan, ...)."""

@@ -1,0 +1,181 @@
+"""Synthetic CT files written by the tests themselves (nothing is downloaded).
+
+``make_hu_volume`` draws a body-like phantom in HU; ``write_nifti`` and
+``write_dicom_series`` put it on disk with a chosen geometry, compression and untidiness.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def make_hu_volume(shape=(20, 48, 40), seed=0) -> np.ndarray:
+    """An int16 HU phantom on (i, j, k) axes: air, a body ellipse, two lungs, a bright spot."""
+    rng = np.random.default_rng(seed)
+    ni, nj, nk = shape
+    i, j = np.meshgrid(np.linspace(-1, 1, ni), np.linspace(-1, 1, nj), indexing="ij")
+    vol = np.full(shape, -1000, dtype=np.int16)
+    body = (i / 0.9) ** 2 + (j / 0.8) ** 2 < 1
+    lung_r = ((i + 0.4) / 0.3) ** 2 + (j / 0.5) ** 2 < 1
+    lung_l = ((i - 0.4) / 0.3) ** 2 + (j / 0.5) ** 2 < 1
+    for k in range(nk):
+        sl = np.where(body, 40, -1000).astype(np.int16)
+        sl[lung_r | lung_l] = -850
+        vol[:, :, k] = sl
+    vol[2:5, 3:6, 1:3] = 900  # an asymmetric marker near voxel (0, 0, 0)
+    vol += rng.integers(-5, 6, size=shape, dtype=np.int16)
+    return vol
+
+
+def write_nifti(path, data, affine, *, slope=None, inter=None, dtype=None, qform_code=1, sform_code=1) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=sform_code)
+    if dtype is not None:
+        img.set_data_dtype(dtype)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter or 0.0)
+    nib.save(img, str(path))
+    return Path(path)
+
+
+def _base_dataset(path, series_uid, study_uid, frame_uid, modality, description):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    if frame_uid:
+        ds.FrameOfReferenceUID = frame_uid
+    ds.Modality = modality
+    ds.SeriesDescription = description
+    ds.PatientName = "Phantom^Test"
+    ds.PatientID = "0000"
+    return ds
+
+
+def write_dicom_series(folder, hu_slices: np.ndarray, *, spacing=(2.5, 0.75, 0.8),
+                       row_cos=(1, 0, 0), col_cos=(0, 1, 0), origin=(-100.0, -120.0, -50.0),
+                       intercept=-1024.0, slope=1.0, modality="CT", description="phantom",
+                       series_uid=None, study_uid=None, extension="", shuffle=True, seed=0,
+                       tilt_deg=0.0, positions=None, transfer_syntax=None, frame_uid=True,
+                       prefix="IM") -> list[Path]:
+    """Write ``hu_slices`` (slice, row, column) as a single-frame CT series.
+
+    ``spacing`` is (slice, row, column) in mm; slice k sits at origin + k*spacing[0]*normal
+    (plus a shift along the column direction for gantry tilt), or at ``positions[k]`` (mm
+    along the normal) when given. File names are shuffled and InstanceNumber is reversed so
+    that neither can be used for ordering. ``transfer_syntax`` compresses the pixel data
+    (RLE Lossless, JPEG 2000 Lossless or JPEG Lossless).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = study_uid or generate_uid()
+    frame = generate_uid() if frame_uid else None
+    row_cos, col_cos = np.asarray(row_cos, float), np.asarray(col_cos, float)
+    normal = np.cross(row_cos, col_cos)
+    n = hu_slices.shape[0]
+    names = [f"{prefix}{i:04d}" for i in range(n)]
+    if shuffle:
+        random.Random(seed).shuffle(names)
+    written = []
+    for k in range(n):
+        along = positions[k] if positions is not None else k * spacing[0]
+        pos = np.asarray(origin, float) + along * normal
+        if tilt_deg:
+            pos = pos + k * spacing[0] * np.tan(np.radians(tilt_deg)) * col_cos
+        path = folder / (names[k] + extension)
+        ds = _base_dataset(path, series_uid, study_uid, frame, modality, description)
+        ds.InstanceNumber = n - k
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_cos, *col_cos)]
+        ds.PixelSpacing = [f"{spacing[1]:g}", f"{spacing[2]:g}"]
+        ds.SliceThickness = f"{spacing[0]:g}"
+        ds.Rows, ds.Columns = hu_slices.shape[1:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        stored = np.round((hu_slices[k].astype(np.float64) - intercept) / slope)
+        if stored.min() >= 0:
+            ds.PixelRepresentation = 0
+            stored = stored.astype(np.uint16)
+        else:
+            ds.PixelRepresentation = 1
+            stored = stored.astype(np.int16)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.RescaleIntercept = f"{intercept:g}"
+        ds.RescaleSlope = f"{slope:g}"
+        ds.PixelData = stored.tobytes()
+        if transfer_syntax is not None:
+            _compress(ds, stored, transfer_syntax)
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written
+
+
+def _compress(ds, stored, transfer_syntax):
+    if transfer_syntax == pydicom.uid.JPEGLosslessSV1:
+        # pydicom cannot encode JPEG Lossless; GDCM (through SimpleITK) can.
+        import tempfile
+
+        import SimpleITK as sitk
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "j.dcm"
+            writer = sitk.ImageFileWriter()
+            writer.SetImageIO("GDCMImageIO")
+            writer.SetUseCompression(True)
+            writer.SetCompressor("JPEG")
+            writer.SetFileName(str(out))
+            writer.Execute(sitk.GetImageFromArray(stored))
+            src = pydicom.dcmread(out)
+        assert src.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+        for key in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+            setattr(ds, key, src.get(key))
+        # GDCM may have applied its own rescale to fit the stored values.
+        s_slope = float(src.get("RescaleSlope", 1) or 1)
+        s_inter = float(src.get("RescaleIntercept", 0) or 0)
+        ds.RescaleIntercept = f"{float(ds.RescaleIntercept) + float(ds.RescaleSlope) * s_inter:g}"
+        ds.RescaleSlope = f"{float(ds.RescaleSlope) * s_slope:g}"
+        ds.PixelData = src.PixelData
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLosslessSV1
+        return
+    ds.compress(transfer_syntax, stored)
+
+
+def write_structured_report(path) -> Path:
+    """A DICOM file with no image: a Basic Text SR."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.BasicTextSRStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = pydicom.uid.BasicTextSRStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SR"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def sitk_series_as_nifti(folder, out_path):
+    """SimpleITK's reading of a DICOM series, written as NIfTI: the reference geometry."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    sitk.WriteImage(reader.Execute(), str(out_path))
+    return nib.load(str(out_path))
