@@ -29,23 +29,24 @@ TILT_TOLERANCE_DEG = 0.5
 MAX_FILES = 100_000
 
 
-def is_dicom_file(path) -> bool:
-    """Recognise DICOM by content: the 'DICM' marker, or a bare data set starting at group 0008/0002."""
+def dicom_kind(path) -> str | None:
+    """'preamble' (the 'DICM' marker), 'bare' (a data set starting at group 0008/0002), or None."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
-        return False
+        return None
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return True
+        return "preamble"
     # Files without the 128-byte preamble (older exports) start directly with a tag.
-    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
+    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00":
+        return "bare"
+    return None
 
 
-def _has_preamble(path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(132)
-    return len(head) >= 132 and head[128:132] == b"DICM"
+def is_dicom_file(path) -> bool:
+    """Recognise DICOM by content, whatever the file name."""
+    return dicom_kind(path) is not None
 
 
 @dataclass
@@ -64,8 +65,8 @@ def _is_image(ds: pydicom.Dataset) -> bool:
     return "PixelData" in ds and "Rows" in ds and "Columns" in ds
 
 
-def _scan_files(root: Path) -> tuple[list[Path], int]:
-    """DICOM-looking files below root (recursively) and the number of other files."""
+def _scan_files(root: Path) -> tuple[list[tuple[Path, str]], int]:
+    """DICOM-looking files below root (recursively) with their kind, and the number of other files."""
     found, others = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -73,8 +74,9 @@ def _scan_files(root: Path) -> tuple[list[Path], int]:
             if fname.startswith("."):
                 continue
             p = Path(dirpath) / fname
-            if is_dicom_file(p):
-                found.append(p)
+            kind = dicom_kind(p)
+            if kind:
+                found.append((p, kind))
                 if len(found) > MAX_FILES:
                     raise ScanReadError(f"{root}: more than {MAX_FILES} DICOM files; open one series folder")
             else:
@@ -82,11 +84,11 @@ def _scan_files(root: Path) -> tuple[list[Path], int]:
     return found, others
 
 
-def _read_all(files: list[Path]) -> tuple[list[_Slice], int, list[str]]:
+def _read_all(files: list[tuple[Path, str]]) -> tuple[list[_Slice], int, list[str]]:
     slices, non_image, unreadable = [], 0, []
-    for p in files:
+    for p, kind in files:
         try:
-            ds = pydicom.dcmread(p, force=not _has_preamble(p))
+            ds = pydicom.dcmread(p, force=kind == "bare")
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
             unreadable.append(f"{p.name} ({exc})")
             continue
@@ -120,9 +122,9 @@ def list_series(folder) -> list[SeriesInfo]:
     files, _ = _scan_files(Path(folder))
     series: dict[str, int] = defaultdict(int)
     infos: dict[str, SeriesInfo] = {}
-    for p in files:
+    for p, kind in files:
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=not _has_preamble(p))
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=kind == "bare")
         except Exception:  # noqa: BLE001 - an unreadable file is simply not listed
             continue
         if "Rows" not in ds:
@@ -152,8 +154,11 @@ def read_dicom(path) -> CTVolume:
     else:
         folder, wanted = path.parent, path
     files, other_files = _scan_files(folder)
-    if wanted is not None and wanted not in files:
-        files.insert(0, wanted)
+    if wanted is not None and wanted not in {p for p, _ in files}:
+        kind = dicom_kind(wanted)
+        if kind is None:
+            raise NotAScanError(f"{wanted.name}: not a DICOM file")
+        files.insert(0, (wanted, kind))
     if not files:
         if other_files == 0:
             raise NotAScanError(f"{folder}: the folder is empty")
@@ -218,10 +223,15 @@ def read_dicom(path) -> CTVolume:
                                 "compressed DICOM needs pylibjpeg with its libjpeg/openjpeg plugins") from None
         if pixels.shape != (rows, cols):
             raise ScanReadError(f"{s.path.name}: pixel data is {pixels.shape}, expected {(rows, cols)}")
-        hu = pixels.astype(np.float64 if not integral else np.int32) * slopes[k] + inters[k]
-        if stack.dtype == np.int16 and (hu.min() < -32768 or hu.max() > 32767):
-            stack = stack.astype(np.float32)
-        stack[k] = hu
+        if stack.dtype == np.int16 and _fits_int16(pixels, slopes[k], inters[k]):
+            # The whole stored range maps inside int16: rescale in place, no temporaries.
+            np.multiply(pixels, int(slopes[k]), out=stack[k], casting="unsafe")
+            stack[k] += np.int16(inters[k])
+        else:
+            hu = pixels.astype(np.float64 if not integral else np.int32) * slopes[k] + inters[k]
+            if stack.dtype == np.int16 and (hu.min() < -32768 or hu.max() > 32767):
+                stack = stack.astype(np.float32)
+            stack[k] = hu
         s.ds = None  # release the file's bytes as we go
     source = stack.transpose(2, 1, 0)
     volume = build_volume(source, affine, name=name, source_path=str(path.resolve()),
@@ -229,6 +239,13 @@ def read_dicom(path) -> CTVolume:
     volume.series = series
     volume.other_series = others
     return volume
+
+
+def _fits_int16(pixels: np.ndarray, slope: float, inter: float) -> bool:
+    if pixels.dtype.kind not in "iu" or pixels.size == 0:
+        return False
+    ends = (float(pixels.min()) * slope + inter, float(pixels.max()) * slope + inter)
+    return -32768 <= min(ends) and max(ends) <= 32767
 
 
 def _consistent_subset(group: list[_Slice]) -> tuple[list[_Slice], str | None]:
