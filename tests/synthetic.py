@@ -179,3 +179,23 @@ def sitk_series_as_nifti(folder, out_path):
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     sitk.WriteImage(reader.Execute(), str(out_path))
     return nib.load(str(out_path))
+
+
+def write_tiny_weights(root, targets=("lungs", "liver", "infection"), version="t1", seed=0, size=32):
+    """Tiny untrained U-Nets with cards under ``root/<target>/<version>/`` (for engine and GUI tests)."""
+    import torch
+
+    from napari_ctseg.models.registry import ModelCard, write_version
+    from napari_ctseg.models.unet import build_model
+
+    labels = {"lungs": {"right lung": 1, "left lung": 2}, "liver": {"liver": 1}, "infection": {"infection": 1}}
+    cards = {}
+    for target in targets:
+        torch.manual_seed(seed)
+        arch = {"name": "unet2d", "in_channels": 3, "n_classes": len(labels[target]) + 1, "base": 4, "depth": 2}
+        model = build_model(arch)
+        prep = {"window": [-1024, 600], "context": 1, "size": [size, size], "crop": "body"}
+        card = ModelCard(target=target, version=version, labels=labels[target], architecture=arch,
+                         preprocessing=prep, notes="untrained test model")
+        cards[target] = write_version(Path(root) / target / version, model.state_dict(), card)
+    return cards

@@ -36,3 +36,45 @@ def test_bad_input_one_line_nonzero_exit(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0
     assert "broken.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_segment_nifti_and_dicom(tmp_path, monkeypatch):
+    import nibabel as nib
+    from synthetic import write_tiny_weights
+
+    write_tiny_weights(tmp_path / "w")
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(tmp_path / "w"))
+    data = make_hu_volume((36, 40, 6))
+    nii = write_nifti(tmp_path / "scan.nii.gz", data, np.diag([-0.8, -0.8, 2.5, 1.0]))
+    out = tmp_path / "out"
+    assert main(["segment", str(nii), "--targets", "lungs,liver,infection", "--out", str(out),
+                 "--device", "cpu", "--json"]) == 0
+    for t in ("lungs", "liver", "infection"):
+        img = nib.load(out / f"{t}.nii.gz")
+        assert img.shape == data.shape and np.array_equal(img.affine, nib.load(nii).affine)
+    dcm = tmp_path / "dicom"
+    write_dicom_series(dcm, data.transpose(2, 1, 0))
+    assert main(["segment", str(dcm), "--targets", "liver", "--out", str(tmp_path / "o2"), "--device", "cpu"]) == 0
+    assert nib.load(tmp_path / "o2" / "liver.nii.gz").shape == data.shape
+
+
+def test_segment_several_scans_one_folder_each(tmp_path, monkeypatch, capsys):
+    from synthetic import write_tiny_weights
+
+    write_tiny_weights(tmp_path / "w", targets=("liver",))
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(tmp_path / "w"))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b"):
+        write_nifti(scans / f"{name}.nii.gz", make_hu_volume((20, 22, 4)), np.eye(4))
+    assert main(["segment", str(scans), "--targets", "liver", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    assert (tmp_path / "o" / "a" / "liver.nii.gz").is_file() and (tmp_path / "o" / "b" / "liver.nii.gz").is_file()
+
+
+def test_segment_bad_input_one_line(tmp_path):
+    bad = tmp_path / "x.nii.gz"
+    bad.write_text("no")
+    proc = subprocess.run([sys.executable, "-m", "napari_ctseg.cli", "segment", str(bad), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "x.nii.gz" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -54,6 +54,117 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .training import train
+
+    reports = train(args.target, args.data, args.out, epochs=args.epochs, seed=args.seed,
+                    device=args.device, version=args.version, threads=args.threads,
+                    overwrite=args.overwrite)
+    card = None
+    for report in reports:
+        if report.kind == "start":
+            print(f"ctseg train {args.target}: {report.message}", flush=True)
+        elif report.kind == "epoch":
+            cases = ""
+            if report.val_cases:
+                cases = " (" + ", ".join(f"{k} {v:.4f}" for k, v in report.val_cases.items()) + ")"
+            print(f"[{report.elapsed_s:7.1f} s] {report.message}{cases}; best {report.best_dice:.4f} "
+                  f"at epoch {report.best_epoch}", flush=True)
+        elif report.kind == "done":
+            card = report.card
+            print(report.message, flush=True)
+    if card is not None and args.json:
+        print(card.to_json(), end="")
+    return 0
+
+
+def _scan_sources(sources) -> list:
+    """Expand folders of NIfTI files (or of DICOM series folders) into scans, in order."""
+    from pathlib import Path
+
+    from .io.dicom import is_dicom_file
+    from .io.nifti import is_nifti_path
+
+    scans = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            niftis = sorted(q for q in p.iterdir() if q.is_file() and is_nifti_path(q))
+            has_dicom = any(q.is_file() and is_dicom_file(q) for q in p.iterdir())
+            subdirs = sorted(q for q in p.iterdir() if q.is_dir() and not q.name.startswith("."))
+            if niftis:
+                scans.extend(niftis)
+            elif not has_dicom and subdirs:
+                scans.extend(subdirs)
+            else:
+                scans.append(p)
+        else:
+            scans.append(p)
+    return scans
+
+
+def _progress_printer(name: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def show(report):
+        width = 30
+        filled = int(width * report.done / max(report.total, 1))
+        sys.stderr.write(f"\r{name}: [{'#' * filled}{'.' * (width - filled)}] {report.message:40.40}")
+        sys.stderr.flush()
+        if report.done >= report.total:
+            sys.stderr.write("\n")
+
+    return show
+
+
+def _cmd_segment(args) -> int:
+    from pathlib import Path
+
+    from .inference import ModelSet, parse_targets, segment
+    from .io import read_scan, write_mask
+    from .io.nifti import scan_name
+
+    targets = parse_targets(args.targets)
+    versions = {}
+    for item in args.model or []:
+        target, _, version = item.partition("=")
+        if not version:
+            raise CTSegError(f"--model {item!r}: write TARGET=VERSION, e.g. lungs=v1")
+        versions[target.strip()] = version.strip()
+    models = ModelSet(versions)
+    scans = _scan_sources(args.scans)
+    out_root = Path(args.out)
+    failures = 0
+    for scan in scans:
+        try:
+            volume = read_scan(scan)
+            for w in volume.warnings:
+                print(f"ctseg: {scan}: warning: {w}", file=sys.stderr)
+            result = segment(volume, targets, args.device, models=models,
+                             progress=_progress_printer(Path(scan).name))
+            out_dir = out_root if len(scans) == 1 else out_root / scan_name(scan)
+            written = {t: str(write_mask(out_dir / f"{t}.nii.gz", m, volume.geometry))
+                       for t, m in result.masks.items()}
+        except CTSegError as exc:
+            if len(scans) == 1:
+                raise
+            print(f"ctseg: {scan}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        if args.json:
+            print(json.dumps({"scan": str(scan), "masks": written, **result.to_dict()}))
+        else:
+            print(f"{scan} ({result.device}, {sum(result.seconds.values()):.1f} s)")
+            for line in result.report().splitlines():
+                print(f"  {line}")
+            for target, path in written.items():
+                print(f"  wrote {path}")
+            for note in result.notes:
+                print(f"  note: {note}")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctseg", description="napari-ctseg from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scans", nargs="+", help="NIfTI file, DICOM file or DICOM folder")
     p.add_argument("--json", action="store_true", help="one JSON object per scan")
     p.set_defaults(func=_cmd_info)
+
+    from .models.registry import TARGETS
+
+    p = sub.add_parser("train", help="train a target's model on CT with expert masks",
+                       description="Train a model and write model.pt and card.json into --out. "
+                                   "The checkpoint kept is the best on the validation cases of "
+                                   "the target's split (napari_ctseg/models/splits.json).")
+    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument("--data", required=True, help="data folder (one subfolder per case)")
+    p.add_argument("--out", required=True, help="new folder for model.pt and card.json, e.g. weights/lungs/v2")
+    p.add_argument("--epochs", type=int, default=None, help="default: the target's default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--version", default=None, help="version name for the card (default: --out's name)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    p.add_argument("--json", action="store_true", help="print the model card at the end")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("segment", help="segment lungs, liver and infection; write masks on the scan's geometry")
+    p.add_argument("scans", nargs="+", help="NIfTI file, DICOM file or folder, or a folder of scans")
+    p.add_argument("--targets", default="lungs,liver,infection", help="comma-separated: lungs,liver,infection")
+    p.add_argument("--out", required=True, help="output folder: <target>.nii.gz (one subfolder per scan when several)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
+    p.add_argument("--json", action="store_true", help="one JSON object per scan")
+    p.set_defaults(func=_cmd_segment)
     return parser
 
 

@@ -15,6 +15,7 @@ def image_layer_data(volume: CTVolume) -> tuple[Any, dict, str]:
     return (
         volume.hu,
         {
+            "axis_labels": ("z", "y", "x"),
             "name": volume.name,
             "scale": volume.spacing,
             "translate": volume.geometry.origin,

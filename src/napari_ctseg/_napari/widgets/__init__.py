@@ -1,0 +1,1 @@
+"""napari-ctseg dock widgets (Qt)."""

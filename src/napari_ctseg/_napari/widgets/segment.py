@@ -1,0 +1,295 @@
+"""Segment volume dock widget: the bundled U-Nets over the chosen CT, in a worker thread.
+
+The widget gathers the choices (image layer, targets, device, model versions), hands
+``inference.segment_steps`` to a napari ``thread_worker`` and shows its progress in the
+widget and in napari's activity dock. Cancel stops the worker at the next batch of
+slices; no layer is added then. Results arrive as one new Labels layer per target, on
+the image's scale/translate with the source geometry in ``metadata`` (so File > Save
+writes them onto the scan), never replacing a layer that is already there.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...errors import CTSegError
+from ...inference import LABELS, ModelSet, SegmentResult, segment_steps
+from ...models.registry import TARGETS, active_version, list_versions
+from ...volume import METADATA_KEY, CTVolume, Geometry
+from .._layers import geometry_from_metadata
+
+DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
+
+
+def volume_from_layer(layer: Image) -> CTVolume:
+    """The CTVolume behind an image layer: its array and the geometry in its metadata.
+
+    An image opened some other way gets a geometry from its ``scale`` alone, its axes
+    taken as (z, y, x) pointing to Inferior, Posterior, Left.
+    """
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise CTSegError(f"'{layer.name}' is {data.ndim}D; Segment volume needs a 3D CT")
+    geometry = geometry_from_metadata(layer.metadata)
+    if geometry is None:
+        sz, sy, sx = (float(s) for s in layer.scale[-3:])
+        affine = np.array([[0, 0, -sx, 0], [0, -sy, 0, 0], [-sz, 0, 0, 0], [0, 0, 0, 1.0]])
+        geometry = Geometry.for_source(affine, data.shape)
+    if tuple(geometry.display_shape) != data.shape:
+        raise CTSegError(f"'{layer.name}': its data no longer matches the scan it was opened from")
+    return CTVolume(hu=data, geometry=geometry, name=layer.name)
+
+
+class SegmentWidget(QWidget):
+    """Plugins > napari-ctseg > Segment volume."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.models = ModelSet()
+        self.worker = None
+        self.result: SegmentResult | None = None
+        self.added_layers: list[Labels] = []
+        self._progress = None
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The CT image layer to segment (values in HU)")
+        form.addRow("CT image", self.image_combo)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self.device_combo.setToolTip("Auto uses CUDA when a GPU is present, else the CPU")
+        form.addRow("Device", self.device_combo)
+        layout.addLayout(form)
+
+        box = QGroupBox("Targets and model versions")
+        grid = QFormLayout(box)
+        self.target_checks: dict[str, QCheckBox] = {}
+        self.version_combos: dict[str, QComboBox] = {}
+        for target in TARGETS:
+            check = QCheckBox(target)
+            check.setChecked(True)
+            combo = QComboBox()
+            combo.setToolTip(f"Model version for {target} (default: the active one)")
+            self.target_checks[target] = check
+            self.version_combos[target] = combo
+            grid.addRow(check, combo)
+        layout.addWidget(box)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Segment volume")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        layout.addWidget(self.progress_bar)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.results_label = QLabel("")
+        self.results_label.setWordWrap(True)
+        layout.addWidget(self.results_label)
+        self.copy_button = QPushButton("Copy results")
+        self.copy_button.setEnabled(False)
+        self.copy_button.clicked.connect(self.copy_results)
+        layout.addWidget(self.copy_button)
+        layout.addStretch(1)
+
+        self.refresh_versions()
+        self.refresh_images()
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self.refresh_images)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
+        self._update_device_hint()
+
+    # --- choices ---------------------------------------------------------------------
+    def image_layers(self) -> list[Image]:
+        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim == 3 and not ly.rgb]
+
+    def refresh_images(self, event=None):
+        current = self.image_combo.currentText()
+        names = [ly.name for ly in self.image_layers()]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        else:
+            active = self.viewer.layers.selection.active
+            if isinstance(active, Image) and active.name in names:
+                self.image_combo.setCurrentText(active.name)
+        self.image_combo.blockSignals(False)
+
+    def _follow_active(self, event=None):
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image) and self.image_combo.findText(active.name) >= 0:
+            self.image_combo.setCurrentText(active.name)
+
+    def refresh_versions(self):
+        for target, combo in self.version_combos.items():
+            combo.clear()
+            try:
+                cards = list_versions(target)
+                active = active_version(target)
+            except CTSegError as exc:
+                combo.addItem("(no model)")
+                combo.setToolTip(str(exc))
+                self.target_checks[target].setChecked(False)
+                continue
+            for card in cards:
+                combo.addItem(card.version + (" (active)" if card.version == active else ""), card.version)
+            idx = combo.findData(active)
+            combo.setCurrentIndex(max(idx, 0))
+
+    def _update_device_hint(self):
+        gpu = torch.cuda.is_available()
+        self.device_combo.setItemText(0, "Auto (CUDA)" if gpu else "Auto (CPU: no GPU found)")
+
+    def selected_image(self) -> Image | None:
+        name = self.image_combo.currentText()
+        return next((ly for ly in self.image_layers() if ly.name == name), None)
+
+    def selected_targets(self) -> list[str]:
+        return [t for t, c in self.target_checks.items() if c.isChecked()]
+
+    def selected_versions(self) -> dict[str, str]:
+        return {t: c.currentData() for t, c in self.version_combos.items() if c.currentData()}
+
+    def selected_device(self) -> str:
+        return DEVICE_CHOICES[self.device_combo.currentIndex()].lower()
+
+    def existing_lungs(self, image: Image) -> np.ndarray | None:
+        """A lungs Labels layer on this image's grid (the user's, perhaps edited)."""
+        for layer in reversed(list(self.viewer.layers)):
+            if isinstance(layer, Labels) and layer.metadata.get("target") == "lungs" \
+                    and layer.data.shape == image.data.shape:
+                return np.asarray(layer.data)
+        return None
+
+    # --- running ---------------------------------------------------------------------
+    def start(self):
+        if self.worker is not None:
+            return
+        image = self.selected_image()
+        targets = self.selected_targets()
+        if image is None:
+            show_error("Segment volume: open a CT image first (File > Open, or File > Open Sample)")
+            return
+        if not targets:
+            show_error("Segment volume: tick at least one target")
+            return
+        try:
+            volume = volume_from_layer(image)
+        except CTSegError as exc:
+            show_error(str(exc))
+            return
+        lungs = None
+        if "infection" in targets and "lungs" not in targets:
+            lungs = self.existing_lungs(image)
+        self.models.versions = self.selected_versions()
+        self._image = image
+        self._targets = targets
+        self.result = None
+        self.worker = create_worker(
+            segment_steps, volume, targets, self.selected_device(), models=self.models, lungs=lungs,
+            _start_thread=False,
+            _connect={"yielded": self._on_progress, "returned": self._on_done, "errored": self._on_error,
+                      "aborted": self._on_aborted, "finished": self._on_finished})
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)
+        self.status.setText(f"segmenting {image.name}: {', '.join(targets)} ...")
+        self.results_label.setText("")
+        self._progress = napari_progress(total=0, desc="Segment volume")
+        self.worker.start()
+
+    def cancel(self):
+        if self.worker is not None:
+            self.status.setText("cancelling ...")
+            self.worker.quit()
+
+    def _on_progress(self, report):
+        self.progress_bar.setRange(0, report.total)
+        self.progress_bar.setValue(report.done)
+        self.progress_bar.setFormat(f"{report.message} (%p%)")
+        bar = self._progress  # a local: updating it may process events that close it
+        if bar is not None:
+            if bar.total != report.total:
+                bar.total = report.total
+            bar.n = report.done
+            bar.set_description(report.message)
+
+    def _on_done(self, result: SegmentResult):
+        self.result = result
+        image = self._image
+        self.added_layers = []
+        base_meta = dict(image.metadata)
+        for target, mask in result.masks.items():
+            names = ["background", *LABELS[target].keys()]
+            meta = {**base_meta, "target": target, "model_version": result.versions.get(target, "")}
+            if METADATA_KEY not in meta:
+                meta[METADATA_KEY] = volume_from_layer(image).geometry.to_metadata()
+            layer = self.viewer.add_labels(
+                mask, name=target, scale=image.scale, translate=image.translate, metadata=meta,
+                features=pd.DataFrame({"name": names}), opacity=0.5)
+            self.added_layers.append(layer)
+        self.viewer.layers.selection.active = image
+        text = result.report()
+        self.results_label.setText(text)
+        self.copy_button.setEnabled(True)
+        secs = sum(result.seconds.values())
+        self.status.setText(f"done on {result.device} in {secs:.1f} s"
+                            + ("; " + "; ".join(result.notes) if result.notes else ""))
+        for note in result.notes:
+            show_warning(note)
+        show_info(f"Segment volume: {text.replace(chr(10), '; ')}")
+
+    def _on_error(self, exc):
+        if isinstance(exc, CTSegError):
+            show_error(f"Segment volume: {exc}")
+        else:
+            show_error(f"Segment volume failed: {type(exc).__name__}: {exc}")
+        self.status.setText(f"failed: {exc}")
+
+    def _on_aborted(self):
+        self.status.setText("cancelled: no layer was added")
+
+    def _on_finished(self):
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0 if self.result is None else 1)
+        self.progress_bar.setFormat("%p%")
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def copy_results(self):
+        if self.result is not None:
+            QApplication.clipboard().setText(self.result.report())

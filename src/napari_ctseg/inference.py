@@ -1,0 +1,299 @@
+"""Segment volume: lungs, liver and COVID-19 infection masks for a CT in HU (Qt-free).
+
+``segment_steps`` is a generator: it yields a ``Progress`` after every batch of slices and
+returns a ``SegmentResult`` (so a napari ``thread_worker`` can wrap it, and stopping the
+iteration cancels the job). ``segment`` runs it inline, for the CLI and tests.
+
+Masks are uint8 on the volume's own display grid (z, y, x). Post-processing follows the
+anatomy: one connected component per lung (1 = right, 2 = left) and for the liver, holes
+filled; infection is searched only in the slices that hold lung and kept only inside it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import CTSegError
+from .models.preprocess import Preprocessing, find_crop, labels_from_probs, slices_to_input
+from .models.registry import TARGETS, ModelCard, load_model
+from .volume import CTVolume
+
+DEVICES = ("auto", "cpu", "cuda")
+LABELS: dict[str, dict[str, int]] = {
+    "lungs": {"right lung": 1, "left lung": 2},
+    "liver": {"liver": 1},
+    "infection": {"infection": 1},
+}
+
+
+class Cancelled(CTSegError):
+    """The user cancelled the segmentation; nothing was produced."""
+
+
+@dataclass
+class Progress:
+    """``done`` of ``total`` slice predictions finished; ``message`` says what runs now."""
+
+    done: int
+    total: int
+    message: str
+    target: str = ""
+
+
+@dataclass
+class SegmentResult:
+    masks: dict[str, np.ndarray]
+    volumes_ml: dict[str, dict[str, float]]
+    lung_involvement_pct: float | None
+    device: str
+    versions: dict[str, str]
+    seconds: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        """Volumes and lung involvement as plain text, one line per figure."""
+        lines = []
+        for target, per_label in self.volumes_ml.items():
+            if len(per_label) > 1:
+                total = sum(per_label.values())
+                parts = ", ".join(f"{name} {v:.1f} mL" for name, v in per_label.items())
+                lines.append(f"{target}: {total:.1f} mL ({parts})")
+            else:
+                lines.append(f"{target}: {sum(per_label.values()):.1f} mL")
+        if self.lung_involvement_pct is not None:
+            lines.append(f"lung involved by infection: {self.lung_involvement_pct:.1f} %")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "volumes_ml": self.volumes_ml,
+            "lung_involvement_pct": self.lung_involvement_pct,
+            "device": self.device,
+            "versions": self.versions,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+
+def choose_device(request: str = "auto") -> tuple[torch.device, str | None]:
+    """The torch device for 'auto', 'cpu' or 'cuda', and a note when CUDA was asked for but is absent."""
+    request = (request or "auto").lower()
+    if request not in DEVICES:
+        raise CTSegError(f"unknown device {request!r}: choose one of {', '.join(DEVICES)}")
+    if request == "cpu":
+        return torch.device("cpu"), None
+    if torch.cuda.is_available():
+        return torch.device("cuda"), None
+    if request == "cuda":
+        return torch.device("cpu"), "CUDA is not available on this machine: ran on the CPU"
+    return torch.device("cpu"), None
+
+
+class ModelSet:
+    """Loaded models by (target, version, device), so several scans load each model once."""
+
+    def __init__(self, versions: dict[str, str] | None = None):
+        self.versions = dict(versions or {})
+        self._cache: dict[tuple, tuple[torch.nn.Module, ModelCard]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, target: str, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
+        key = (target, self.versions.get(target), str(device))
+        with self._lock:
+            if key not in self._cache:
+                model, card = load_model(target, self.versions.get(target), device="cpu")
+                model = model.to(device=device, memory_format=torch.channels_last)
+                if device.type == "cuda":
+                    model = model.half()
+                self._cache[key] = (model, card)
+            return self._cache[key]
+
+
+def parse_targets(targets: str | Iterable[str]) -> list[str]:
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    targets = list(dict.fromkeys(targets))
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise CTSegError(f"unknown target(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(TARGETS)}")
+    return targets
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 32 if device.type == "cuda" else 8
+
+
+def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,
+                  models: ModelSet | None = None, versions: dict[str, str] | None = None,
+                  lungs: np.ndarray | None = None, batch_size: int | None = None,
+                  ) -> Generator[Progress, None, SegmentResult]:
+    """Segment ``volume`` for ``targets``; yields ``Progress``, returns ``SegmentResult``.
+
+    ``lungs`` (a lung mask on the volume's grid, e.g. from an edited layer) restricts
+    infection; without it the lungs are segmented first when infection is asked for.
+    """
+    targets = parse_targets(targets)
+    dev, note = choose_device(device)
+    notes = [note] if note else []
+    models = models or ModelSet(versions)
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    hu = volume.hu
+    n = hu.shape[0]
+    need_lungs = "infection" in targets and lungs is None
+    runs = (["lungs"] if ("lungs" in targets or need_lungs) else []) + [t for t in targets if t != "lungs"]
+    total = n * len(runs)  # infection usually needs fewer slices; the bar then jumps ahead
+    done = 0
+    masks: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    used_versions: dict[str, str] = {}
+    for target in runs:
+        t0 = time.perf_counter()
+        model, card = models.get(target, dev)
+        used_versions[target] = card.version
+        prep = Preprocessing.from_dict(card.preprocessing)
+        if target == "infection":
+            lung_mask = lungs if lungs is not None else masks["lungs"]
+            z_with_lung = np.flatnonzero(np.asarray(lung_mask).reshape(n, -1).any(axis=1))
+            z_list = z_with_lung
+        else:
+            z_list = np.arange(n)
+        raw = np.zeros(hu.shape, dtype=np.uint8)
+        if len(z_list):
+            crop = find_crop(hu, prep)
+            bs = batch_size or default_batch_size(dev)
+            i = 0
+            while i < len(z_list):
+                z = z_list[i:i + bs]
+                try:
+                    raw[z] = _predict(model, hu, z, prep, crop, dev)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    if bs > 1:
+                        bs = max(1, bs // 2)
+                        continue
+                    dev = torch.device("cpu")
+                    notes.append("the GPU ran out of memory: finished on the CPU")
+                    models = ModelSet(models.versions)
+                    model, card = models.get(target, dev)
+                    continue
+                i += len(z)
+                yield Progress(done + int(i * n / max(len(z_list), 1)), total, f"{target}: slice {i}/{len(z_list)}",
+                               target)
+        done += n
+        yield Progress(done, total, f"{target}: post-processing", target)
+        if target == "infection":
+            masks[target] = postprocess(target, raw, lungs=lung_mask)
+        else:
+            masks[target] = postprocess(target, raw)
+        seconds[target] = time.perf_counter() - t0
+    if need_lungs and "lungs" not in targets:
+        masks.pop("lungs", None)
+    volumes = {t: volumes_ml(masks[t], t, volume.voxel_volume_ml) for t in targets}
+    involvement = None
+    if "infection" in targets:
+        lung_mask = lungs if lungs is not None else masks.get("lungs")
+        involvement = lung_involvement_pct(masks["infection"], lung_mask) if lung_mask is not None else None
+    return SegmentResult(masks={t: masks[t] for t in targets}, volumes_ml=volumes,
+                         lung_involvement_pct=involvement, device=str(dev), versions=used_versions,
+                         seconds=seconds, notes=notes)
+
+
+def _predict(model, hu, z, prep, crop, dev) -> np.ndarray:
+    with torch.inference_mode():
+        x = slices_to_input(hu, z, prep, crop).to(dev).contiguous(memory_format=torch.channels_last)
+        if dev.type == "cuda":
+            x = x.half()
+        probs = torch.softmax(model(x).float(), dim=1).cpu()
+    return labels_from_probs(probs, crop)
+
+
+def segment(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,
+            progress: Callable[[Progress], None] | None = None,
+            cancel: threading.Event | Callable[[], bool] | None = None, **kwargs) -> SegmentResult:
+    """Run ``segment_steps`` to the end. ``cancel`` (an Event or a callable) stops it: ``Cancelled``."""
+    steps = segment_steps(volume, targets, device, **kwargs)
+    is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+    try:
+        while True:
+            if is_cancelled():
+                steps.close()
+                raise Cancelled("segmentation cancelled")
+            report = next(steps)
+            if progress is not None:
+                progress(report)
+    except StopIteration as stop:
+        return stop.value
+
+
+# --- post-processing ---------------------------------------------------------------------
+
+def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    objs = ndimage.find_objects(mask.astype(np.uint8))
+    return objs[0] if objs and objs[0] is not None else None
+
+
+def largest_components(mask: np.ndarray, keep: int = 1) -> np.ndarray:
+    """The ``keep`` largest 3D connected components (6-connectivity) of a boolean mask."""
+    box = _bbox(mask)
+    out = np.zeros(mask.shape, dtype=bool)
+    if box is None:
+        return out
+    sub = mask[box]
+    labels, n = ndimage.label(sub)
+    if n == 0:
+        return out
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.argsort(sizes)[::-1][:keep] + 1
+    out[box] = np.isin(labels, kept)
+    return out
+
+
+def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
+    """Fill holes slice by slice (axial), inside the mask's bounding box."""
+    box = _bbox(mask)
+    if box is None:
+        return mask
+    out = mask.copy()
+    for z in range(box[0].start, box[0].stop):
+        out[z, box[1], box[2]] = ndimage.binary_fill_holes(mask[z, box[1], box[2]])
+    return out
+
+
+def postprocess(target: str, labels: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray:
+    """Anatomy-aware clean-up of raw network labels (z, y, x) -> uint8 mask."""
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    if target in ("lungs", "liver"):
+        for value in LABELS[target].values():
+            part = fill_holes_axial(largest_components(labels == value, keep=1))
+            out[part & (out == 0)] = value
+        return out
+    if target == "infection":
+        inside = labels > 0
+        if lungs is not None:
+            inside &= np.asarray(lungs) > 0
+        out[inside] = 1
+        return out
+    raise CTSegError(f"unknown target {target!r}")
+
+
+def volumes_ml(mask: np.ndarray, target: str, voxel_ml: float) -> dict[str, float]:
+    """Volume in mL of each label of a target's mask."""
+    counts = np.bincount(mask.ravel(), minlength=max(LABELS[target].values()) + 1)
+    return {name: float(counts[v]) * voxel_ml for name, v in LABELS[target].items()}
+
+
+def lung_involvement_pct(infection: np.ndarray, lungs: np.ndarray) -> float | None:
+    """Percentage of the lung volume involved by infection (None without lung)."""
+    lung = np.asarray(lungs) > 0
+    n = int(lung.sum())
+    if n == 0:
+        return None
+    return 100.0 * float(np.count_nonzero((np.asarray(infection) > 0) & lung)) / n

@@ -1,0 +1,150 @@
+"""Segment volume in a real napari viewer: layers, geometry, progress, cancel, device, bad weights."""
+import numpy as np
+import pytest
+import torch
+from napari.layers import Labels
+from napari.utils.notifications import NotificationSeverity, notification_manager
+from synthetic import make_hu_volume, write_nifti, write_tiny_weights
+
+from napari_ctseg._napari.widgets.segment import SegmentWidget
+from napari_ctseg.models.registry import bundled_weights_dir
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, monkeypatch):
+    root = tmp_path / "weights"
+    write_tiny_weights(root)
+    # Only the tiny models: the bundled ones are not searched.
+    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "none")
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
+    return root
+
+
+def _open(viewer, tmp_path, shape=(40, 36, 12)):
+    path = write_nifti(tmp_path / "ct.nii.gz", make_hu_volume(shape), np.diag([-0.8, -0.9, 2.0, 1.0]))
+    return viewer.open(path, plugin="napari-ctseg")[0]
+
+
+def _run(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def test_segment_adds_labels_on_image_geometry(make_napari_viewer, qtbot, tmp_path, tiny_weights):
+    viewer = make_napari_viewer()
+    image = _open(viewer, tmp_path)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.image_combo.currentText() == image.name
+    assert widget.version_combos["liver"].currentData() == "t1"
+    widget.device_combo.setCurrentIndex(1)  # CPU
+    qtbot.mouseClick(widget.run_button, 1)  # Qt.LeftButton
+    assert widget.worker is not None and not widget.run_button.isEnabled()
+    _run(qtbot, widget)
+    labels = [ly for ly in viewer.layers if isinstance(ly, Labels)]
+    assert [ly.name for ly in labels] == ["lungs", "liver", "infection"]
+    for ly in labels:
+        assert ly.data.shape == image.data.shape
+        assert np.allclose(ly.scale, image.scale) and np.allclose(ly.translate, image.translate)
+        assert ly.metadata["ctseg"]["affine"] == image.metadata["ctseg"]["affine"]
+        assert ly.metadata["model_version"] == "t1"
+    assert "mL" in widget.results_label.text() and "lung involved" in widget.results_label.text()
+    assert widget.run_button.isEnabled() and widget.progress_bar.value() == widget.progress_bar.maximum()
+    # Running again adds new layers; the first ones (maybe edited) stay.
+    labels[1].data[0, 0, 0] = 1
+    qtbot.mouseClick(widget.run_button, 1)
+    _run(qtbot, widget)
+    assert len([ly for ly in viewer.layers if isinstance(ly, Labels)]) == 6
+    assert labels[1].data[0, 0, 0] == 1
+    widget.copy_results()
+    from qtpy.QtWidgets import QApplication
+    assert "liver" in QApplication.clipboard().text()
+
+
+def test_cancel_mid_run_leaves_no_layer(make_napari_viewer, qtbot, tmp_path, tiny_weights):
+    viewer = make_napari_viewer()
+    _open(viewer, tmp_path, shape=(40, 36, 300))
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentIndex(1)
+    seen = []
+
+    def first(report):
+        seen.append(report)
+        if len(seen) == 1:
+            widget.cancel()
+
+    widget.start()
+    widget.worker.yielded.connect(first)
+    _run(qtbot, widget)
+    assert seen and seen[-1].done < seen[-1].total
+    assert not [ly for ly in viewer.layers if isinstance(ly, Labels)]
+    assert "cancelled" in widget.status.text()
+    assert widget.run_button.isEnabled()
+
+
+def test_cuda_choice_falls_back_to_cpu(make_napari_viewer, qtbot, tmp_path, tiny_weights, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    viewer = make_napari_viewer()
+    _open(viewer, tmp_path)
+    widget = SegmentWidget(viewer)
+    assert "no GPU" in widget.device_combo.itemText(0)
+    widget.device_combo.setCurrentIndex(2)  # CUDA
+    for t in ("lungs", "infection"):
+        widget.target_checks[t].setChecked(False)
+    widget.start()
+    _run(qtbot, widget)
+    assert widget.result.device == "cpu"
+    assert "CUDA is not available" in widget.status.text()
+    assert [ly.name for ly in viewer.layers if isinstance(ly, Labels)] == ["liver"]
+
+
+def test_corrupt_weights_refused_with_message(make_napari_viewer, qtbot, tmp_path, tiny_weights):
+    path = tiny_weights / "liver" / "t1" / "model.pt"
+    path.write_bytes(path.read_bytes()[:-20] + b"\0" * 20)
+    viewer = make_napari_viewer()
+    _open(viewer, tmp_path)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentIndex(1)
+    for t in ("lungs", "infection"):
+        widget.target_checks[t].setChecked(False)
+    start = len(notification_manager.records)
+    widget.start()
+    _run(qtbot, widget)
+    errors = [n for n in notification_manager.records[start:] if n.severity == NotificationSeverity.ERROR]
+    assert errors and "corrupt or was modified" in errors[-1].message
+    assert not [ly for ly in viewer.layers if isinstance(ly, Labels)]
+
+
+def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path, tiny_weights):
+    viewer = make_napari_viewer()
+    image = _open(viewer, tmp_path)
+    lungs = np.zeros(image.data.shape, np.uint8)
+    lungs[3:8, 10:20, 5:15] = 1
+    viewer.add_labels(lungs, name="my lungs", scale=image.scale, metadata={"target": "lungs"})
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentIndex(1)
+    widget.target_checks["lungs"].setChecked(False)
+    widget.target_checks["liver"].setChecked(False)
+    widget.start()
+    _run(qtbot, widget)
+    inf = viewer.layers["infection"].data
+    assert not np.any((inf > 0) & (lungs == 0))
+
+
+@pytest.mark.skipif(not (bundled_weights_dir() / "lungs").is_dir(), reason="bundled weights not built yet")
+def test_bundled_models_segment_the_sample(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ctseg", "sample_ct")
+    image = viewer.layers[0]
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentIndex(1)
+    widget.start()
+    _run(qtbot, widget, timeout=120_000)
+    lungs, liver = viewer.layers["lungs"].data, viewer.layers["liver"].data
+    assert lungs.shape == liver.shape == image.data.shape
+    assert np.count_nonzero(lungs == 1) > 0 and np.count_nonzero(lungs == 2) > 0
+    assert np.count_nonzero(liver) > 0
+    # Anatomy: the right lung is on the patient's right (low x in the display), the liver too.
+    zr, yr, xr = np.argwhere(lungs == 1).mean(axis=0)
+    zl, yl, xl = np.argwhere(lungs == 2).mean(axis=0)
+    assert xr < xl
+    assert np.argwhere(liver > 0).mean(axis=0)[2] < image.data.shape[2] / 2 + 5

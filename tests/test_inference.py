@@ -1,0 +1,147 @@
+"""The inference engine on synthetic volumes with tiny untrained models (shape, geometry, post-processing)."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+from synthetic import make_hu_volume, write_nifti, write_tiny_weights
+
+from napari_ctseg.errors import CTSegError, ModelError
+from napari_ctseg.inference import (
+    Cancelled,
+    ModelSet,
+    choose_device,
+    largest_components,
+    lung_involvement_pct,
+    postprocess,
+    segment,
+    segment_steps,
+    volumes_ml,
+)
+from napari_ctseg.io import read_nifti
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, monkeypatch):
+    root = tmp_path / "weights"
+    write_tiny_weights(root)
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def volume(tmp_path):
+    return read_nifti(write_nifti(tmp_path / "ct.nii.gz", make_hu_volume((40, 36, 11)),
+                                  np.diag([-0.8, -0.8, 2.0, 1.0])))
+
+
+def test_masks_on_volume_grid(tiny_weights, volume):
+    result = segment(volume, "lungs,liver,infection", "cpu")
+    assert set(result.masks) == {"lungs", "liver", "infection"}
+    for target, mask in result.masks.items():
+        assert mask.shape == volume.shape and mask.dtype == np.uint8
+    assert set(np.unique(result.masks["lungs"])) <= {0, 1, 2}
+    assert result.device == "cpu"
+    assert result.versions == {"lungs": "t1", "liver": "t1", "infection": "t1"}
+    # infection only inside the lungs
+    assert not np.any((result.masks["infection"] > 0) & (result.masks["lungs"] == 0))
+
+
+def test_batching_does_not_change_the_output(tiny_weights, volume):
+    models = ModelSet()
+    one = segment(volume, ["lungs", "liver"], "cpu", models=models, batch_size=1)
+    many = segment(volume, ["lungs", "liver"], "cpu", models=models, batch_size=7)
+    for t in one.masks:
+        assert np.array_equal(one.masks[t], many.masks[t])
+
+
+def test_progress_and_cancel(tiny_weights, volume):
+    reports = []
+    segment(volume, ["liver"], "cpu", progress=reports.append, batch_size=2)
+    assert reports[-1].done == reports[-1].total == volume.shape[0]
+    assert [r.done for r in reports] == sorted(r.done for r in reports)
+
+    cancel = threading.Event()
+
+    def stop_after_first(report):
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        segment(volume, ["liver"], "cpu", progress=stop_after_first, cancel=cancel, batch_size=2)
+
+
+def test_generator_can_be_closed_midway(tiny_weights, volume):
+    steps = segment_steps(volume, ["lungs"], "cpu", batch_size=1)
+    next(steps)
+    steps.close()  # what a napari worker's quit() does: no exception, nothing returned
+
+
+def test_device_fallback_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == (torch.device("cpu"), None)
+    dev, note = choose_device("cuda")
+    assert dev.type == "cpu" and "CUDA is not available" in note
+    with pytest.raises(CTSegError, match="unknown device"):
+        choose_device("tpu")
+
+
+def test_cuda_request_runs_on_cpu_with_note(tiny_weights, volume, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = segment(volume, ["liver"], "cuda")
+    assert result.device == "cpu" and any("CUDA" in n for n in result.notes)
+
+
+def test_corrupt_weights_refused(tiny_weights, volume):
+    path = tiny_weights / "liver" / "t1" / "model.pt"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt or was modified"):
+        segment(volume, ["liver"], "cpu")
+
+
+def test_unknown_target(volume):
+    with pytest.raises(CTSegError, match="unknown target"):
+        segment(volume, ["spleen"], "cpu")
+
+
+def test_postprocess_keeps_one_component_per_lung_and_fills_holes():
+    raw = np.zeros((10, 30, 30), np.uint8)
+    raw[2:8, 5:15, 3:12] = 1      # right lung
+    raw[4, 9, 6] = 0              # a hole
+    raw[2:8, 5:15, 18:27] = 2     # left lung
+    raw[0, 0, 0] = 1              # a speck of "right lung" far away
+    raw[9, 29, 29] = 2
+    out = postprocess("lungs", raw)
+    assert out[0, 0, 0] == 0 and out[9, 29, 29] == 0
+    assert out[4, 9, 6] == 1
+    assert np.count_nonzero(out == 1) == 6 * 10 * 9 and np.count_nonzero(out == 2) == 6 * 10 * 9
+
+
+def test_postprocess_infection_inside_lungs():
+    raw = np.ones((4, 5, 5), np.uint8)
+    lungs = np.zeros_like(raw)
+    lungs[:, 1:3, 1:3] = 2
+    out = postprocess("infection", raw, lungs=lungs)
+    assert np.array_equal(out > 0, lungs > 0)
+
+
+def test_largest_components_keep_n():
+    m = np.zeros((5, 20, 20), bool)
+    m[0, 0:3, 0:3] = True
+    m[2:5, 10:20, 10:20] = True
+    m[0, 10:15, 0:5] = True
+    kept = largest_components(m, keep=2)
+    assert kept[3, 15, 15] and kept[0, 12, 2] and not kept[0, 1, 1]
+
+
+def test_volumes_and_involvement():
+    lungs = np.zeros((2, 10, 10), np.uint8)
+    lungs[:, :5] = 1
+    lungs[:, 5:] = 2
+    inf = np.zeros_like(lungs)
+    inf[0, :5] = 1
+    vols = volumes_ml(lungs, "lungs", voxel_ml=0.002)
+    assert vols == pytest.approx({"right lung": 0.2, "left lung": 0.2})
+    assert lung_involvement_pct(inf, lungs) == pytest.approx(25.0)
+    assert lung_involvement_pct(inf, np.zeros_like(lungs)) is None
