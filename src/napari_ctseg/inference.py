@@ -236,8 +236,14 @@ def segment(volume: CTVolume, targets: str | Iterable[str], device: str = "auto"
 # --- post-processing ---------------------------------------------------------------------
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    objs = ndimage.find_objects(mask.astype(np.uint8))
-    return objs[0] if objs and objs[0] is not None else None
+    """The bounding box of a boolean mask's True voxels, or None when there are none."""
+    z = np.flatnonzero(mask.any(axis=(1, 2)))
+    if z.size == 0:
+        return None
+    sub = mask[z[0]:z[-1] + 1]
+    y = np.flatnonzero(sub.any(axis=(0, 2)))
+    x = np.flatnonzero(sub.any(axis=(0, 1)))
+    return (slice(z[0], z[-1] + 1), slice(y[0], y[-1] + 1), slice(x[0], x[-1] + 1))
 
 
 def largest_components(mask: np.ndarray, keep: int = 1) -> np.ndarray:
@@ -250,9 +256,12 @@ def largest_components(mask: np.ndarray, keep: int = 1) -> np.ndarray:
     labels, n = ndimage.label(sub)
     if n == 0:
         return out
-    sizes = np.bincount(labels.ravel())[1:]
-    kept = np.argsort(sizes)[::-1][:keep] + 1
-    out[box] = np.isin(labels, kept)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    lut = np.zeros(n + 1, dtype=bool)
+    lut[np.argsort(sizes)[::-1][:keep]] = True
+    lut[0] = False
+    out[box] = lut[labels]
     return out
 
 

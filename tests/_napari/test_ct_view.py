@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from qtpy.QtCore import Qt
 import pytest
 
 from napari_ctseg import planes
@@ -135,7 +136,7 @@ def test_plane_buttons_orientation_and_aspect(make_napari_viewer, qtbot, phantom
 
     shots, boxes = {}, {}
     for plane in planes.PLANES:
-        qtbot.mouseClick(widget.plane_buttons[plane], 1)  # Qt.LeftButton
+        qtbot.mouseClick(widget.plane_buttons[plane], Qt.MouseButton.LeftButton)
         assert widget.plane_buttons[plane].isChecked()
         assert widget.current_plane() == plane
         shots[plane] = viewer.screenshot(canvas_only=True, flash=False)
@@ -199,7 +200,7 @@ def test_window_presets_change_gray_levels(make_napari_viewer, qtbot, phantom_pa
     lung = (frac(LUNG[1], ny), frac(LUNG[2], nx))
     water = ((0.75, 0.95), (0.2, 0.4))
 
-    qtbot.mouseClick(widget.window_buttons["lung"], 1)
+    qtbot.mouseClick(widget.window_buttons["lung"], Qt.MouseButton.LeftButton)
     assert tuple(image.contrast_limits) == WINDOW_PRESETS["lung"].limits
     assert "L -500 / W 1400 HU" in widget.window_label.text()
     shot = gray(viewer.screenshot(canvas_only=True, flash=False))
@@ -209,7 +210,7 @@ def test_window_presets_change_gray_levels(make_napari_viewer, qtbot, phantom_pa
     assert 255 * 500 / 1400 - 20 < lung_gray < 255 * 500 / 1400 + 20
     assert region(shot, box, *water).mean() == pytest.approx(255 * 1200 / 1400, abs=20)
 
-    qtbot.mouseClick(widget.window_buttons["abdomen"], 1)
+    qtbot.mouseClick(widget.window_buttons["abdomen"], Qt.MouseButton.LeftButton)
     assert "L 40 / W 350 HU" in widget.window_label.text()
     shot = gray(viewer.screenshot(canvas_only=True, flash=False))
     assert region(shot, box, *lung).mean() < 10  # below the window: black
@@ -271,7 +272,7 @@ def line_through(lines, axis, point) -> np.ndarray:
 
 
 def test_triplanar_links_the_views(make_napari_viewer, qtbot, phantom_path):
-    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtCore import QPoint
 
     viewer = make_napari_viewer(show=True)
     image = open_phantom(viewer, phantom_path)
@@ -279,7 +280,7 @@ def test_triplanar_links_the_views(make_napari_viewer, qtbot, phantom_path):
     widget.show_plane("coronal")
     names_before = [layer.name for layer in viewer.layers]
 
-    qtbot.mouseClick(widget.triplanar_button, Qt.LeftButton)
+    qtbot.mouseClick(widget.triplanar_button, Qt.MouseButton.LeftButton)
     tri = widget.triplanar
     assert tri is not None and widget.triplanar_button.isChecked()
     qtbot.wait(50)
@@ -349,7 +350,7 @@ def test_triplanar_links_the_views(make_napari_viewer, qtbot, phantom_path):
     expect_z = np.clip(np.round((z_mm - viewer.dims.range[0].start) / SPACING[0]), 0, SHAPE[0] - 1)
     expect_y = np.clip(np.round((y_mm - viewer.dims.range[1].start) / SPACING[1]), 0, SHAPE[1] - 1)
     native = sagittal.canvas.native
-    qtbot.mouseClick(native, Qt.LeftButton, pos=QPoint(int(w / 2 + dy_px), int(h / 2 + dz_px)))
+    qtbot.mouseClick(native, Qt.MouseButton.LeftButton, pos=QPoint(int(w / 2 + dy_px), int(h / 2 + dz_px)))
     qtbot.wait(10)
     z, y, x = viewer.dims.current_step[-3:]
     assert abs(z - expect_z) <= 1 and abs(y - expect_y) <= 1 and x == 100
@@ -359,7 +360,7 @@ def test_triplanar_links_the_views(make_napari_viewer, qtbot, phantom_path):
     # a click (no drag) in the main view sets y and x
     main_canvas = viewer.window._qt_viewer.canvas
     mh, mw = viewer.canvas.size if hasattr(viewer, "canvas") else main_canvas.size
-    qtbot.mouseClick(main_canvas.native, Qt.LeftButton, pos=QPoint(int(mw * 0.5), int(mh * 0.5)))
+    qtbot.mouseClick(main_canvas.native, Qt.MouseButton.LeftButton, pos=QPoint(int(mw * 0.5), int(mh * 0.5)))
     qtbot.wait(10)
     z2, y2, x2 = viewer.dims.current_step[-3:]
     assert z2 == z and abs(y2 - 49.5) <= 1 and abs(x2 - 69.5) <= 1
@@ -375,7 +376,7 @@ def test_triplanar_links_the_views(make_napari_viewer, qtbot, phantom_path):
         assert not any(layer.data is labels.data for layer in model.layers)
 
     # off: the extra views, their dock and the crosshair go; the user's layers stay
-    qtbot.mouseClick(widget.triplanar_button, Qt.LeftButton)
+    qtbot.mouseClick(widget.triplanar_button, Qt.MouseButton.LeftButton)
     assert widget.triplanar is None and not widget.triplanar_button.isChecked()
     assert [layer.name for layer in viewer.layers] == names_before
     assert not any(layer.metadata.get(CROSSHAIR_KEY) for layer in viewer.layers)
@@ -435,7 +436,7 @@ def test_screenshots_of_the_docked_widget(make_napari_viewer, qtbot):
     window.grab().save(str(SCREENSHOTS / "ct_view_coronal_lung.png"))
 
     widget.apply_window("abdomen")
-    qtbot.mouseClick(widget.triplanar_button, 1)
+    qtbot.mouseClick(widget.triplanar_button, Qt.MouseButton.LeftButton)
     assert widget.triplanar is not None
     qtbot.wait(100)
     window.grab().save(str(SCREENSHOTS / "ct_view_triplanar.png"))

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from qtpy.QtCore import Qt
 from napari.layers import Labels
 from napari.utils.notifications import NotificationSeverity, notification_manager
 from synthetic import make_hu_volume, write_nifti, write_tiny_weights
@@ -37,7 +38,7 @@ def test_segment_adds_labels_on_image_geometry(make_napari_viewer, qtbot, tmp_pa
     assert widget.image_combo.currentText() == image.name
     assert widget.version_combos["liver"].currentData() == "t1"
     widget.device_combo.setCurrentIndex(1)  # CPU
-    qtbot.mouseClick(widget.run_button, 1)  # Qt.LeftButton
+    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
     assert widget.worker is not None and not widget.run_button.isEnabled()
     _run(qtbot, widget)
     labels = [ly for ly in viewer.layers if isinstance(ly, Labels)]
@@ -51,7 +52,7 @@ def test_segment_adds_labels_on_image_geometry(make_napari_viewer, qtbot, tmp_pa
     assert widget.run_button.isEnabled() and widget.progress_bar.value() == widget.progress_bar.maximum()
     # Running again adds new layers; the first ones (maybe edited) stay.
     labels[1].data[0, 0, 0] = 1
-    qtbot.mouseClick(widget.run_button, 1)
+    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
     _run(qtbot, widget)
     assert len([ly for ly in viewer.layers if isinstance(ly, Labels)]) == 6
     assert labels[1].data[0, 0, 0] == 1

@@ -1,0 +1,207 @@
+"""Segment volume speed and memory, beside lungmask R231, and the GUI's longest stall.
+
+Prints, on this machine:
+  * seconds per target and for all three on a real 512x512 CT from ../shared/data and on
+    synthetic 512x512x300 and 512x512x600 volumes (CPU), with each run's peak RSS;
+  * the lungmask R231 pipeline (``pip install lungmask``) on the same real scan. Its weights
+    cannot be downloaded here, so its U-Net gets random weights: the time is the same;
+  * with ``--gui``: the longest event-loop stall of a real napari viewer (under Xvfb)
+    while the Segment volume widget segments the real scan.
+Goals: lungs >= 10x faster than lungmask on CPU; all three targets on 512x512x300 in
+<= 30 s on 2 CPU cores; <= 2 GB peak RAM at x600; GUI stall <= 100 ms.
+
+Run: .venv/bin/python benchmarks/speed.py [--device cpu] [--gui] [--skip-lungmask]
+Each measurement runs in its own process so its peak memory is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "liver_ircad01" / "ct.nii.gz"
+TARGETS = ("lungs", "liver", "infection")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def synthetic_volume(n_slices: int):
+    """A body-like 512x512xN HU volume (int16): body, two lungs, a liver-like block."""
+    from napari_ctseg.io._common import build_volume
+
+    yy, xx = np.mgrid[-1:1:512j, -1:1:512j]
+    body = (xx / 0.85) ** 2 + (yy / 0.65) ** 2 < 1
+    lung_r = ((xx + 0.4) / 0.28) ** 2 + ((yy + 0.05) / 0.45) ** 2 < 1
+    lung_l = ((xx - 0.4) / 0.28) ** 2 + ((yy + 0.05) / 0.45) ** 2 < 1
+    liver = ((xx + 0.35) / 0.35) ** 2 + ((yy - 0.1) / 0.4) ** 2 < 1
+    upper = np.where(body, 40, -1000).astype(np.int16)
+    upper[lung_r | lung_l] = -850
+    lower = np.where(body, 40, -1000).astype(np.int16)
+    lower[liver] = 60
+    vol = np.empty((512, 512, n_slices), np.int16)  # source (i, j, k)
+    for k in range(n_slices):
+        vol[:, :, k] = (upper if k > n_slices // 2 else lower).T
+    affine = np.diag([-0.7, -0.7, 1.0, 1.0])
+    return build_volume(vol, affine, name=f"synthetic x{n_slices}", source_path="", source_kind="nifti")
+
+
+def child_ours(source: str, targets: str, device: str) -> dict:
+    import torch
+
+    from napari_ctseg.inference import ModelSet, segment
+    from napari_ctseg.io import read_scan
+
+    volume = synthetic_volume(int(source[1:])) if source.startswith("x") else read_scan(source)
+    models = ModelSet()
+    for t in targets.split(","):  # load (and check) the weights outside the timing
+        models.get(t, torch.device("cuda" if device == "cuda" else "cpu"))
+    t0 = time.perf_counter()
+    result = segment(volume, targets, device, models=models)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "per_target": result.seconds, "peak_mib": peak_rss_mib(),
+            "device": result.device, "shape": list(volume.shape),
+            "voxels": {t: int(np.count_nonzero(m)) for t, m in result.masks.items()}}
+
+
+def child_lungmask(source: str) -> dict:
+    import SimpleITK as sitk
+    import torch
+    from lungmask import LMInferer
+    from lungmask.resunet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(n_classes=3, padding=True, depth=5, up_mode="upsample", batch_norm=True, residual=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "r231_random.pth"
+        torch.save(net.state_dict(), weights)
+        inferer = LMInferer(modelpath=str(weights), force_cpu=True, tqdm_disable=True)
+        image = sitk.ReadImage(source)
+        t0 = time.perf_counter()
+        inferer.apply(image)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_mib": peak_rss_mib()}
+
+
+def child_gui(source: str) -> dict:
+    """Longest gap between 10 ms timer ticks while the widget segments ``source``."""
+    import napari
+    from qtpy.QtCore import QElapsedTimer, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ctseg._napari.widgets.segment import SegmentWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.open(source, plugin="napari-ctseg")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device_combo.setCurrentIndex(1)
+    app = QApplication.instance()
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.05)
+    clock = QElapsedTimer()
+    gaps: list[float] = []
+    state = {"last": None, "running": False}
+
+    late: list[float] = []  # gaps once the result is in (adding the Labels layers)
+
+    def tick():
+        now = clock.elapsed()
+        if state["running"] and state["last"] is not None:
+            (late if widget.result is not None else gaps).append(now - state["last"])
+        state["last"] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    clock.start()
+    timer.start()
+    t0 = time.perf_counter()
+    state["running"] = True
+    widget.start()
+    worker_time = None
+    while widget.worker is not None:
+        app.processEvents()
+        time.sleep(0.001)
+        if widget.result is not None and worker_time is None:
+            worker_time = time.perf_counter() - t0
+    state["running"] = False
+    timer.stop()
+    total = time.perf_counter() - t0
+    viewer.close()
+    gaps_sorted = sorted(gaps)
+    return {"max_stall_ms": max(gaps) if gaps else None, "adding_layers_max_ms": max(late) if late else None,
+            "p99_stall_ms": gaps_sorted[int(0.99 * (len(gaps_sorted) - 1))] if gaps else None,
+            "ticks": len(gaps), "seconds": total}
+
+
+def run_child(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--gui", action="store_true", help="also measure the GUI stall (needs a display or Xvfb)")
+    parser.add_argument("--skip-lungmask", action="store_true")
+    parser.add_argument("--sizes", default="x300,x600")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        out = {"ours": lambda: child_ours(*rest), "lungmask": lambda: child_lungmask(*rest),
+               "gui": lambda: child_gui(*rest)}[kind]()
+        print(json.dumps(out))
+        return
+
+    import torch
+
+    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"device {args.device}")
+    from napari_ctseg.models.registry import active_version
+    print("models: " + ", ".join(f"{t} {active_version(t)}" for t in TARGETS))
+    rows = []
+    sources = ([str(REAL)] if REAL.is_file() else []) + args.sizes.split(",")
+    for source in sources:
+        name = Path(source).parent.name if source.endswith(".nii.gz") else f"synthetic 512x512{source}"
+        for targets in ("lungs", "liver", "infection", ",".join(TARGETS)):
+            if source.startswith("x") and targets == "infection":
+                continue  # infection alone segments the lungs first: the all-targets row covers it
+            r = run_child("ours", source, targets, args.device)
+            label = "all three" if "," in targets else targets
+            rows.append((name, label, r))
+            print(f"{name:28} {label:10} {r['seconds']:7.2f} s   peak RSS {r['peak_mib']:6.0f} MiB   "
+                  f"({r['device']}, shape {'x'.join(map(str, r['shape']))})", flush=True)
+    if not args.skip_lungmask and REAL.is_file():
+        lm = run_child("lungmask", str(REAL))
+        ours = next(r for n, t, r in rows if t == "lungs" and n == REAL.parent.name)
+        print(f"{REAL.parent.name:28} {'lungmask':10} {lm['seconds']:7.2f} s   peak RSS {lm['peak_mib']:6.0f} MiB   "
+              f"(R231 U-Net, random weights, CPU)")
+        print(f"lungs: ours {ours['seconds']:.2f} s vs lungmask R231 {lm['seconds']:.2f} s: "
+              f"{lm['seconds'] / ours['seconds']:.1f}x faster")
+    if args.gui and REAL.is_file():
+        g = run_child("gui", str(REAL))
+        print(f"GUI while segmenting {REAL.parent.name} (all three, CPU): longest event-loop stall "
+              f"{g['max_stall_ms']:.0f} ms, 99th percentile {g['p99_stall_ms']:.0f} ms, "
+              f"{g['ticks']} ticks over {g['seconds']:.1f} s; adding the result layers then stalls up to "
+              f"{g['adding_layers_max_ms'] or 0:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
