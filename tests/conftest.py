@@ -14,3 +14,15 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not here")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, monkeypatch):
+    """Tiny untrained models for every target as version 't1'; the bundled weights are hidden."""
+    from synthetic import write_tiny_weights
+
+    root = tmp_path / "tiny_weights"
+    write_tiny_weights(root)
+    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
+    return root

@@ -38,12 +38,9 @@ def test_bad_input_one_line_nonzero_exit(tmp_path):
     assert "broken.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_segment_nifti_and_dicom(tmp_path, monkeypatch):
+def test_segment_nifti_and_dicom(tmp_path, tiny_weights):
     import nibabel as nib
-    from synthetic import write_tiny_weights
 
-    write_tiny_weights(tmp_path / "w")
-    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(tmp_path / "w"))
     data = make_hu_volume((36, 40, 6))
     nii = write_nifti(tmp_path / "scan.nii.gz", data, np.diag([-0.8, -0.8, 2.5, 1.0]))
     out = tmp_path / "out"
@@ -58,11 +55,7 @@ def test_segment_nifti_and_dicom(tmp_path, monkeypatch):
     assert nib.load(tmp_path / "o2" / "liver.nii.gz").shape == data.shape
 
 
-def test_segment_several_scans_one_folder_each(tmp_path, monkeypatch, capsys):
-    from synthetic import write_tiny_weights
-
-    write_tiny_weights(tmp_path / "w", targets=("liver",))
-    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(tmp_path / "w"))
+def test_segment_several_scans_one_folder_each(tmp_path, tiny_weights):
     scans = tmp_path / "scans"
     scans.mkdir()
     for name in ("a", "b"):

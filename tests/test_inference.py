@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from synthetic import make_hu_volume, write_nifti, write_tiny_weights
+from synthetic import make_hu_volume, write_nifti
 
 from napari_ctseg.errors import CTSegError, ModelError
 from napari_ctseg.inference import (
@@ -21,12 +21,6 @@ from napari_ctseg.inference import (
 from napari_ctseg.io import read_nifti
 
 
-@pytest.fixture
-def tiny_weights(tmp_path, monkeypatch):
-    root = tmp_path / "weights"
-    write_tiny_weights(root)
-    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
-    return root
 
 
 @pytest.fixture
@@ -145,3 +139,18 @@ def test_volumes_and_involvement():
     assert vols == pytest.approx({"right lung": 0.2, "left lung": 0.2})
     assert lung_involvement_pct(inf, lungs) == pytest.approx(25.0)
     assert lung_involvement_pct(inf, np.zeros_like(lungs)) is None
+
+
+def test_fused_model_gives_the_same_output(tiny_weights):
+    from napari_ctseg.inference import fuse_for_inference
+    from napari_ctseg.models.registry import load_model
+
+    model, _ = load_model("lungs")
+    model.eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so folding matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), fuse_for_inference(model)(x), atol=1e-4)

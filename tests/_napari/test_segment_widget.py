@@ -5,20 +5,11 @@ import torch
 from qtpy.QtCore import Qt
 from napari.layers import Labels
 from napari.utils.notifications import NotificationSeverity, notification_manager
-from synthetic import make_hu_volume, write_nifti, write_tiny_weights
+from synthetic import make_hu_volume, write_nifti
 
 from napari_ctseg._napari.widgets.segment import SegmentWidget
-from napari_ctseg.models.registry import bundled_weights_dir
 
 
-@pytest.fixture
-def tiny_weights(tmp_path, monkeypatch):
-    root = tmp_path / "weights"
-    write_tiny_weights(root)
-    # Only the tiny models: the bundled ones are not searched.
-    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "none")
-    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
-    return root
 
 
 def _open(viewer, tmp_path, shape=(40, 36, 12)):
@@ -131,7 +122,6 @@ def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path
     assert not np.any((inf > 0) & (lungs == 0))
 
 
-@pytest.mark.skipif(not (bundled_weights_dir() / "lungs").is_dir(), reason="bundled weights not built yet")
 def test_bundled_models_segment_the_sample(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-ctseg", "sample_ct")

@@ -1,39 +1,56 @@
-"""Open napari with the sample CT and the plugin's widgets (``scripts/demo.sh``)."""
+"""Open napari with the sample CT and the plugin's widgets (``scripts/demo.sh``).
+
+With ``--screenshot PATH`` (no display: the script runs under Xvfb) it also runs Segment
+volume on the sample, saves a screenshot of the window with the masks, and exits.
+"""
 from __future__ import annotations
 
 import argparse
 
+_DEMO_WIDGETS = ["CT view", "Segment volume", "Mask tools"]
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="napari-ctseg demo")
-    parser.add_argument("--screenshot", help="save a screenshot of the window here and exit")
+    parser.add_argument("--screenshot", help="segment the sample, save a screenshot of the window here, exit")
     args = parser.parse_args(argv)
 
     import napari
 
     viewer = napari.Viewer(title="napari-ctseg demo")
     viewer.open_sample("napari-ctseg", "sample_ct")
-    for widget in _DEMO_WIDGETS:
+    widgets = {}
+    for name in _DEMO_WIDGETS:
         try:
-            viewer.window.add_plugin_dock_widget("napari-ctseg", widget)
+            _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-ctseg", name)
         except (KeyError, ValueError):  # a widget not in this version of the manifest
             pass
     if args.screenshot:
         from qtpy.QtCore import QTimer
         from qtpy.QtWidgets import QApplication
 
+        viewer.window._qt_window.resize(1500, 950)
+        segment = widgets.get("Segment volume")
+
         def shoot():
+            if segment is not None and segment.worker is not None:
+                QTimer.singleShot(500, shoot)
+                return
             viewer.window._qt_window.grab().save(args.screenshot)
             print(f"screenshot saved to {args.screenshot}")
+            if segment is not None and segment.result is not None:
+                print(segment.result.report())
             viewer.close()
             QApplication.instance().quit()
 
-        viewer.window._qt_window.resize(1500, 950)
-        QTimer.singleShot(3000, shoot)
+        def run():
+            if segment is not None and segment.run_button.isEnabled():
+                segment.start()
+            QTimer.singleShot(1000, shoot)
+
+        QTimer.singleShot(2000, run)
     napari.run()
 
-
-_DEMO_WIDGETS = ["CT view", "Segment volume", "Mask tools"]
 
 if __name__ == "__main__":
     main()
