@@ -165,6 +165,26 @@ def _cmd_segment(args) -> int:
     return 1 if failures else 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .evaluation import EvaluationError, evaluate, load_split
+
+    if args.cases and args.split:
+        raise EvaluationError("give --cases or --split, not both")
+    cases = args.cases
+    if args.split:
+        cases = load_split(args.target, args.split)
+    report = evaluate(args.target, args.data, args.predictions_out, version=args.model,
+                      device=args.device, cases=cases, progress=_progress_printer(f"evaluate {args.target}"))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(report.table())
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"predictions written to {report.predictions_out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctseg", description="napari-ctseg from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
     p.add_argument("--json", action="store_true", help="one JSON object per scan")
     p.set_defaults(func=_cmd_segment)
+    p = sub.add_parser("evaluate", help="score a model against expert masks: Dice, IoU, HD95, ASD per case",
+                       description="Predict every case of --data with the target's model, write the "
+                                   "predictions into --predictions-out and compare them with the expert "
+                                   "masks. Layouts: <case>/ct.nii.gz with <case>/<target>.nii.gz "
+                                   "(volumes), or images/<name>.jpg|png with masks/<name>.png (slices, "
+                                   "infection only; distances in pixels).")
+    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument("--data", required=True, help="data folder (see the layouts above)")
+    p.add_argument("--predictions-out", required=True, help="folder for the predicted masks")
+    p.add_argument("--model", default=None, metavar="VERSION", help="model version (default: the active one)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cases", default=None, help="comma-separated case names (default: every case)")
+    p.add_argument("--split", default=None, help="the cases of this split of models/splits.json, e.g. validation")
+    p.add_argument("--json", action="store_true", help="one JSON object with every figure")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -24,3 +24,11 @@ class ScanTooLargeError(ScanReadError):
 
 class MaskWriteError(CTSegError):
     """A mask could not be written (wrong shape, would overwrite the scan, ...)."""
+
+
+class ModelError(CTSegError):
+    """A model could not be found, built or loaded (unknown architecture, missing or corrupt weights)."""
+
+
+class TrainingError(CTSegError):
+    """Training could not start or go on (missing data, unknown target, bad settings)."""

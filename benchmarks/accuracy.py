@@ -1,0 +1,137 @@
+"""Accuracy of the active models on their validation cases, beside published figures.
+
+For every target, evaluates the active (bundled) model on the validation split of
+``napari_ctseg/models/splits.json`` with the data in ``../shared/data`` (never copied into
+the repository) and prints one table: target, case, Dice, IoU, HD95, ASD, each target's
+mean, the published anchors and the size of our training data.
+
+  * liver: liver_chaos03 and liver_dcmqi_3slice (volumes; distances in mm)
+  * lungs: liver_ircad01 (expert masks exist only for ircad01 and ircad07; lung bases only)
+  * infection: the 10 validation slices of covid_semiseg_train (8-bit slices without pixel
+    size: distances in pixels). These are not the published COVID-SemiSeg test slices, so
+    the anchors are context, not a like-for-like comparison.
+
+Organs are segmented as a user gets them (``inference.segment``, post-processing included);
+infection slices go through ``predict_image8``. Predictions go to a temporary folder
+(or ``--out``), outside the repository.
+
+Run: .venv/bin/python benchmarks/accuracy.py [--data ../shared/data] [--device cpu]
+     [--targets liver,lungs,infection] [--out DIR] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TARGETS = ("liver", "lungs", "infection")
+
+# Published figures (Dice) and what each method was trained on. Context only: other data,
+# other test cases.
+ANCHORS = {
+    "lungs": [("lungmask R231 (Hofmanninger et al., Eur Radiol Exp 2020)", 0.98,
+               "231 routine CT scans")],
+    "liver": [("TotalSegmentator (Wasserthal et al., Radiol AI 2023)", 0.965, "1204 CT scans")],
+    "infection": [
+        ("U-Net on COVID-SemiSeg test (Fan et al., IEEE TMI 2020, Table II)", 0.439, "50 labelled slices"),
+        ("Inf-Net, same table", 0.682, "50 labelled slices"),
+        ("Semi-Inf-Net, same table", 0.739, "50 labelled + 1600 unlabelled slices"),
+    ],
+}
+
+
+def training_size(target: str, data: Path) -> str:
+    """What the active model was trained on: number of volumes and slices, from its card."""
+    from napari_ctseg.evaluation import load_split
+    from napari_ctseg.models.registry import get_card
+
+    try:
+        train = list(get_card(target).training.get("split", {}).get("train", []))
+    except Exception:  # noqa: BLE001 - a card without a split: fall back to splits.json
+        train = []
+    if not train:
+        train = load_split(target, "train")
+    if target == "infection":
+        return f"{len(train)} 8-bit slices"
+    import nibabel as nib
+
+    slices = 0
+    for case in train:
+        try:
+            slices += int(nib.load(data / case / "ct.nii.gz").shape[2])
+        except (OSError, IndexError):
+            return f"{len(train)} CT volume(s)"
+    return f"{len(train)} CT volume(s), {slices} slices"
+
+
+def fmt(v, digits):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-" if v is None else "n/a"
+    return f"{v:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DATA), help="the shared data folder")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--out", default=None, help="folder for the predictions (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="also print every report as JSON")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO / "src"))
+    from napari_ctseg.errors import CTSegError
+    from napari_ctseg.evaluation import evaluate, load_split
+
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"accuracy: {data}: no such folder (the shared data lives beside the repository)", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ctseg-accuracy-"))
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    reports = {}
+    for target in targets:
+        t0 = time.perf_counter()
+        try:
+            reports[target] = evaluate(target, data, out / target, device=args.device,
+                                       cases=load_split(target, "validation"))
+        except CTSegError as exc:
+            print(f"accuracy: {target}: {exc}", file=sys.stderr)
+            continue
+        print(f"[{target}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+
+    head = f"{'target':<10} {'case':<34} {'Dice':>6} {'IoU':>6} {'HD95':>8} {'ASD':>7}  {'unit':<4} note"
+    lines = [head, "-" * len(head)]
+    for target, r in reports.items():
+        unit = r.distance_unit
+        for c in r.cases:
+            lines.append(f"{target:<10} {c.name:<34} {fmt(c.dice, 3):>6} {fmt(c.iou, 3):>6} "
+                         f"{fmt(c.hd95, 1):>8} {fmt(c.asd, 2):>7}  {unit:<4} {c.note}".rstrip())
+            for name, f in c.labels.items():
+                lines.append(f"{'':<10} {'  ' + name:<34} {fmt(f['dice'], 3):>6} {fmt(f['iou'], 3):>6} "
+                             f"{fmt(f['hd95'], 1):>8} {fmt(f['asd'], 2):>7}  {unit}")
+        m = r.mean()
+        note = f"model {r.version}; trained on {training_size(target, data)}"
+        if m["n_no_distance"]:
+            note += f"; {m['n_no_distance']} case(s) without a defined distance"
+        lines.append(f"{target:<10} {'MEAN (' + str(m['n']) + ' cases)':<34} {fmt(m['dice'], 3):>6} "
+                     f"{fmt(m['iou'], 3):>6} {fmt(m['hd95'], 1):>8} {fmt(m['asd'], 2):>7}  {unit:<4} {note}")
+        for name, dice, trained in ANCHORS.get(target, []):
+            lines.append(f"{target:<10} {'published':<34} {dice:>6.3f} {'':>6} {'':>8} {'':>7}  "
+                         f"{'':<4} {name}; trained on {trained}")
+        lines.append("")
+    print("\n".join(lines).rstrip())
+    print(f"\npredictions: {out}")
+    if args.json:
+        print(json.dumps({t: r.to_dict() for t, r in reports.items()}, indent=1))
+    return 0 if len(reports) == len(targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

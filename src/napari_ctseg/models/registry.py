@@ -1,0 +1,357 @@
+"""Model versions: bundled weights, their cards, and loading them safely.
+
+A version is a folder ``<root>/<target>/<version>/`` holding
+
+* ``model.pt``: the network's state dict (``torch.save``; loaded with ``weights_only=True``),
+* ``card.json``: the model card (``ModelCard``): labels, architecture, preprocessing,
+  training data and split, validation figures, the sha256 of ``model.pt``, license.
+
+Roots are searched in order; the first root holding a version wins:
+
+1. the folders in the environment variable ``CTSEG_WEIGHTS_DIR`` (``os.pathsep``-separated),
+2. the weights bundled with the package (``napari_ctseg/weights``, a link to the
+   repository's top-level ``weights/`` in a source checkout, copied files when installed).
+
+Every function takes ``roots=`` to search other folders instead (tests, user versions).
+A version's name is its folder's name. Versions sort naturally (``v2`` < ``v10``);
+the active version is the newest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .unet import build_model
+
+__all__ = [
+    "TARGETS", "ModelCard", "ModelError", "WEIGHTS_ENV", "bundled_weights_dir", "weight_roots",
+    "list_versions", "active_version", "get_card", "load_model", "verify_weights", "sha256_file",
+    "write_version", "half_state_dict", "user_weights_dir", "describe", "LICENSE_NOTE",
+]
+
+TARGETS = ("lungs", "liver", "infection")
+WEIGHTS_ENV = "CTSEG_WEIGHTS_DIR"
+WEIGHTS_FILE = "model.pt"
+CARD_FILE = "card.json"
+CARD_FORMAT = 1
+LICENSE_NOTE = "non-commercial research use"
+
+
+@dataclass
+class ModelCard:
+    """What a model version is, how it was made, and how well it did.
+
+    ``labels`` maps label names to the values in the output mask (0 is background).
+    ``architecture`` and ``preprocessing`` are the dicts that ``build_model`` and
+    ``napari_ctseg.models.preprocess.Preprocessing`` read. ``training`` holds the data,
+    split, epochs, seed, device and settings; ``validation`` the figures per validation
+    case. ``path`` is the version's folder (not stored in the JSON).
+    """
+
+    target: str
+    version: str
+    labels: dict[str, int]
+    architecture: dict[str, Any]
+    preprocessing: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    sha256: str = ""
+    weights_file: str = WEIGHTS_FILE
+    license: str = LICENSE_NOTE
+    cite: list[str] = field(default_factory=list)
+    notes: str = ""
+    format: int = CARD_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def weights_path(self) -> Path:
+        if self.path is None:
+            raise ModelError(f"model card {self.target}/{self.version} has no folder")
+        return self.path / self.weights_file
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.architecture.get("n_classes", len(self.labels) + 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        extra = d.pop("extra")
+        return {**extra, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: Path | None = None) -> ModelCard:
+        where = f"{path / CARD_FILE}" if path is not None else "model card"
+        if not isinstance(d, dict):
+            raise ModelError(f"{where}: not a JSON object")
+        missing = [k for k in ("target", "version", "labels", "architecture", "preprocessing") if k not in d]
+        if missing:
+            raise ModelError(f"{where}: missing {', '.join(missing)}")
+        names = {f.name for f in fields(cls)} - {"extra", "path"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        try:
+            card = cls(**known, extra=extra, path=path)
+            card.labels = {str(k): int(v) for k, v in card.labels.items()}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{where}: not a valid model card ({exc})") from None
+        return card
+
+    @classmethod
+    def from_json(cls, text: str, path: Path | None = None) -> ModelCard:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            where = f"{path / CARD_FILE}" if path is not None else "model card"
+            raise ModelError(f"{where}: not valid JSON ({exc})") from None
+        return cls.from_dict(d, path)
+
+    @classmethod
+    def load(cls, folder) -> ModelCard:
+        """The card in a version's folder."""
+        folder = Path(folder)
+        try:
+            text = (folder / CARD_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ModelError(f"{folder}: no {CARD_FILE} in this model folder") from None
+        except OSError as exc:
+            raise ModelError(f"{folder / CARD_FILE}: cannot be read ({exc.strerror or exc})") from None
+        return cls.from_json(text, folder)
+
+    def save(self, folder=None) -> Path:
+        """Write ``card.json`` into ``folder`` (default: the card's own), atomically."""
+        folder = Path(folder) if folder is not None else self.path
+        if folder is None:
+            raise ModelError("no folder to save the model card in")
+        _atomic_write(folder / CARD_FILE, self.to_json().encode("utf-8"))
+        self.path = folder
+        return folder / CARD_FILE
+
+
+def _readable(path) -> None:
+    # mkstemp makes owner-only files; a model folder is shared like any other file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        _readable(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundled_weights_dir() -> Path:
+    """The weights shipped with napari-ctseg."""
+    here = Path(__file__).resolve().parent.parent  # .../napari_ctseg
+    packaged = here / "weights"
+    if packaged.is_dir():
+        return packaged
+    checkout = here.parent.parent / "weights"  # <repo>/src/napari_ctseg -> <repo>/weights
+    return checkout if checkout.is_dir() else packaged
+
+
+def weight_roots(roots: Iterable | None = None) -> list[Path]:
+    """The folders searched for ``<target>/<version>/``, in order of precedence."""
+    if roots is not None:
+        return [Path(r) for r in ([roots] if isinstance(roots, (str, os.PathLike)) else roots)]
+    env = os.environ.get(WEIGHTS_ENV, "")
+    found = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+    return [*found, bundled_weights_dir()]
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ModelError(f"unknown target {target!r}; napari-ctseg segments {', '.join(TARGETS)}")
+
+
+def _version_key(version: str):
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p)
+
+
+def list_versions(target: str, roots: Iterable | None = None) -> list[ModelCard]:
+    """The versions of a target's model with a card, oldest first (natural version order).
+
+    A version found in several roots is taken from the first. A folder whose card
+    cannot be read is skipped (``load_model`` on it says why).
+    """
+    _check_target(target)
+    cards: dict[str, ModelCard] = {}
+    for root in weight_roots(roots):
+        folder = root / target
+        if not folder.is_dir():
+            continue
+        for sub in sorted(folder.iterdir()):
+            if sub.name in cards or not sub.is_dir() or not (sub / CARD_FILE).is_file():
+                continue
+            try:
+                cards[sub.name] = _load_card(sub)
+            except ModelError:
+                continue
+    return [cards[v] for v in sorted(cards, key=_version_key)]
+
+
+def _load_card(folder: Path) -> ModelCard:
+    # The folder's name is the version: a copied or renamed folder is what the user sees.
+    card = ModelCard.load(folder)
+    card.version = folder.name
+    return card
+
+
+def active_version(target: str, roots: Iterable | None = None) -> str:
+    """The version used when none is named: for now, the newest one found."""
+    versions = list_versions(target, roots)
+    if not versions:
+        raise ModelError(_no_weights_message(target, roots))
+    return versions[-1].version
+
+
+def _no_weights_message(target: str, roots) -> str:
+    where = ", ".join(str(r) for r in weight_roots(roots))
+    return (f"no {target} model found (searched {where}); reinstall napari-ctseg to restore "
+            f"its bundled weights, or point {WEIGHTS_ENV} at a folder with {target}/<version>/")
+
+
+def get_card(target: str, version: str | None = None, roots: Iterable | None = None) -> ModelCard:
+    """The card of one version (default: the active one)."""
+    _check_target(target)
+    if version is None:
+        version = active_version(target, roots)
+    for root in weight_roots(roots):
+        folder = root / target / version
+        if folder.is_dir():
+            card = _load_card(folder)
+            if card.target != target:
+                raise ModelError(f"{folder / CARD_FILE}: the card is for {card.target!r}, not {target!r}")
+            return card
+    known = [c.version for c in list_versions(target, roots)]
+    raise ModelError(f"no {target} model version {version!r}; available: {', '.join(known) or 'none'}")
+
+
+def verify_weights(card: ModelCard) -> Path:
+    """Check that the card's weights file exists and matches its sha256; return its path."""
+    path = card.weights_path
+    if not path.is_file():
+        raise ModelError(f"{path}: the weights of {card.target} model {card.version} are missing; "
+                         "reinstall napari-ctseg or pick another version")
+    if not card.sha256:
+        raise ModelError(f"{path.parent / CARD_FILE}: the card gives no sha256 for {path.name}, "
+                         "so the weights cannot be checked")
+    digest = sha256_file(path)
+    if digest != card.sha256.lower():
+        raise ModelError(
+            f"{path}: the weights file is corrupt or was modified (sha256 {digest[:12]}... does not "
+            f"match the card's {card.sha256[:12]}...); reinstall napari-ctseg or pick another version"
+        )
+    return path
+
+
+def load_model(target: str, version: str | None = None, device: str | torch.device = "cpu",
+               roots: Iterable | None = None) -> tuple[nn.Module, ModelCard]:
+    """The network of a model version, with its weights, in eval mode on ``device``, and its card.
+
+    The weights' sha256 is checked against the card before anything is loaded, and the
+    file is read with ``torch.load(..., weights_only=True)``. Raises ``ModelError`` for
+    a missing version or file, a corrupt or modified file, an unknown architecture, or
+    weights that do not fit the architecture.
+    """
+    card = get_card(target, version, roots)
+    path = verify_weights(card)
+    model = build_model(card.architecture)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise ModelError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{path}: the weights do not fit the card's architecture ({first})") from None
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelError(f"cannot put the {target} model on device {device!r}: {exc}") from None
+    model.eval()
+    return model, card
+
+
+def write_version(folder, state_dict: dict[str, torch.Tensor], card: ModelCard) -> ModelCard:
+    """Write ``model.pt`` and then ``card.json`` (with the file's sha256) into ``folder``.
+
+    Each file goes to a temporary file in the folder first and is renamed into place,
+    so an interrupted write never leaves a half-written model behind.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        _readable(tmp)
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
+        digest = sha256_file(tmp)
+        os.replace(tmp, folder / card.weights_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    card.sha256 = digest
+    if not card.created:
+        card.created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    card.save(folder)
+    return card
+
+
+def half_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors as float16 (half the file size); ``load_state_dict`` casts them back."""
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
+
+
+def user_weights_dir() -> Path:
+    """Where user-trained versions will live (not searched yet; pass it in ``roots``)."""
+    from platformdirs import user_data_path
+
+    return Path(user_data_path("napari-ctseg", appauthor=False)) / "weights"
+
+
+def describe(cards: Sequence[ModelCard]) -> list[str]:
+    """One line per version: version, date, mean validation Dice."""
+    out = []
+    for c in cards:
+        dice = c.validation.get("mean_dice") if isinstance(c.validation, dict) else None
+        fig = f"validation Dice {dice:.3f}" if isinstance(dice, (int, float)) else "no validation figures"
+        out.append(f"{c.target} {c.version} ({c.created[:10] or 'undated'}): {fig}")
+    return out

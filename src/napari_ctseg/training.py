@@ -1,0 +1,844 @@
+"""Train a target's model from CT with expert masks: a generator of progress reports (Qt-free).
+
+``train(...)`` yields a ``TrainingReport`` after every optimisation step and after
+every epoch (with the validation Dice); at the end it writes ``model.pt`` and
+``card.json`` into ``out_dir`` (temporary file, then rename) and yields a ``"done"``
+report carrying the card. The checkpoint kept is the one with the best mean Dice on
+the validation cases only. Closing the generator early (Cancel) writes the best
+checkpoint so far, marked as stopped, when one exists; ``out_dir`` never replaces an
+existing model unless ``overwrite=True``.
+
+Data layout (``data_dir``), as in the project's shared data folder:
+
+* organs: ``<case>/ct.nii.gz`` (HU) with ``<case>/lungs.nii.gz`` or ``<case>/liver.nii.gz``
+  on the same grid; a case is named by its folder;
+* infection: ``<folder>/images/<id>.jpg`` (8-bit, lung window) with
+  ``<folder>/masks/<id>.png`` (0/255); a case is named ``<folder>/<id>``.
+
+The default splits are in ``napari_ctseg/models/splits.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Generator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .errors import ModelError, TrainingError
+from .metrics import compare, dice
+from .models.predict import predict_image8, predict_volume
+from .models.preprocess import (
+    Preprocessing,
+    context_indices,
+    find_crop,
+    image8_to_input,
+    labels_to_target,
+    window_and_resize,
+)
+from .models.registry import (
+    LICENSE_NOTE,
+    TARGETS,
+    WEIGHTS_FILE,
+    ModelCard,
+    half_state_dict,
+    write_version,
+)
+from .models.unet import build_model, count_parameters
+
+SPLITS_FILE = Path(__file__).resolve().parent / "models" / "splits.json"
+
+TARGET_LABELS: dict[str, dict[str, int]] = {
+    "lungs": {"right_lung": 1, "left_lung": 2},
+    "liver": {"liver": 1},
+    "infection": {"infection": 1},
+}
+MASK_FILES = {"lungs": "lungs.nii.gz", "liver": "liver.nii.gz"}
+
+# What each data folder is, for the card: where it comes from, its license, what to cite.
+DATASETS: dict[str, dict[str, str]] = {
+    "liver_ircad": {
+        "source": "3D-IRCADb-01 (IRCAD, Strasbourg)",
+        "license": "CC BY-NC-ND 4.0 (non-commercial research use)",
+        "cite": "3D-IRCADb-01 database, IRCAD, Strasbourg, France "
+                "(https://www.ircad.fr/research/data-sets/liver-segmentation-3d-ircadb-01/)",
+    },
+    "liver_chaos": {
+        "source": "CHAOS challenge, CT set 3 (Dokuz Eylul University, Izmir)",
+        "license": "no license stated by the source; CHAOS is published under CC BY-NC-SA 4.0 "
+                   "(non-commercial research use)",
+        "cite": "Kavur A.E. et al., CHAOS Challenge - combined (CT-MR) healthy abdominal organ "
+                "segmentation, Medical Image Analysis 69:101950, 2021",
+    },
+    "liver_dcmqi": {
+        "source": "QIICR/dcmqi test data (RSNA 2016 interoperability example)",
+        "license": "BSD-3-Clause",
+        "cite": "QIICR dcmqi (https://github.com/QIICR/dcmqi), test data",
+    },
+    "covid_semiseg": {
+        "source": "COVID-SemiSeg training split, from the MedSeg / SIRM COVID-19 CT segmentation dataset",
+        "license": "non-commercial use only",
+        "cite": "Fan D.-P. et al., Inf-Net: Automatic COVID-19 Lung Infection Segmentation from CT "
+                "Images, IEEE Transactions on Medical Imaging 39(8):2626-2637, 2020; MedSeg, COVID-19 "
+                "CT segmentation dataset (http://medicalsegmentation.com/covid19/)",
+    },
+}
+
+
+# What a card says about the limits of each target's bundled training data.
+TARGET_NOTES: dict[str, str] = {
+    "lungs": "Expert lung labels of one abdominal CT (3D-IRCADb-01 patient 7) plus silver-standard "
+             "labels (classical method, checked by eye slice by slice) of a lower-chest-to-kidneys CT "
+             "(CHAOS CT set 3); validated on the expert labels of another abdominal CT (IRCAD patient 1). "
+             "All three show only the lower lungs, so the model has never seen lung apices, the upper "
+             "chest, the trachea or the main bronchi; expect errors there. Labels are the patient's right "
+             "(1) and left (2) lung; training uses no left-right flips.",
+    "liver": "Trained on two contrast-enhanced abdominal CTs of patients with liver tumours "
+             "(3D-IRCADb-01 patients 1 and 7); validated on a healthy donor's portal-phase CT from "
+             "another centre (CHAOS CT set 3, whose bottom slice cuts off the tip of the right lobe) "
+             "and a 3-slice scan (dcmqi). Thin data: expect errors on unusual livers, other contrast "
+             "phases and fields of view unlike the training scans.",
+    "infection": "Trained on 40 axial 8-bit JPG slices of COVID-19 patients (COVID-SemiSeg) that carry no "
+                 "HU; validated on the 10 held-out slices of the same set (not the published test set). "
+                 "On HU scans the input is the lung window estimated from those JPGs (see "
+                 "preprocessing.notes). A 2D model, slice by slice; it also marks infection-like "
+                 "opacities outside the lungs unless the result is restricted to a lung mask.",
+}
+
+
+def _dataset_of(case: str) -> dict[str, str] | None:
+    folder = case.split("/")[0]
+    for prefix, info in DATASETS.items():
+        if folder.startswith(prefix):
+            return info
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that decides how a model is trained (recorded in its card).
+
+    ``augmentation`` keys: ``rotate_deg`` (uniform +-), ``scale`` ([min, max], log-uniform),
+    ``translate`` (fraction of the size, +-), ``affine_p`` (probability of a geometric
+    change), ``dihedral`` (random 90-degree turns and flips: only where left and right do
+    not matter), ``brightness`` (+- added to the [0, 1] input: a HU shift),
+    ``contrast`` (+- relative), ``gamma`` ([min, max]), ``noise`` (max Gaussian sigma).
+    """
+
+    architecture: dict[str, Any]
+    preprocessing: dict[str, Any]
+    epochs: int = 30
+    steps_per_epoch: int = 20
+    batch_size: int = 12
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    dice_weight: float = 1.0
+    foreground_weight: float = 2.0  # sampling weight of slices with foreground (1 without)
+    augmentation: dict[str, Any] = field(default_factory=dict)
+    val_every: int = 1
+    save_half: bool = True  # store float16 weights (half the size); validated as stored
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_ORGAN_AUG = {"rotate_deg": 15.0, "scale": [0.8, 1.25], "translate": 0.08, "affine_p": 0.85,
+              "dihedral": False, "brightness": 0.04, "contrast": 0.12, "gamma": [1.0, 1.0],
+              "noise": 0.02}
+
+
+def default_config(target: str) -> TrainingConfig:
+    """The settings the bundled v1 models were trained with."""
+    _check_target(target)
+    unet = {"name": "unet2d", "base": 16, "depth": 5, "max_channels": 128, "norm": "batch"}
+    if target == "lungs":
+        return TrainingConfig(
+            architecture={**unet, "in_channels": 3, "n_classes": 3},
+            preprocessing={"input": "hu", "window": [-1024.0, 600.0], "context": 1, "crop": "body",
+                           "body_threshold_hu": -500.0, "crop_margin": 0.04, "pad_hu": -1024.0,
+                           "size": [128, 128]},
+            # No left-right flips: the labels are the right and left lung. Zooming out to 0.7
+            # shows air outside the body, which a first model took for lung.
+            augmentation={**_ORGAN_AUG, "scale": [0.7, 1.25], "translate": 0.1},
+        )
+    if target == "liver":
+        return TrainingConfig(
+            architecture={**unet, "in_channels": 3, "n_classes": 2},
+            preprocessing={"input": "hu", "window": [-200.0, 300.0], "context": 1, "crop": "body",
+                           "body_threshold_hu": -500.0, "crop_margin": 0.04, "pad_hu": -1024.0,
+                           "size": [128, 128]},
+            # The liver lies on the patient's right: no left-right flips. Brightness +-0.14
+            # of the 500 HU window is +-70 HU: training livers enhance to ~115 HU, others
+            # range from ~45 (plain) to ~145 HU (portal phase).
+            augmentation={**_ORGAN_AUG, "brightness": 0.14, "contrast": 0.15},
+            steps_per_epoch=25,
+        )
+    return TrainingConfig(
+        architecture={**unet, "in_channels": 1, "n_classes": 2},
+        preprocessing={"input": "hu", "window": list(INFECTION_WINDOW), "context": 0, "crop": "body",
+                       "body_threshold_hu": -500.0, "crop_margin": 0.04, "pad_hu": -1024.0,
+                       "size": [160, 160], "notes": INFECTION_WINDOW_NOTE},
+        batch_size=8,
+        steps_per_epoch=25,
+        epochs=60,
+        # The training JPGs come in mixed orientations and auto-windowed contrasts, and
+        # infection has no side: turns and flips are fine, and intensity jitter is wide.
+        augmentation={"rotate_deg": 20.0, "scale": [0.8, 1.25], "translate": 0.08, "affine_p": 0.85,
+                      "dihedral": True, "brightness": 0.08, "contrast": 0.2, "gamma": [0.75, 1.35],
+                      "noise": 0.03},
+    )
+
+
+# The COVID-19 JPG slices carry no HU. Their lung window was estimated by matching the
+# grey-level modes of each image (lung parenchyma: dark mode, soft tissue: bright mode)
+# with typical HU: -870 for aerated lung (the expert lung masks of IRCAD patients 1 and 7
+# have medians of -858 and -887 HU) and +40 for unenhanced soft tissue. Across the 50
+# images the dark mode has median 44 (IQR 34-52) and the bright mode 214 (IQR 205-225),
+# giving a lower limit with median -1104 HU (IQR -1164..-1048) and an upper limit with
+# median +265 HU (IQR 213..310). See scripts/measure_infection_window.py.
+INFECTION_WINDOW = (-1100.0, 250.0)
+INFECTION_WINDOW_NOTE = (
+    "window [-1100, 250] HU (W1350/L-425) estimated from the 8-bit COVID-SemiSeg JPGs: "
+    "per-image dark (lung, ~-870 HU) and bright (soft tissue, ~+40 HU) grey-level modes give "
+    "a lower limit of median -1104 HU (IQR -1164..-1048) and an upper limit of median +265 HU "
+    "(IQR 213..310); the images vary (auto-windowed exports), hence wide intensity augmentation. "
+    "8-bit slices in this window are read as v/255."
+)
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise TrainingError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+
+
+def _merge_config(base: TrainingConfig, overrides: TrainingConfig | dict | None) -> TrainingConfig:
+    if overrides is None:
+        return base
+    if isinstance(overrides, TrainingConfig):
+        return overrides
+    known = {f.name for f in fields(TrainingConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TrainingError(f"unknown training setting(s): {', '.join(unknown)}")
+    changes = {}
+    for key, value in overrides.items():
+        current = getattr(base, key)
+        changes[key] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
+    return replace(base, **changes)
+
+
+# ---------------------------------------------------------------------------------------
+# Splits and data
+
+
+def load_splits(path: Path | None = None) -> dict[str, Any]:
+    """The train/validation splits per target (``models/splits.json``)."""
+    path = Path(path) if path is not None else SPLITS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{path}: cannot read the training splits ({exc})") from None
+
+
+def make_infection_split(image_ids: Sequence[str], n_validation: int = 10, seed: int = 0,
+                         groups: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """A fixed random split of image ids into train and validation.
+
+    ``groups`` maps an id to a group (e.g. images of the same size, likely the same
+    patient): a group goes wholly to one side, so near-duplicates never straddle it.
+    """
+    ids = sorted(image_ids, key=_natural)
+    groups = groups or {i: i for i in ids}
+    by_group: dict[str, list[str]] = {}
+    for i in ids:
+        by_group.setdefault(groups.get(i, i), []).append(i)
+    keys = sorted(by_group, key=_natural)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    val: list[str] = []
+    for k in order:
+        members = by_group[keys[k]]
+        if len(val) + len(members) <= n_validation:
+            val += members
+        if len(val) == n_validation:
+            break
+    train = [i for i in ids if i not in set(val)]
+    return {"train": train, "validation": sorted(val, key=_natural)}
+
+
+def _natural(s: str):
+    import re
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", str(s)) if p]
+
+
+@dataclass
+class Case:
+    """One training or validation case: a HU volume (z, y, x) or an 8-bit windowed slice, with labels."""
+
+    name: str
+    labels: np.ndarray
+    hu: np.ndarray | None = None
+    image8: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
+
+
+SILVER_LUNGS_METHOD = (
+    "classical: HU < -320, per slice minus the air connected to the slice's border (outside the "
+    "body), the two largest 3D components (split at the middle if they touch), right/left by "
+    "position, holes up to 400 mm2 filled per slice (vessels; not the domes of liver and spleen)"
+)
+
+
+def silver_lung_labels(hu_zyx: np.ndarray, spacing: Sequence[float], threshold_hu: float = -320.0,
+                       max_hole_mm2: float = 400.0) -> np.ndarray:
+    """Silver-standard lung labels (0, 1 right, 2 left) for a HU volume (z, y, x), by a classical method.
+
+    Air below ``threshold_hu`` inside the body (per axial slice, air connected to the
+    slice's border is outside), the two largest 3D components (one component is split at
+    its middle), the patient's right being the smaller x (the display axis x runs to the
+    patient's left). Holes up to ``max_hole_mm2`` are filled slice by slice (vessels),
+    larger ones not (the domes of liver and spleen under the lung bases). Good for lung
+    bases and clear lungs; it fails on dense disease and keeps airways. Never for validation.
+    """
+    from scipy import ndimage
+
+    hu_zyx = np.asarray(hu_zyx)
+    air = hu_zyx < threshold_hu
+    inside = np.zeros_like(air)
+    for z in range(air.shape[0]):
+        lab, n = ndimage.label(air[z])
+        if n == 0:
+            continue
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        keep = np.ones(n + 1, bool)
+        keep[border] = False
+        keep[0] = False
+        inside[z] = keep[lab]
+    out = np.zeros(hu_zyx.shape, np.uint8)
+    lab, n = ndimage.label(inside)
+    if n == 0:
+        return out
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]
+    big = [int(k) for k in order[:2] if sizes[k] > 0.1 * sizes[order[0]]]
+    if len(big) == 1:
+        m = lab == big[0]
+        xs = np.nonzero(m.any(axis=(0, 1)))[0]
+        mid = (int(xs.min()) + int(xs.max())) // 2
+        right = m.copy()
+        right[..., mid:] = False
+        parts = [right, m & ~right]
+    else:
+        centres = sorted((ndimage.center_of_mass(lab == k)[2], k) for k in big)
+        parts = [lab == centres[0][1], lab == centres[1][1]]
+    pixel_mm2 = float(spacing[1]) * float(spacing[2])
+    for value, m in zip((1, 2), parts):
+        for z in range(m.shape[0]):
+            holes = ndimage.binary_fill_holes(m[z]) & ~m[z]
+            hl, hn = ndimage.label(holes)
+            if hn:
+                small = np.bincount(hl.ravel()) * pixel_mm2 <= max_hole_mm2
+                small[0] = False
+                m[z] |= small[hl]
+        out[m] = value
+    return out
+
+
+def load_case(target: str, data_dir, name: str, silver: bool = False) -> Case:
+    """Read one case of ``data_dir`` (see the module docstring for the layout).
+
+    ``silver``: lungs only; the labels are made by ``silver_lung_labels`` from the CT
+    (no mask file needed).
+    """
+    data_dir = Path(data_dir)
+    if target == "infection":
+        return _load_infection_case(data_dir, name)
+    from .io.nifti import read_nifti
+
+    folder = data_dir / name
+    if silver:
+        if target != "lungs":
+            raise TrainingError(f"silver-standard labels exist for lungs only, not {target}")
+        ct_path = folder / "ct.nii.gz"
+        if not ct_path.is_file():
+            raise TrainingError(f"{ct_path}: missing; silver case {name!r} needs ct.nii.gz")
+        ct = read_nifti(ct_path)
+        return Case(name=name, labels=silver_lung_labels(ct.hu, ct.spacing), hu=np.asarray(ct.hu),
+                    spacing=tuple(ct.spacing))
+    ct_path, mask_path = folder / "ct.nii.gz", folder / MASK_FILES[target]
+    for p in (ct_path, mask_path):
+        if not p.is_file():
+            raise TrainingError(f"{p}: missing; case {name!r} needs ct.nii.gz and {MASK_FILES[target]}")
+    ct, mask = read_nifti(ct_path), read_nifti(mask_path)
+    if ct.shape != mask.shape:
+        raise TrainingError(f"{mask_path}: shape {mask.shape} does not match the CT's {ct.shape}")
+    labels = np.rint(np.asarray(mask.hu)).astype(np.uint8)
+    allowed = set(TARGET_LABELS[target].values()) | {0}
+    extra = sorted(set(np.unique(labels).tolist()) - allowed)
+    if extra:
+        raise TrainingError(f"{mask_path}: labels {extra} are not {target} labels {sorted(allowed)}")
+    return Case(name=name, labels=labels, hu=np.asarray(ct.hu), spacing=tuple(ct.spacing))
+
+
+def _load_infection_case(data_dir: Path, name: str) -> Case:
+    from PIL import Image
+
+    folder, _, ident = name.rpartition("/")
+    img_path = data_dir / folder / "images" / f"{ident}.jpg"
+    mask_path = data_dir / folder / "masks" / f"{ident}.png"
+    for p in (img_path, mask_path):
+        if not p.is_file():
+            raise TrainingError(f"{p}: missing; case {name!r} needs images/{ident}.jpg and masks/{ident}.png")
+    try:
+        image = np.asarray(Image.open(img_path).convert("L"))
+        mask = np.asarray(Image.open(mask_path).convert("L"))
+    except OSError as exc:
+        raise TrainingError(f"{img_path.parent.parent}: case {name!r} cannot be read ({exc})") from None
+    if image.shape != mask.shape:
+        raise TrainingError(f"{mask_path}: size {mask.shape} does not match the image's {image.shape}")
+    return Case(name=name, labels=(mask > 127).astype(np.uint8), image8=image, spacing=None)
+
+
+@dataclass
+class _Cache:
+    """Preprocessed training slices at the network's size (kept in memory)."""
+
+    images: list[torch.Tensor]  # per case: (Z, H, W) organs (one entry per slice) or (1, H, W)
+    targets: list[torch.Tensor]  # per case: (Z, H, W) int64
+    index: np.ndarray  # (N, 2): case, slice
+    weights: np.ndarray  # (N,) sampling probabilities
+
+
+def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float) -> _Cache:
+    images, targets, index, weights = [], [], [], []
+    for ci, case in enumerate(cases):
+        if case.hu is not None:
+            crop = find_crop(case.hu, prep)
+            images.append(window_and_resize(case.hu, prep, crop))
+            targets.append(labels_to_target(case.labels, crop, prep, n_classes))
+        else:
+            x, crop = image8_to_input(case.image8, prep)
+            images.append(x[0, :1])
+            targets.append(labels_to_target(case.labels, crop, prep, n_classes))
+        has_fg = targets[-1].flatten(1).amax(dim=1).numpy() > 0
+        for z in range(targets[-1].shape[0]):
+            index.append((ci, z))
+            weights.append(fg_weight if has_fg[z] else 1.0)
+    w = np.asarray(weights, dtype=float)
+    return _Cache(images, targets, np.asarray(index, dtype=np.int64), w / w.sum())
+
+
+def _sample_batch(cache: _Cache, prep: Preprocessing, batch_size: int,
+                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    picks = rng.choice(len(cache.index), size=batch_size, p=cache.weights)
+    xs, ys = [], []
+    for k in picks:
+        ci, z = cache.index[k]
+        stack = cache.images[ci]
+        if stack.shape[0] == 1:  # a single slice: its context is itself
+            xs.append(stack[[0] * prep.channels])
+        else:
+            xs.append(stack[torch.as_tensor(context_indices([z], stack.shape[0], prep.context)[0])])
+        ys.append(cache.targets[ci][z])
+    return torch.stack(xs), torch.stack(ys)
+
+
+# ---------------------------------------------------------------------------------------
+# Augmentation and loss
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, aug: dict[str, Any], pad_value: float,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random geometric and intensity changes of a batch: x (B, C, H, W) in [0, 1], y (B, H, W)."""
+    b = x.shape[0]
+
+    def uniform(lo, hi, n=b):
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    if aug.get("dihedral"):
+        xs, ys = [], []
+        turns = torch.randint(0, 4, (b,), generator=gen)
+        flips = torch.rand(b, generator=gen) < 0.5
+        for i in range(b):
+            xi, yi = torch.rot90(x[i], int(turns[i]), (1, 2)), torch.rot90(y[i], int(turns[i]), (0, 1))
+            if flips[i]:
+                xi, yi = xi.flip(-1), yi.flip(-1)
+            xs.append(xi)
+            ys.append(yi)
+        x, y = torch.stack(xs), torch.stack(ys)
+
+    rot = math.radians(float(aug.get("rotate_deg", 0.0)))
+    smin, smax = aug.get("scale", [1.0, 1.0])
+    shift = float(aug.get("translate", 0.0))
+    if rot > 0 or smin != 1.0 or smax != 1.0 or shift > 0:
+        angle = uniform(-rot, rot)
+        scale = torch.exp(uniform(math.log(smin), math.log(smax)))
+        tx, ty = uniform(-shift, shift), uniform(-shift, shift)
+        keep = torch.rand(b, generator=gen) >= float(aug.get("affine_p", 1.0))
+        angle[keep], scale[keep], tx[keep], ty[keep] = 0.0, 1.0, 0.0, 0.0
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x - pad_value, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False) + pad_value
+        y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                          align_corners=False)[:, 0].round().long()
+
+    shape = (b, 1, 1, 1)
+    c = float(aug.get("contrast", 0.0))
+    if c > 0:
+        x = (x - 0.5) * (1.0 + uniform(-c, c)).view(shape) + 0.5
+    br = float(aug.get("brightness", 0.0))
+    if br > 0:
+        x = x + uniform(-br, br).view(shape)
+    x = x.clamp(0.0, 1.0)
+    gmin, gmax = aug.get("gamma", [1.0, 1.0])
+    if gmin != 1.0 or gmax != 1.0:
+        x = x.clamp_min(1e-6) ** torch.exp(uniform(math.log(gmin), math.log(gmax))).view(shape)
+    sigma = float(aug.get("noise", 0.0))
+    if sigma > 0:
+        x = x + torch.randn(x.shape, generator=gen) * uniform(0.0, sigma).view(shape)
+        x = x.clamp(0.0, 1.0)
+    return x.contiguous(), y.contiguous()
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy plus ``dice_weight`` x (1 - soft Dice of the foreground classes, over the batch)."""
+    n_classes = logits.shape[1]
+    ce = F.cross_entropy(logits, target)
+    if dice_weight <= 0 or n_classes < 2:
+        return ce
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    soft_dice = (2.0 * inter + 1.0) / (denom + 1.0)
+    return ce + dice_weight * (1.0 - soft_dice[1:].mean())
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+
+
+def _predict_case(model, case: Case, prep: Preprocessing, device) -> np.ndarray:
+    if case.hu is not None:
+        return predict_volume(model, case.hu, prep, device=device)
+    return predict_image8(model, case.image8, prep, device=device)
+
+
+def case_dice(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> float:
+    """Mean Dice over a target's labels."""
+    return float(np.mean([dice(pred == v, ref == v) for v in labels.values()]))
+
+
+def validate(model, cases: list[Case], prep: Preprocessing, labels: dict[str, int], device,
+             full: bool = False) -> dict[str, Any]:
+    """Dice per case (mean over labels) and their mean; with ``full``, every figure of
+    ``metrics.compare`` per label (HD95 and ASD in mm for volumes; for 8-bit slices,
+    which have no spacing, Dice and IoU only) and the Dice pooled over all cases."""
+    was_training = model.training
+    model.eval()
+    per_case: dict[str, Any] = {}
+    pooled = {name: [0, 0] for name in labels}  # intersection, size sum
+    try:
+        for case in cases:
+            pred = _predict_case(model, case, prep, device)
+            d = case_dice(pred, case.labels, labels)
+            for name, v in labels.items():
+                p, r = pred == v, case.labels == v
+                pooled[name][0] += int(np.logical_and(p, r).sum())
+                pooled[name][1] += int(p.sum() + r.sum())
+            if full and case.spacing is not None:
+                per_case[case.name] = {"dice": d, "labels": compare(pred, case.labels, case.spacing, labels)}
+            elif full:  # an 8-bit slice: no spacing, so no distances or volumes
+                per_case[case.name] = {"dice": d, "labels": {
+                    name: {"dice": dice(pred == v, case.labels == v),
+                           "iou": compare(pred, case.labels, None, {name: v}, distances=False)[name]["iou"],
+                           "pixels": int((pred == v).sum()), "reference_pixels": int((case.labels == v).sum())}
+                    for name, v in labels.items()}}
+            else:
+                per_case[case.name] = d
+    finally:
+        model.train(was_training)
+    dices = [c["dice"] if full else c for c in per_case.values()]
+    out = {"mean_dice": float(np.mean(dices)), "cases": per_case}
+    out["pooled_dice"] = {name: (2.0 * i / s if s else 1.0) for name, (i, s) in pooled.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainingReport:
+    """Progress of a training run.
+
+    ``kind``: ``"start"``, ``"step"`` (after each optimisation step, ``loss`` is the
+    step's), ``"epoch"`` (``loss`` is the epoch's mean, ``val_dice`` the mean validation
+    Dice and ``val_cases`` per case), ``"done"`` (the model is written; ``card`` is its
+    card) or ``"stopped"`` (cancelled; ``card`` is set when a checkpoint was written).
+    """
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    val_dice: float | None = None
+    val_cases: dict[str, float] | None = None
+    best_dice: float | None = None
+    best_epoch: int | None = None
+    elapsed_s: float = 0.0
+    message: str = ""
+    card: ModelCard | None = None
+
+    @property
+    def fraction(self) -> float:
+        """How much of the run is done, 0..1."""
+        if self.kind == "done":
+            return 1.0
+        total = max(self.epochs * max(self.steps, 1), 1)
+        done = max(self.epoch - 1, 0) * max(self.steps, 1) + self.step
+        return min(done / total, 1.0)
+
+
+def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int = 0,
+          device: str = "cpu", *, version: str | None = None,
+          split: dict[str, Sequence[str]] | None = None,
+          config: TrainingConfig | dict[str, Any] | None = None,
+          threads: int | None = None, overwrite: bool = False, notes: str | None = None,
+          ) -> Generator[TrainingReport, None, ModelCard | None]:
+    """Train ``target``'s model on ``data_dir`` and write it to ``out_dir``.
+
+    ``split`` ({"train": [...], "validation": [...]}) defaults to ``splits.json``;
+    ``config`` overrides ``default_config(target)`` (a dict merges into it, nested dicts
+    key by key); ``epochs`` overrides the config's. ``version`` (default: ``out_dir``'s
+    name) and ``notes`` (default: ``TARGET_NOTES[target]``) go into the card. ``threads`` sets ``torch.set_num_threads``. Raises
+    ``TrainingError`` for bad input before any work; yields ``TrainingReport``s; returns
+    the card.
+    """
+    _check_target(target)
+    cfg = _merge_config(default_config(target), config)
+    if epochs is not None:
+        cfg = replace(cfg, epochs=int(epochs))
+    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
+        raise TrainingError("epochs, steps per epoch and batch size must be at least 1")
+    try:
+        prep = Preprocessing.from_dict(cfg.preprocessing)
+        model = build_model({**cfg.architecture})
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
+    if getattr(model, "in_channels", prep.channels) != prep.channels:
+        raise TrainingError(f"the architecture takes {model.in_channels} input channels but the "
+                            f"preprocessing makes {prep.channels} (context {prep.context})")
+    divisor = getattr(model, "divisor", 1)
+    if any(s % divisor for s in prep.size):
+        raise TrainingError(f"preprocessing size {list(prep.size)} must be a multiple of {divisor} "
+                            "for this U-Net depth")
+    labels = TARGET_LABELS[target]
+    n_classes = int(cfg.architecture.get("n_classes", len(labels) + 1))
+    if n_classes != len(labels) + 1:
+        raise TrainingError(f"{target} has {len(labels)} label(s), so the network needs "
+                            f"{len(labels) + 1} classes, not {n_classes}")
+    dev = _device(device)
+    out_dir = Path(out_dir)
+    if (out_dir / WEIGHTS_FILE).exists() and not overwrite:
+        raise TrainingError(f"{out_dir}: already holds a model; choose a new folder (a run never "
+                            "overwrites a model) or pass overwrite")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise TrainingError(f"{data_dir}: no such data folder")
+    if split is None:
+        split = load_splits()[target]
+    train_names, val_names = list(split.get("train", [])), list(split.get("validation", []))
+    silver_names = list(split.get("train_silver", []))
+    if not train_names or not val_names:
+        raise TrainingError(f"the {target} split needs training and validation cases")
+    if (set(train_names) | set(silver_names)) & set(val_names):
+        overlap = sorted((set(train_names) | set(silver_names)) & set(val_names))
+        raise TrainingError(f"cases both in training and validation: {overlap}")
+    version = version or out_dir.name
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+
+    n_train = len(train_names) + len(silver_names)
+    yield TrainingReport("start", 0, cfg.epochs, steps=cfg.steps_per_epoch,
+                         message=f"reading {n_train} training and {len(val_names)} validation cases")
+    train_cases = [load_case(target, data_dir, n) for n in train_names]
+    train_cases += [load_case(target, data_dir, n, silver=True) for n in silver_names]
+    val_cases = [load_case(target, data_dir, n) for n in val_names]
+    cache = _build_cache(train_cases, prep, n_classes, cfg.foreground_weight)
+    model = build_model({**cfg.architecture}).to(dev)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    warmup = max(1, int(cfg.warmup_fraction * total_steps))
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to 1% of lr
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        t = (step - warmup) / max(total_steps - warmup, 1)
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    best_state, best_dice, best_epoch = None, -1.0, 0
+    history: list[dict[str, Any]] = []
+    global_step, epoch = 0, 0
+    stopped = False
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            losses = []
+            for step in range(1, cfg.steps_per_epoch + 1):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(global_step)
+                x, y = _sample_batch(cache, prep, cfg.batch_size, rng)
+                x, y = augment(x, y, cfg.augmentation, prep.pad_value, gen)
+                logits = model(x.to(dev))
+                loss = dice_ce_loss(logits, y.to(dev), cfg.dice_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                global_step += 1
+                losses.append(float(loss.detach()))
+                yield TrainingReport("step", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1],
+                                     best_dice=best_dice if best_state is not None else None,
+                                     best_epoch=best_epoch or None, elapsed_s=time.perf_counter() - t0)
+            val = None
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                val = validate(model, val_cases, prep, labels, dev)
+                if val["mean_dice"] > best_dice:
+                    best_dice, best_epoch = val["mean_dice"], epoch
+                    best_state = copy.deepcopy(model.state_dict())
+            mean_loss = float(np.mean(losses))
+            history.append({"epoch": epoch, "loss": round(mean_loss, 5),
+                            "val_dice": None if val is None else round(val["mean_dice"], 5)})
+            yield TrainingReport(
+                "epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, mean_loss,
+                val_dice=None if val is None else val["mean_dice"],
+                val_cases=None if val is None else val["cases"],
+                best_dice=best_dice, best_epoch=best_epoch, elapsed_s=time.perf_counter() - t0,
+                message=f"epoch {epoch}/{cfg.epochs}: loss {mean_loss:.4f}"
+                        + ("" if val is None else f", validation Dice {val['mean_dice']:.4f}"),
+            )
+    except GeneratorExit:
+        stopped = True
+    if best_state is None:
+        if stopped:
+            return None
+        raise TrainingError("training ended without a validated checkpoint")  # pragma: no cover
+
+    # The checkpoint as it will be stored, validated as stored.
+    state = half_state_dict(best_state) if cfg.save_half else best_state
+    model.load_state_dict(state)
+    model.eval()
+    elapsed = time.perf_counter() - t0
+    card = ModelCard(
+        target=target, version=version, labels=dict(labels),
+        architecture=dict(cfg.architecture), preprocessing=prep.to_dict(),
+        training={
+            "data": _data_record(train_names + silver_names + val_names),
+            "split": {"train": train_names, "validation": val_names,
+                      **({"train_silver": silver_names} if silver_names else {})},
+            "labels_source": {**{n: "expert" for n in train_names + val_names},
+                              **{n: f"silver-standard ({SILVER_LUNGS_METHOD})" for n in silver_names}},
+            "epochs": cfg.epochs, "epochs_run": epoch, "stopped_early": stopped,
+            "best_epoch": best_epoch, "selection": "best mean validation Dice (mean over cases of "
+                                                    "the mean Dice over labels), checked every epoch",
+            "seed": seed, "device": str(dev), "threads": torch.get_num_threads(),
+            "time_s": round(elapsed, 1), "steps": global_step,
+            "config": cfg.to_dict(), "parameters": count_parameters(model),
+            "weights_dtype": "float16" if cfg.save_half else "float32",
+            "history": history,
+            "software": {"napari-ctseg": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+        },
+        license=LICENSE_NOTE,
+        cite=_citations(train_names + silver_names + val_names),
+        notes=TARGET_NOTES[target] if notes is None else notes,
+    )
+    if not stopped:
+        full = validate(model, val_cases, prep, labels, dev, full=True)
+        fit = validate(model, train_cases, prep, labels, dev)
+        card.validation = {
+            "mean_dice": full["mean_dice"], "pooled_dice": full["pooled_dice"], "cases": full["cases"],
+            "training_cases_dice": fit["cases"],
+            "note": "raw network output (no post-processing), on each case's original grid",
+        }
+    else:
+        card.validation = {"mean_dice": best_dice, "note": f"stopped at epoch {epoch}; figures at "
+                                                           f"the best epoch {best_epoch}"}
+    card.training["time_s"] = round(time.perf_counter() - t0, 1)
+    write_version(out_dir, state, card)
+    if stopped:
+        return card
+    yield TrainingReport("done", cfg.epochs, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch,
+                         best_dice=best_dice, best_epoch=best_epoch, val_dice=card.validation["mean_dice"],
+                         elapsed_s=time.perf_counter() - t0, card=card,
+                         message=f"wrote {out_dir / WEIGHTS_FILE} (best epoch {best_epoch}, "
+                                 f"validation Dice {card.validation['mean_dice']:.4f})")
+    return card
+
+
+def _device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise TrainingError(f"unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r}: no CUDA GPU is available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"device {device!r}: Apple MPS is not available here; use --device cpu")
+    return dev
+
+
+def _data_record(names: list[str]) -> list[dict[str, str]]:
+    out = []
+    for n in names:
+        info = _dataset_of(n) or {}
+        out.append({"case": n, **{k: v for k, v in info.items() if k != "cite"}})
+    return out
+
+
+def _citations(names: list[str]) -> list[str]:
+    cites: list[str] = []
+    for n in names:
+        info = _dataset_of(n)
+        if info and info["cite"] not in cites:
+            cites.append(info["cite"])
+    return cites
+
+
+def run_to_end(reports) -> ModelCard | None:
+    """Drive a ``train`` generator to its end without threads; return the card it wrote."""
+    card = None
+    for report in reports:
+        if report.card is not None:
+            card = report.card
+    return card
+
+
+__all__ = [
+    "TARGET_LABELS", "TrainingConfig", "TrainingReport", "Case", "default_config", "train", "validate",
+    "augment", "dice_ce_loss", "load_splits", "make_infection_split", "load_case", "run_to_end",
+    "INFECTION_WINDOW",
+]

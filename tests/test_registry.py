@@ -1,0 +1,176 @@
+"""The weights registry: cards, versions, sha256 checks, safe loading."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from napari_ctseg.errors import CTSegError, ModelError
+from napari_ctseg.models import registry
+from napari_ctseg.models.registry import (
+    TARGETS,
+    ModelCard,
+    active_version,
+    list_versions,
+    load_model,
+    sha256_file,
+    weight_roots,
+    write_version,
+)
+from napari_ctseg.models.preprocess import Preprocessing, slices_to_input
+from napari_ctseg.models.unet import UNet2D, build_model
+
+ARCH = {"name": "unet2d", "in_channels": 3, "n_classes": 3, "base": 4, "depth": 2}
+PREP = {"window": [-1024, 600], "context": 1, "size": [16, 16]}
+
+
+def make_version(root, version="v1", target="lungs", seed=0):
+    torch.manual_seed(seed)
+    model = build_model(ARCH)
+    card = ModelCard(target=target, version=version, labels={"right_lung": 1, "left_lung": 2},
+                     architecture=dict(ARCH), preprocessing=dict(PREP),
+                     validation={"mean_dice": 0.5}, cite=["synthetic"])
+    write_version(root / target / version, model.state_dict(), card)
+    return model, card
+
+
+def test_write_and_load(tmp_path):
+    model, card = make_version(tmp_path)
+    folder = tmp_path / "lungs" / "v1"
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.pt"]
+    stored = json.loads((folder / "card.json").read_text())
+    assert stored["sha256"] == sha256_file(folder / "model.pt")
+    assert stored["license"] == "non-commercial research use" and stored["created"]
+    loaded, got = load_model("lungs", roots=[tmp_path])
+    assert not loaded.training and got.version == "v1" and got.labels == {"right_lung": 1, "left_lung": 2}
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_versions_sort_naturally_and_newest_is_active(tmp_path):
+    for v in ("v2", "v10", "v1"):
+        make_version(tmp_path, v)
+    assert [c.version for c in list_versions("lungs", roots=[tmp_path])] == ["v1", "v2", "v10"]
+    assert active_version("lungs", roots=[tmp_path]) == "v10"
+    _, card = load_model("lungs", "v2", roots=[tmp_path])
+    assert card.version == "v2"
+
+
+def test_first_root_wins_and_env_root_comes_first(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_version(a, "v1", seed=1)
+    make_version(b, "v1", seed=2)
+    make_version(b, "v2")
+    cards = list_versions("lungs", roots=[a, b])
+    assert [c.version for c in cards] == ["v1", "v2"] and cards[0].path == a / "lungs" / "v1"
+    monkeypatch.setenv(registry.WEIGHTS_ENV, str(b))
+    assert weight_roots()[0] == b and weight_roots()[-1] == registry.bundled_weights_dir()
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    make_version(tmp_path / "good")
+    bad = tmp_path / "bad" / "lungs" / "v1"
+    shutil.copytree(tmp_path / "good" / "lungs" / "v1", bad)
+    data = bytearray((bad / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt or was modified") as err:
+        load_model("lungs", roots=[tmp_path / "bad"])
+    assert str(bad / "model.pt") in str(err.value)
+    assert isinstance(err.value, CTSegError)
+
+
+def test_refused_before_unpickling(tmp_path, monkeypatch):
+    """A modified file is never handed to torch.load."""
+    make_version(tmp_path)
+    (tmp_path / "lungs" / "v1" / "model.pt").write_bytes(b"not a model")
+    called = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: called.append(1))
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model("lungs", roots=[tmp_path])
+    assert not called
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    make_version(tmp_path)
+    card_path = tmp_path / "lungs" / "v1" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["architecture"]["name"] = "transformer3d"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="unknown model architecture 'transformer3d'"):
+        load_model("lungs", roots=[tmp_path])
+    with pytest.raises(ModelError, match="unknown model architecture"):
+        build_model({"name": "resnet"})
+    with pytest.raises(ModelError):
+        build_model({"name": "unet2d", "in_channels": 1, "n_classes": 2, "wings": 3})
+
+
+def test_missing_weights_and_versions(tmp_path):
+    with pytest.raises(ModelError, match="no lungs model found"):
+        load_model("lungs", roots=[tmp_path])
+    make_version(tmp_path)
+    with pytest.raises(ModelError, match="no lungs model version 'v7'; available: v1"):
+        load_model("lungs", "v7", roots=[tmp_path])
+    (tmp_path / "lungs" / "v1" / "model.pt").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_model("lungs", roots=[tmp_path])
+    with pytest.raises(ModelError, match="unknown target"):
+        load_model("brain", roots=[tmp_path])
+
+
+def test_non_tensor_pickles_are_refused(tmp_path):
+    """weights_only=True: a file holding arbitrary objects is not loaded even with a valid sha256."""
+    _, card = make_version(tmp_path)
+    path = tmp_path / "lungs" / "v1" / "model.pt"
+    torch.save({"weights": Preprocessing()}, path)
+    card.sha256 = sha256_file(path)
+    card.save(path.parent)
+    with pytest.raises(ModelError, match="not a readable weights file"):
+        load_model("lungs", roots=[tmp_path])
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    _, card = make_version(tmp_path)
+    path = tmp_path / "lungs" / "v1" / "model.pt"
+    torch.save(UNet2D(1, 2, base=4, depth=2).state_dict(), path)
+    card.sha256 = sha256_file(path)
+    card.save(path.parent)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model("lungs", roots=[tmp_path])
+
+
+def test_card_json_round_trip_keeps_unknown_keys():
+    card = ModelCard.from_dict({"target": "liver", "version": "v3", "labels": {"liver": 1},
+                                "architecture": ARCH, "preprocessing": PREP, "future_field": [1, 2]})
+    again = ModelCard.from_json(card.to_json())
+    assert again == card and again.to_dict()["future_field"] == [1, 2]
+    with pytest.raises(ModelError, match="missing"):
+        ModelCard.from_dict({"target": "liver"})
+
+
+def test_half_precision_weights_load_as_float32(tmp_path):
+    model = build_model(ARCH)
+    card = ModelCard("lungs", "v1", {"a": 1, "b": 2}, dict(ARCH), dict(PREP))
+    write_version(tmp_path / "lungs" / "v1", registry.half_state_dict(model.state_dict()), card)
+    loaded, _ = load_model("lungs", roots=[tmp_path])
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+BUNDLED = [t for t in TARGETS if list_versions(t)]
+
+
+@pytest.mark.parametrize("target", BUNDLED)
+def test_bundled_weights_load_and_run(target):
+    model, card = load_model(target)
+    assert card.version == active_version(target)
+    assert card.sha256 and card.license == "non-commercial research use" and card.cite
+    for key in ("data", "split", "epochs", "seed", "device"):
+        assert key in card.training
+    assert card.validation["cases"]
+    assert card.weights_path.stat().st_size < 8_000_000  # a few MB at most
+    prep = Preprocessing.from_dict(card.preprocessing)
+    x = slices_to_input(torch.full((3, 64, 64), -1000.0).numpy(), [1], prep)
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == (1, card.n_classes, *prep.size)
+    assert set(card.labels.values()) == set(range(1, card.n_classes))

@@ -1,0 +1,202 @@
+"""The training loop on tiny synthetic cases: it learns, writes a checked model, honours the rules."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_ctseg.cli import build_parser, main
+from napari_ctseg.errors import TrainingError
+from napari_ctseg.models.registry import load_model, sha256_file
+from napari_ctseg.training import (
+    TrainingReport,
+    augment,
+    default_config,
+    dice_ce_loss,
+    load_splits,
+    make_infection_split,
+    train,
+)
+
+TINY = {
+    "architecture": {"base": 8, "depth": 2, "max_channels": 16},
+    "preprocessing": {"size": [32, 32]},
+    "steps_per_epoch": 6,
+    "batch_size": 4,
+    "lr": 1e-2,
+    "warmup_fraction": 0.0,
+    "augmentation": {"rotate_deg": 0.0, "scale": [1.0, 1.0], "translate": 0.0, "noise": 0.0,
+                     "brightness": 0.0, "contrast": 0.0},
+}
+
+
+def write_case(folder, seed):
+    """A 6-slice 'abdomen': a water body with a brighter 'liver' on the patient's right."""
+    rng = np.random.default_rng(seed)
+    z, n = 6, 40
+    yy, xx = np.mgrid[:n, :n]
+    body = (yy - 20) ** 2 + (xx - 20) ** 2 <= 17 ** 2
+    liver = (yy - 18) ** 2 + (xx - 12) ** 2 <= 6 ** 2
+    ct = np.full((n, n, z), -1000, np.int16)  # RAS voxel order (x, y, z)
+    mask = np.zeros((n, n, z), np.uint8)
+    for k in range(1, z - 1):
+        ct[..., k][body.T] = 30
+        ct[..., k][liver.T] = 160
+        mask[..., k][liver.T] = 1
+    ct = (ct + rng.normal(0, 10, ct.shape)).astype(np.int16)
+    folder.mkdir(parents=True)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(ct, affine), folder / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), folder / "liver.nii.gz")
+
+
+@pytest.fixture
+def data(tmp_path):
+    write_case(tmp_path / "data" / "case_a", 0)
+    write_case(tmp_path / "data" / "case_b", 1)
+    return tmp_path / "data"
+
+
+SPLIT = {"train": ["case_a"], "validation": ["case_b"]}
+
+
+def test_loop_learns_and_writes_a_checked_model(data, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "weights" / "liver" / "v9"
+    reports = list(train("liver", data, out, epochs=4, seed=3, split=SPLIT, config=TINY))
+    assert all(isinstance(r, TrainingReport) for r in reports)
+    kinds = [r.kind for r in reports]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("epoch") == 4
+    losses = [r.loss for r in reports if r.kind == "step"]
+    assert len(losses) == 24
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+    epochs = [r for r in reports if r.kind == "epoch"]
+    assert all(r.val_dice is not None and "case_b" in r.val_cases for r in epochs)
+    assert reports[-1].fraction == 1.0
+
+    card = reports[-1].card
+    stored = json.loads((out / "card.json").read_text())
+    assert stored["sha256"] == sha256_file(out / "model.pt") == card.sha256
+    assert stored["version"] == "v9" and stored["labels"] == {"liver": 1}
+    assert stored["training"]["split"] == SPLIT and stored["training"]["seed"] == 3
+    assert stored["training"]["device"] == "cpu" and stored["training"]["epochs"] == 4
+    assert stored["training"]["best_epoch"] == max(epochs, key=lambda r: r.val_dice).epoch
+    case = stored["validation"]["cases"]["case_b"]
+    assert set(case["labels"]["liver"]) >= {"dice", "iou", "hd95_mm", "asd_mm", "volume_ml"}
+    assert stored["validation"]["mean_dice"] == pytest.approx(case["dice"])
+    assert not list(out.glob(".*tmp"))  # no temporary files left
+
+    model, loaded = load_model("liver", roots=[tmp_path / "weights"])
+    assert loaded.version == "v9" and not model.training
+
+
+def test_same_seed_same_losses(data, tmp_path):
+    torch.set_num_threads(1)
+    runs = []
+    for name in ("a", "b"):
+        gen = train("liver", data, tmp_path / name, epochs=1, seed=5, split=SPLIT,
+                    config={**TINY, "steps_per_epoch": 3})
+        runs.append([r.loss for r in gen if r.kind == "step"])
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-4)
+
+
+def test_never_overwrites_and_checks_its_input(data, tmp_path):
+    out = tmp_path / "w" / "v1"
+    list(train("liver", data, out, epochs=1, split=SPLIT, config={**TINY, "steps_per_epoch": 1}))
+    with pytest.raises(TrainingError, match="already holds a model"):
+        next(train("liver", data, out, epochs=1, split=SPLIT, config=TINY))
+    with pytest.raises(TrainingError, match="unknown target"):
+        next(train("kidney", data, tmp_path / "x", split=SPLIT))
+    with pytest.raises(TrainingError, match="both in training and validation"):
+        next(train("liver", data, tmp_path / "x", split={"train": ["case_a"], "validation": ["case_a"]}))
+    with pytest.raises(TrainingError, match="missing"):
+        list(train("liver", data, tmp_path / "x", split={"train": ["nope"], "validation": ["case_b"]},
+                   config=TINY))
+    with pytest.raises(TrainingError, match="unknown training setting"):
+        next(train("liver", data, tmp_path / "x", split=SPLIT, config={"epochz": 3}))
+
+
+def test_cancel_keeps_the_best_checkpoint_so_far(data, tmp_path):
+    out = tmp_path / "liver" / "v2"
+    gen = train("liver", data, out, epochs=5, split=SPLIT, config={**TINY, "steps_per_epoch": 2})
+    for r in gen:
+        if r.kind == "epoch":
+            break
+    gen.close()
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["stopped_early"] is True and card["training"]["epochs_run"] == 1
+    assert card["sha256"] == sha256_file(out / "model.pt")
+
+
+def test_no_left_right_flips_for_organs():
+    for target in ("lungs", "liver"):
+        assert not default_config(target).augmentation.get("dihedral")
+    assert default_config("infection").augmentation["dihedral"]
+
+
+def test_augment_moves_image_and_labels_together():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.zeros(6, 32, 32, dtype=torch.long)
+    y[:, 4:12, 6:20] = 1
+    x = y[:, None].float().repeat(1, 3, 1, 1)
+    aug = {"rotate_deg": 30.0, "scale": [0.8, 1.2], "translate": 0.1, "dihedral": True}
+    xa, ya = augment(x, y, aug, 0.0, gen)
+    assert xa.shape == x.shape and ya.shape == y.shape and ya.dtype == torch.long
+    agree = ((xa[:, 1] > 0.5).long() == ya).float().mean()
+    assert agree > 0.97
+
+
+def test_loss_is_small_for_a_perfect_prediction():
+    y = torch.zeros(2, 8, 8, dtype=torch.long)
+    y[:, 2:5, 2:5] = 1
+    good = torch.nn.functional.one_hot(y, 2).permute(0, 3, 1, 2).float() * 20 - 10
+    assert dice_ce_loss(good, y) < 0.05
+    assert dice_ce_loss(-good, y) > 1.0
+
+
+def test_infection_split_is_fixed_and_grouped():
+    ids = [str(i) for i in range(50)]
+    groups = {"16": "g", "17": "g"}
+    a = make_infection_split(ids, 10, seed=0, groups=groups)
+    assert a == make_infection_split(ids, 10, seed=0, groups=groups)
+    assert len(a["train"]) == 40 and len(a["validation"]) == 10
+    assert not set(a["train"]) & set(a["validation"])
+    assert ("16" in a["validation"]) == ("17" in a["validation"])
+
+
+def test_shipped_splits():
+    splits = load_splits()
+    assert splits["lungs"]["train"] == ["liver_ircad07"] and splits["lungs"]["validation"] == ["liver_ircad01"]
+    assert splits["liver"]["train"] == ["liver_ircad01", "liver_ircad07"]
+    assert splits["liver"]["validation"][0] == "liver_chaos03"
+    inf = splits["infection"]
+    assert len(inf["train"]) == 40 and len(inf["validation"]) == 10 and "seed" in inf
+    assert not set(inf["train"]) & set(inf["validation"])
+
+
+def test_cli_train(data, tmp_path, capsys):
+    args = build_parser().parse_args(["train", "--target", "lungs", "--data", "d", "--out", "o"])
+    assert args.epochs is None and args.device == "cpu" and args.seed == 0
+    assert main(["train", "--target", "liver", "--data", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no such data folder" in capsys.readouterr().err
+    assert main(["train", "--target", "liver", "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--device", "cuda:7"]) == 2 or torch.cuda.is_available()
+
+
+def test_silver_lung_labels_by_hand():
+    from napari_ctseg.training import silver_lung_labels
+
+    hu = np.full((3, 60, 60), -1000, np.int16)  # outside air
+    hu[:, 5:55, 5:55] = 40  # body
+    hu[:, 15:45, 10:25] = -850  # patient's right lung (small x)
+    hu[:, 15:45, 32:50] = -850  # left lung
+    hu[:, 20:22, 15:17] = 50  # a vessel: a small hole, filled
+    hu[:, 25:40, 36:46] = 30  # a big island (a dome under the lung base): not filled
+    hu[:, 50:52, 28:30] = -900  # a little bowel gas: not lung
+    labels = silver_lung_labels(hu, (2.0, 1.0, 1.0), max_hole_mm2=50)
+    assert labels[1, 30, 15] == 1 and labels[1, 30, 40] == 0 and labels[1, 16, 40] == 2
+    assert labels[1, 21, 16] == 1  # vessel filled
+    assert labels[1, 51, 29] == 0 and labels[1, 0, 0] == 0
+    assert set(np.unique(labels).tolist()) == {0, 1, 2}
