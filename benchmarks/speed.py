@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--gui", action="store_true", help="also measure the GUI stall (needs a display or Xvfb)")
     parser.add_argument("--skip-lungmask", action="store_true")
     parser.add_argument("--sizes", default="x300,x600")
+    parser.add_argument("--rows", default="lungs,liver,infection,all",
+                        help="which timings: any of lungs, liver, infection, all (the three together)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -180,7 +182,12 @@ def main() -> None:
     sources = ([str(REAL)] if REAL.is_file() else []) + args.sizes.split(",")
     for source in sources:
         name = Path(source).parent.name if source.endswith(".nii.gz") else f"synthetic 512x512{source}"
-        for targets in ("lungs", "liver", "infection", ",".join(TARGETS)):
+        wanted = [",".join(TARGETS) if r == "all" else r for r in args.rows.split(",")]
+        if not REAL.is_file() or source != str(REAL):
+            wanted = [",".join(TARGETS)] if "all" in args.rows.split(",") else wanted
+        if source == str(REAL) and "lungs" not in wanted and not args.skip_lungmask:
+            wanted.insert(0, "lungs")  # the lungmask comparison needs it
+        for targets in wanted:
             if source.startswith("x") and targets == "infection":
                 continue  # infection alone segments the lungs first: the all-targets row covers it
             r = run_child("ours", source, targets, args.device)

@@ -93,6 +93,7 @@ class SegmentWidget(QWidget):
             self.target_checks[target] = check
             self.version_combos[target] = combo
             grid.addRow(check, combo)
+        box.setMinimumHeight(box.sizeHint().height())  # stays readable when docks are stacked
         layout.addWidget(box)
 
         buttons = QHBoxLayout()
