@@ -137,6 +137,10 @@ def child_gui(source: str) -> dict:
         time.sleep(0.001)
         if widget.result is not None and worker_time is None:
             worker_time = time.perf_counter() - t0
+    end = time.perf_counter() + 0.5  # catch the gap of adding the result layers too
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.001)
     state["running"] = False
     timer.stop()
     total = time.perf_counter() - t0

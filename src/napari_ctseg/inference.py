@@ -208,6 +208,7 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
             masks[target] = postprocess(target, raw, lungs=lung_mask)
         else:
             masks[target] = postprocess(target, raw)
+        del raw  # before the next target allocates its own
         seconds[target] = time.perf_counter() - t0
     if need_lungs and "lungs" not in targets:
         masks.pop("lungs", None)
@@ -280,14 +281,14 @@ def largest_components(mask: np.ndarray, keep: int = 1) -> np.ndarray:
     return out
 
 
-def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
+def fill_holes_axial(mask: np.ndarray, in_place: bool = False) -> np.ndarray:
     """Fill holes slice by slice (axial), inside the mask's bounding box."""
     box = _bbox(mask)
     if box is None:
         return mask
-    out = mask.copy()
+    out = mask if in_place else mask.copy()
     for z in range(box[0].start, box[0].stop):
-        out[z, box[1], box[2]] = ndimage.binary_fill_holes(mask[z, box[1], box[2]])
+        out[z, box[1], box[2]] = ndimage.binary_fill_holes(out[z, box[1], box[2]])
     return out
 
 
@@ -296,7 +297,7 @@ def postprocess(target: str, labels: np.ndarray, lungs: np.ndarray | None = None
     out = np.zeros(labels.shape, dtype=np.uint8)
     if target in ("lungs", "liver"):
         for value in LABELS[target].values():
-            part = fill_holes_axial(largest_components(labels == value, keep=1))
+            part = fill_holes_axial(largest_components(labels == value, keep=1), in_place=True)
             out[part & (out == 0)] = value
         return out
     if target == "infection":
@@ -310,8 +311,8 @@ def postprocess(target: str, labels: np.ndarray, lungs: np.ndarray | None = None
 
 def volumes_ml(mask: np.ndarray, target: str, voxel_ml: float) -> dict[str, float]:
     """Volume in mL of each label of a target's mask."""
-    counts = np.bincount(mask.ravel(), minlength=max(LABELS[target].values()) + 1)
-    return {name: float(counts[v]) * voxel_ml for name, v in LABELS[target].items()}
+    # count_nonzero per label: bincount would first copy the mask as 8-byte integers
+    return {name: float(np.count_nonzero(mask == v)) * voxel_ml for name, v in LABELS[target].items()}
 
 
 def lung_involvement_pct(infection: np.ndarray, lungs: np.ndarray) -> float | None:
