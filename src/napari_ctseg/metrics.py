@@ -98,18 +98,23 @@ def surface_distances(a, b, spacing=None) -> tuple[np.ndarray, np.ndarray]:
     return dist_to_b[sa], dist_to_a[sb]
 
 
-def hd95(a, b, spacing=None) -> float:
-    """95th percentile Hausdorff distance in mm (symmetric: both directions pooled).
-
-    0.0 when both masks are empty, ``nan`` when exactly one is.
-    """
+def _pooled_distances(a, b, spacing):
+    """Both directions' surface distances pooled, or 0.0 (both empty) / nan (one empty)."""
     a, b = _pair(a, b)
     if not a.any() and not b.any():
         return 0.0
     if not a.any() or not b.any():
         return float("nan")
-    d_ab, d_ba = surface_distances(a, b, spacing)
-    return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
+    return np.concatenate(surface_distances(a, b, spacing))
+
+
+def hd95(a, b, spacing=None) -> float:
+    """95th percentile Hausdorff distance in mm (symmetric: both directions pooled).
+
+    0.0 when both masks are empty, ``nan`` when exactly one is.
+    """
+    d = _pooled_distances(a, b, spacing)
+    return d if isinstance(d, float) else float(np.percentile(d, 95))
 
 
 def asd(a, b, spacing=None) -> float:
@@ -117,13 +122,8 @@ def asd(a, b, spacing=None) -> float:
 
     0.0 when both masks are empty, ``nan`` when exactly one is.
     """
-    a, b = _pair(a, b)
-    if not a.any() and not b.any():
-        return 0.0
-    if not a.any() or not b.any():
-        return float("nan")
-    d_ab, d_ba = surface_distances(a, b, spacing)
-    return float(np.concatenate([d_ab, d_ba]).mean())
+    d = _pooled_distances(a, b, spacing)
+    return d if isinstance(d, float) else float(d.mean())
 
 
 def compare(pred, ref, spacing=None, labels: dict[str, int] | None = None,
