@@ -8,6 +8,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def private_user_data(tmp_path_factory, monkeypatch):
+    """Every test gets its own user data folder (corrections, fine-tuned models, active choice)."""
+    folder = tmp_path_factory.mktemp("xdg_data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder))
+    return folder / "napari-ctseg"
+
+
 @pytest.fixture
 def shared_data():
     """The real data beside the repository (read-only); tests using it skip without it."""

@@ -185,6 +185,131 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _parse_slices(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        except ValueError:
+            raise CTSegError(f"--changed-slices {text!r}: write display z indices like 3,5,10-20") from None
+    return out
+
+
+def _cmd_finetune(args) -> int:
+    import os
+
+    from .fine_tuning import CorrectionCase, corrections_from_store, fine_tune
+    from .inference import choose_device
+
+    if args.from_store:
+        if args.scans or args.masks:
+            raise CTSegError("give --scans/--masks or --from-store, not both")
+        corrections = corrections_from_store(args.target)
+        if not corrections:
+            raise CTSegError(f"the corrections store holds no {args.target} corrections yet "
+                             "(Mask tools > Save corrected mask records them)")
+    else:
+        if not args.scans or not args.masks:
+            raise CTSegError("give --scans and --masks (one corrected mask per scan), or --from-store")
+        if len(args.scans) != len(args.masks):
+            raise CTSegError(f"{len(args.scans)} scan(s) but {len(args.masks)} mask(s): give one "
+                             "corrected mask per scan, in the same order")
+        changed = [_parse_slices(c) for c in args.changed_slices] if args.changed_slices else None
+        if changed is not None and len(changed) != len(args.scans):
+            raise CTSegError("give one --changed-slices per scan, or none")
+        corrections = [CorrectionCase(str(s), str(m), None if changed is None else changed[i])
+                       for i, (s, m) in enumerate(zip(args.scans, args.masks))]
+    device, note = choose_device(args.device)
+    if note:
+        print(f"ctseg: {note}", file=sys.stderr)
+    config = {"epochs": args.epochs}
+    for key in ("steps_per_epoch", "lr", "batch_size"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    data = args.data or os.environ.get("CTSEG_DATA_DIR") or None
+    card = None
+    for report in fine_tune(args.target, corrections, base_version=args.base, data_dir=data,
+                            config=config, device=str(device), seed=args.seed, threads=args.threads,
+                            version=args.version, promote=not args.no_promote):
+        if report.kind in ("prepare", "start"):
+            print(f"[{report.elapsed_s:7.1f} s] {report.message}", flush=True)
+        elif report.kind == "epoch":
+            print(f"[{report.elapsed_s:7.1f} s] {report.message}", flush=True)
+        elif report.kind == "done":
+            card = report.card
+    if card is None:  # pragma: no cover - the generator always ends with "done"
+        return 1
+    ft = card.extra["fine_tune"]
+    if args.json:
+        print(json.dumps({"target": card.target, "version": card.version, "path": str(card.path),
+                          "promoted": ft["promoted"], "reason": ft["reason"], "before": ft["before"],
+                          "after": ft["after"]}))
+        return 0
+    print(f"new version: {card.target} {card.version} ({card.path})")
+    b, a = ft["before"], ft["after"]
+    print(f"  held-aside corrections Dice  {_f(b['corrections'])} -> {_f(a['corrections'])}")
+    print(f"  validation Dice              {_f(b['validation'])} -> {_f(a['validation'])}  "
+          f"({card.validation.get('what', '')})")
+    for name, v in a["validation_cases"].items():
+        print(f"    {name}: {_f(b['validation_cases'].get(name))} -> {_f(v)}")
+    print(f"  {'promoted: now the active version' if ft['promoted'] else 'kept as a candidate'} "
+          f"({ft['reason'].split(';')[0]})")
+    return 0
+
+
+def _f(v) -> str:
+    return "  n/a " if v is None else f"{v:.4f}"
+
+
+def _cmd_models(args) -> int:
+    from .models.registry import (
+        TARGETS,
+        active_version,
+        list_versions,
+        remove_version,
+        set_active_version,
+        version_source,
+    )
+
+    if args.action == "list":
+        targets = [args.target] if args.target else list(TARGETS)
+        rows = []
+        for target in targets:
+            cards = list_versions(target)
+            active = active_version(target) if cards else None
+            for c in cards:
+                dice = c.validation.get("mean_dice") if isinstance(c.validation, dict) else None
+                rows.append({"target": target, "version": c.version, "source": version_source(c),
+                             "status": c.extra.get("status", ""), "created": c.created,
+                             "validation_dice": dice, "active": c.version == active,
+                             "path": str(c.path)})
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+            return 0
+        for r in rows:
+            dice = "   n/a" if r["validation_dice"] is None else f"{r['validation_dice']:.4f}"
+            status = f" ({r['status']})" if r["status"] in ("candidate",) else ""
+            print(f"{'*' if r['active'] else ' '} {r['target']:<9} {r['version']:<14} {r['source']:<10} "
+                  f"{(r['created'] or 'undated')[:10]:<10}  validation Dice {dice}{status}")
+        if not args.json:
+            print("(* active)")
+        return 0
+    if args.target is None or args.version is None:
+        raise CTSegError(f"ctseg models {args.action} needs TARGET and VERSION, e.g. lungs v1")
+    if args.action == "use":
+        now = set_active_version(args.target, args.version)
+        print(f"{args.target}: active version is now {now}")
+        return 0
+    now = remove_version(args.target, args.version)
+    print(f"removed {args.target} {args.version}; active version: {now or 'none'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctseg", description="napari-ctseg from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +358,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="the cases of this split of models/splits.json, e.g. validation")
     p.add_argument("--json", action="store_true", help="one JSON object with every figure")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on corrected masks; a new version, active only if better",
+                       description="Fine-tune TARGET's model on scans and their corrected masks (NIfTI on "
+                                   "each scan's grid). The new version goes to your user data folder; it "
+                                   "becomes active only when it beats the base on held-aside corrected "
+                                   "slices and is no more than 0.005 Dice worse on the validation cases "
+                                   "(the base's, from --data; otherwise the slices you left unchanged).")
+    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument("--scans", nargs="+", default=None, help="CT scans (NIfTI file, DICOM file or folder)")
+    p.add_argument("--masks", nargs="+", default=None, help="the corrected masks, one per scan, same order")
+    p.add_argument("--changed-slices", nargs="+", default=None, metavar="Z,Z-Z",
+                   help="per scan, the display z slices you corrected (default: where the base model "
+                        "disagrees with the mask)")
+    p.add_argument("--from-store", action="store_true",
+                   help="use the corrections saved from napari (Mask tools > Save corrected mask)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="default 10")
+    p.add_argument("--batch-size", type=int, default=None, help="default 8")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
+    p.add_argument("--base", default=None, metavar="VERSION", help="base version (default: the active one)")
+    p.add_argument("--data", default=None, help="the base model's training data folder, for replay and "
+                                                "validation (default: $CTSEG_DATA_DIR)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--version", default=None, help="name of the new version (default: <base>-ftN)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-promote", action="store_true", help="keep the new version as a candidate")
+    p.add_argument("--json", action="store_true", help="one JSON object with the figures")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("models", help="list model versions, choose the active one, remove fine-tuned ones",
+                       description="list: one line per version (target, version, source, date, validation "
+                                   "Dice; * marks the active one). use T V: make V the active version of T "
+                                   "(also to roll back). remove T V: delete one of your fine-tuned versions "
+                                   "(bundled versions cannot be removed).")
+    p.add_argument("action", choices=["list", "use", "remove"])
+    p.add_argument("target", nargs="?", choices=TARGETS)
+    p.add_argument("version", nargs="?")
+    p.add_argument("--json", action="store_true", help="list: one JSON object per version")
+    p.set_defaults(func=_cmd_models)
     return parser
 
 

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from .errors import CTSegError
 from .models.preprocess import Preprocessing, find_crop, labels_from_probs, slices_to_input
-from .models.registry import TARGETS, ModelCard, load_model
+from .models.registry import TARGETS, ModelCard, get_card, load_model
 from .volume import CTVolume
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -105,10 +105,13 @@ class ModelSet:
         self._lock = threading.Lock()
 
     def get(self, target: str, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
-        key = (target, self.versions.get(target), str(device))
+        # Keyed by the version resolved now and its checksum: the active version changes when
+        # a fine-tuned one is promoted, and a removed version's name may come back.
+        card = get_card(target, self.versions.get(target))
+        key = (target, card.version, card.sha256, str(device))
         with self._lock:
             if key not in self._cache:
-                model, card = load_model(target, self.versions.get(target), device="cpu")
+                model, card = load_model(target, card.version, device="cpu")
                 model = fuse_for_inference(model)
                 model = model.to(device=device, memory_format=torch.channels_last)
                 if device.type == "cuda":

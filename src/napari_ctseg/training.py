@@ -593,6 +593,8 @@ class TrainingReport:
     step's), ``"epoch"`` (``loss`` is the epoch's mean, ``val_dice`` the mean validation
     Dice and ``val_cases`` per case), ``"done"`` (the model is written; ``card`` is its
     card) or ``"stopped"`` (cancelled; ``card`` is set when a checkpoint was written).
+    Fine-tuning (``napari_ctseg.fine_tuning``) adds ``"prepare"`` (reading data, measuring
+    the base model) and fills ``corrections_dice`` and ``promoted``.
     """
 
     kind: str
@@ -608,6 +610,8 @@ class TrainingReport:
     elapsed_s: float = 0.0
     message: str = ""
     card: ModelCard | None = None
+    corrections_dice: float | None = None  # fine-tuning: Dice on the held-aside corrected slices
+    promoted: bool | None = None  # fine-tuning, "done": whether the new version became active
 
     @property
     def fraction(self) -> float:
@@ -827,6 +831,15 @@ def _citations(names: list[str]) -> list[str]:
         if info and info["cite"] not in cites:
             cites.append(info["cite"])
     return cites
+
+
+def __getattr__(name: str):
+    # ``training.fine_tune`` is the fine-tuning entry point; it lives in its own module.
+    if name in ("fine_tune", "CorrectionCase", "FineTuneConfig"):
+        from . import fine_tuning
+
+        return getattr(fine_tuning, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_to_end(reports) -> ModelCard | None:

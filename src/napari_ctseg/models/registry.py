@@ -9,12 +9,20 @@ A version is a folder ``<root>/<target>/<version>/`` holding
 Roots are searched in order; the first root holding a version wins:
 
 1. the folders in the environment variable ``CTSEG_WEIGHTS_DIR`` (``os.pathsep``-separated),
-2. the weights bundled with the package (``napari_ctseg/weights``, a link to the
+2. the user's own (fine-tuned) versions, ``user_weights_dir()`` (under platformdirs' user
+   data directory; ``$XDG_DATA_HOME/napari-ctseg/weights`` on Linux),
+3. the weights bundled with the package (``napari_ctseg/weights``, a link to the
    repository's top-level ``weights/`` in a source checkout, copied files when installed).
+   They are never written to.
 
-Every function takes ``roots=`` to search other folders instead (tests, user versions).
-A version's name is its folder's name. Versions sort naturally (``v2`` < ``v10``);
-the active version is the newest.
+Every function takes ``roots=`` to search other folders instead (tests).
+A version's name is its folder's name; folders whose name starts with a dot are runs in
+progress and never listed. Versions sort naturally (``v2`` < ``v10`` < ``v10-ft1``).
+
+The active version of a target is the one the user chose (``set_active_version``, kept
+in ``active_models.json`` beside the user's versions) when it still exists; otherwise the
+newest version that is not a fine-tuning *candidate* (a fine-tuned version that did not
+pass the promotion rule carries ``"status": "candidate"`` in its card).
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ __all__ = [
     "TARGETS", "ModelCard", "ModelError", "WEIGHTS_ENV", "bundled_weights_dir", "weight_roots",
     "list_versions", "active_version", "get_card", "load_model", "verify_weights", "sha256_file",
     "write_version", "half_state_dict", "user_weights_dir", "describe", "LICENSE_NOTE",
+    "set_active_version", "remove_version", "version_source", "next_version_name", "active_file",
 ]
 
 TARGETS = ("lungs", "liver", "infection")
@@ -190,7 +199,7 @@ def weight_roots(roots: Iterable | None = None) -> list[Path]:
         return [Path(r) for r in ([roots] if isinstance(roots, (str, os.PathLike)) else roots)]
     env = os.environ.get(WEIGHTS_ENV, "")
     found = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
-    return [*found, bundled_weights_dir()]
+    return [*found, user_weights_dir(), bundled_weights_dir()]
 
 
 def _check_target(target: str) -> None:
@@ -215,7 +224,8 @@ def list_versions(target: str, roots: Iterable | None = None) -> list[ModelCard]
         if not folder.is_dir():
             continue
         for sub in sorted(folder.iterdir()):
-            if sub.name in cards or not sub.is_dir() or not (sub / CARD_FILE).is_file():
+            if sub.name.startswith(".") or sub.name in cards or not sub.is_dir() \
+                    or not (sub / CARD_FILE).is_file():
                 continue
             try:
                 cards[sub.name] = _load_card(sub)
@@ -232,11 +242,97 @@ def _load_card(folder: Path) -> ModelCard:
 
 
 def active_version(target: str, roots: Iterable | None = None) -> str:
-    """The version used when none is named: for now, the newest one found."""
+    """The version used when none is named (see the module docstring)."""
     versions = list_versions(target, roots)
     if not versions:
         raise ModelError(_no_weights_message(target, roots))
-    return versions[-1].version
+    chosen = _read_active().get(target)
+    if chosen and any(c.version == chosen for c in versions):
+        return chosen
+    usable = [c for c in versions if c.extra.get("status") != "candidate"]
+    return (usable or versions)[-1].version
+
+
+def active_file() -> Path:
+    """The user's choice of active version per target (JSON: {target: version})."""
+    return user_weights_dir() / "active_models.json"
+
+
+def _read_active() -> dict[str, str]:
+    try:
+        data = json.loads(active_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def set_active_version(target: str, version: str | None, roots: Iterable | None = None) -> str:
+    """Make ``version`` the active one for ``target`` (``None``: back to the default rule).
+
+    Returns the version now active. The choice is written atomically; a missing version
+    raises ``ModelError`` and changes nothing.
+    """
+    _check_target(target)
+    if version is not None:
+        get_card(target, version, roots)  # must exist
+    choice = _read_active()
+    if version is None:
+        choice.pop(target, None)
+    else:
+        choice[target] = version
+    _atomic_write(active_file(), (json.dumps(choice, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return active_version(target, roots)
+
+
+def version_source(card: ModelCard) -> str:
+    """Where a version comes from: ``"bundled"``, ``"fine-tuned"`` (the user's) or ``"folder"``."""
+    if card.path is None:
+        return "folder"
+    folder = Path(card.path).resolve()
+    for root, name in ((bundled_weights_dir(), "bundled"), (user_weights_dir(), "fine-tuned")):
+        try:
+            folder.relative_to(Path(root).resolve())
+            return name
+        except ValueError:
+            continue
+    return "folder"
+
+
+def remove_version(target: str, version: str, roots: Iterable | None = None) -> str:
+    """Delete one of the user's fine-tuned versions; return the version active afterwards.
+
+    Bundled versions (and versions in ``CTSEG_WEIGHTS_DIR`` folders) are refused. When
+    the removed version was the chosen active one, the choice falls back to the default.
+    """
+    import shutil
+
+    card = get_card(target, version, roots)
+    source = version_source(card)
+    if source != "fine-tuned":
+        what = "bundled with napari-ctseg" if source == "bundled" else f"in {card.path.parent.parent}"
+        raise ModelError(f"{target} {version} is {what}, not one of your fine-tuned versions; "
+                         "it cannot be removed here")
+    if _read_active().get(target) == version:
+        set_active_version(target, None, roots)
+    # Renamed first, so the version disappears at once even if deleting takes a while.
+    trash = card.path.with_name(f".removed-{card.path.name}-{os.getpid()}")
+    os.replace(card.path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return active_version(target, roots) if list_versions(target, roots) else ""
+
+
+def next_version_name(target: str, base: str, roots: Iterable | None = None) -> str:
+    """A new version name for a model fine-tuned from ``base``: ``<base>-ft<N>``, N unused so far."""
+    stem = re.sub(r"-ft\d+$", "", base)
+    used = {c.version for c in list_versions(target, roots)}
+    for root in weight_roots(roots):  # runs in progress count too
+        folder = root / target
+        if folder.is_dir():
+            used |= {p.name.lstrip(".").removesuffix(".partial") for p in folder.iterdir()}
+    n = 1
+    while f"{stem}-ft{n}" in used:
+        n += 1
+    return f"{stem}-ft{n}"
 
 
 def _no_weights_message(target: str, roots) -> str:
@@ -341,7 +437,7 @@ def half_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def user_weights_dir() -> Path:
-    """Where user-trained versions will live (not searched yet; pass it in ``roots``)."""
+    """Where the user's fine-tuned versions live (``<user data dir>/napari-ctseg/weights``)."""
     from platformdirs import user_data_path
 
     return Path(user_data_path("napari-ctseg", appauthor=False)) / "weights"

@@ -35,6 +35,7 @@ from ...inference import LABELS, ModelSet, SegmentResult, segment_steps
 from ...models.registry import TARGETS, active_version, list_versions
 from ...volume import METADATA_KEY, CTVolume, Geometry
 from .._layers import geometry_from_metadata
+from ._models_events import connect_models_changed
 
 DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
 
@@ -122,6 +123,7 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
         self.refresh_versions()
+        connect_models_changed(self, self.refresh_versions)
         self.refresh_images()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
@@ -154,6 +156,8 @@ class SegmentWidget(QWidget):
 
     def refresh_versions(self):
         for target, combo in self.version_combos.items():
+            was_default = combo.currentData() is None or "(active)" in combo.currentText()
+            chosen = combo.currentData()
             combo.clear()
             try:
                 cards = list_versions(target)
@@ -165,8 +169,9 @@ class SegmentWidget(QWidget):
                 continue
             for card in cards:
                 combo.addItem(card.version + (" (active)" if card.version == active else ""), card.version)
-            idx = combo.findData(active)
-            combo.setCurrentIndex(max(idx, 0))
+            # A version picked by hand stays picked; otherwise follow the active one.
+            idx = combo.findData(active if was_default else chosen)
+            combo.setCurrentIndex(idx if idx >= 0 else max(combo.findData(active), 0))
 
     def _update_device_hint(self):
         gpu = torch.cuda.is_available()

@@ -1,0 +1,193 @@
+"""Fine-tune and Models widgets in a real viewer, and the whole journey of issue 6.
+
+open the sample -> Segment volume -> edit (paint, fill between slices) -> Save corrected
+mask -> Fine-tune a few steps -> the new version in the Models list -> segment again with
+it -> roll back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_ctseg import corrections
+from napari_ctseg._napari.widgets.fine_tune import FineTuneWidget
+from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
+from napari_ctseg._napari.widgets.models import ModelsWidget
+from napari_ctseg._napari.widgets.segment import SegmentWidget
+from napari_ctseg.models import registry
+from napari_ctseg.models.registry import active_version, list_versions, sha256_file, user_weights_dir
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "screenshots"
+
+
+def click(qtbot, button):
+    assert button.isEnabled()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def wait_idle(qtbot, widget, timeout=180_000):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def bundled_digests():
+    root = registry.bundled_weights_dir()
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def tiny_correction(tmp_path, tiny_weights):
+    """A synthetic scan and corrected liver mask, recorded in the corrections store."""
+    from test_fine_tuning import display_z, write_corrected_case
+
+    scan, mask = write_corrected_case(tmp_path / "scan", lesion_hu=40)
+    corrections.record_correction(scan, mask, "liver", "t1", display_z(range(2, 10)), {"1": 100})
+    return scan, mask
+
+
+def test_cancel_stops_within_a_step_and_leaves_the_active_version(make_napari_viewer, qtbot, tiny_correction):
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.target_combo.setCurrentText("liver")
+    assert widget.corrections_list.count() == 1 and len(widget.selected_corrections()) == 1
+    assert "8 slices changed" in widget.corrections_list.item(0).text()
+    widget.epochs_spin.setValue(50)
+    widget.steps_spin.setValue(20)
+    steps = []
+    widget.worker = None
+    click(qtbot, widget.start_button)
+    worker = widget.worker
+    worker.yielded.connect(lambda r: steps.append(r) if r.kind == "step" else None)
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=60_000)
+    click(qtbot, widget.cancel_button)
+    n_at_cancel = len(steps)
+    wait_idle(qtbot, widget)
+    assert len(steps) <= n_at_cancel + 1  # within one step
+    assert widget.card is None and "cancelled" in widget.status.text()
+    assert active_version("liver") == "t1" and [c.version for c in list_versions("liver")] == ["t1"]
+    folder = user_weights_dir() / "liver"
+    assert not folder.exists() or not any(folder.iterdir())  # no partial run left
+    assert widget.start_button.isEnabled()
+
+
+def test_models_widget_switches_and_removes(make_napari_viewer, qtbot, tiny_correction):
+    viewer = make_napari_viewer()
+    tune = FineTuneWidget(viewer)
+    models = ModelsWidget(viewer)
+    segment = SegmentWidget(viewer)
+    tune.target_combo.setCurrentText("liver")
+    tune.epochs_spin.setValue(1)
+    tune.steps_spin.setValue(2)
+    tune.lr_spin.setValue(0.0)  # cannot improve: kept as a candidate
+    click(qtbot, tune.start_button)
+    wait_idle(qtbot, tune)
+    assert tune.card is not None and tune.card.version == "t1-ft1"
+    assert "candidate" in tune.status.text() and "not better" in tune.status.text()
+    # the Models list and Segment volume learnt about it at once
+    row = models.rows[models.row_of("liver", "t1-ft1")]
+    assert row["source"] == "fine-tuned" and not row["active"] and row["status"] == "candidate"
+    assert segment.version_combos["liver"].findData("t1-ft1") >= 0
+    assert segment.version_combos["liver"].currentData() == "t1"
+    click(qtbot, models.use_button("liver", "t1-ft1"))
+    assert active_version("liver") == "t1-ft1"
+    assert segment.version_combos["liver"].currentData() == "t1-ft1"
+    assert models.rows[models.row_of("liver", "t1-ft1")]["active"]
+    models.table.selectRow(models.row_of("liver", "t1"))
+    models.remove_selected(confirm=False)  # not a fine-tuned version: refused
+    assert [c.version for c in list_versions("liver")] == ["t1", "t1-ft1"]
+    models.table.selectRow(models.row_of("liver", "t1-ft1"))
+    models.remove_selected(confirm=False)
+    assert [c.version for c in list_versions("liver")] == ["t1"] and active_version("liver") == "t1"
+    assert segment.version_combos["liver"].currentData() == "t1"
+
+
+def _paint_disc(layer, z, centre, radius, label=1):
+    yy, xx = np.nonzero(np.ones(layer.data.shape[1:], bool))
+    keep = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    layer.data_setitem((np.full(keep.sum(), z), yy[keep], xx[keep]), label)
+
+
+def test_whole_journey_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
+    digests = bundled_digests()
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-ctseg", "sample_ct")
+    image = viewer.layers[0]
+
+    # 1. Segment volume: liver only, on the CPU
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment volume")
+    for t, check in segment.target_checks.items():
+        check.setChecked(t == "liver")
+    segment.device_combo.setCurrentIndex(1)
+    click(qtbot, segment.run_button)
+    wait_idle(qtbot, segment)
+    liver = viewer.layers["liver"]
+    assert liver.metadata["model_version"] == "v1" and np.count_nonzero(liver.data) > 0
+
+    # 2. Edit: say the model got slices z0+1..z1-1 wrong: wipe them, paint an extra region on
+    #    z0 and z1 through the layer's API, and fill between slices from z0 and z1
+    tools = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(tools, name="Mask tools")
+    viewer.layers.selection.active = liver
+    assert tools.layer is liver
+    z = np.nonzero(liver.data.reshape(liver.data.shape[0], -1).any(axis=1))[0]
+    z0, z1 = int(z[len(z) // 2]) - 3, int(z[len(z) // 2]) + 3
+    inner = np.argwhere(liver.data[z0 + 1:z1] > 0)
+    liver.data_setitem((inner[:, 0] + z0 + 1, inner[:, 1], inner[:, 2]), 0)
+    ys, xs = np.nonzero(liver.data[z0])
+    centre = (int(ys.mean()), int(xs.max()) + 4)  # a bulge beside the liver the model found
+    _paint_disc(liver, z0, centre, 5)
+    _paint_disc(liver, z1, centre, 5)
+    before = liver.data.copy()
+    click(qtbot, tools.preview_button)
+    click(qtbot, tools.apply_button)
+    filled = liver.data != before
+    assert set(np.nonzero(filled.reshape(filled.shape[0], -1).any(axis=1))[0]) == set(range(z0 + 1, z1))
+
+    # 3. Save corrected mask (into a temporary folder) -> the corrections store
+    tools.folder_edit.setText(str(tmp_path))
+    saved = tools.save_corrected()
+    assert saved is not None and saved.parent == tmp_path
+    (record,) = corrections.list_corrections("liver")
+    assert set(range(z0, z1 + 1)) <= set(record.changed_slices) and record.model_version == "v1"
+
+    # 4. Fine-tune a few steps
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune, name="Fine-tune")
+    models = ModelsWidget(viewer)
+    viewer.window.add_dock_widget(models, name="Models")
+    tune.target_combo.setCurrentText("liver")
+    assert tune.base_combo.currentData() == "v1" and len(tune.selected_corrections()) == 1
+    tune.epochs_spin.setValue(2)
+    tune.steps_spin.setValue(2)
+    tune.device_combo.setCurrentIndex(1)
+    click(qtbot, tune.start_button)
+    wait_idle(qtbot, tune)
+    card = tune.card
+    assert card is not None and card.version == "v1-ft1", tune.status.text()
+    assert tune.plot.epochs and len(tune.plot.step_loss) == 4
+
+    # 5. The new version is in the Models list (and Segment volume's choice)
+    row = models.rows[models.row_of("liver", "v1-ft1")]
+    assert row["source"] == "fine-tuned"
+    assert row["active"] == bool(card.extra["fine_tune"]["promoted"])
+    if not row["active"]:
+        click(qtbot, models.use_button("liver", "v1-ft1"))
+    assert active_version("liver") == "v1-ft1"
+
+    # 6. Segment again with it
+    assert segment.version_combos["liver"].currentData() == "v1-ft1"
+    click(qtbot, segment.run_button)
+    wait_idle(qtbot, segment)
+    again = viewer.layers[-1]
+    assert again is not liver and again.metadata["model_version"] == "v1-ft1"
+
+    # 7. Roll back in one click
+    click(qtbot, models.use_button("liver", "v1"))
+    assert active_version("liver") == "v1"
+    assert segment.version_combos["liver"].currentData() == "v1"
+    assert bundled_digests() == digests  # the bundled weights were never touched
