@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default 10")
     p.add_argument("--batch-size", type=int, default=None, help="default 8")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
     p.add_argument("--base", default=None, metavar="VERSION", help="base version (default: the active one)")
     p.add_argument("--data", default=None, help="the base model's training data folder, for replay and "
                                                 "validation (default: $CTSEG_DATA_DIR)")

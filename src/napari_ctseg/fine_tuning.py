@@ -118,7 +118,7 @@ class FineTuneConfig:
     epochs: int = 4
     steps_per_epoch: int = 10
     batch_size: int = 8
-    lr: float = 3e-4
+    lr: float = 1e-4  # benchmarks/finetune.py: 3e-4 lost 0.036 Dice on liver validation, 1e-4 gained
     weight_decay: float = 0.0
     correction_weight: float = 4.0  # sampling weight of a changed slice (other slices: 1)
     replay_fraction: float = 0.5  # share of each batch from the base's training data, if given
@@ -126,6 +126,7 @@ class FineTuneConfig:
     held_aside_fraction: float = 0.25  # of each correction's changed slices
     max_validation_drop: float = 0.005
     min_improvement: float = 0.0  # the new model must beat the base by more than this
+    mixed_precision: bool = True  # bfloat16 autocast where the hardware has it (autocast_dtype)
     augmentation: dict[str, Any] | None = None  # default: the target's training augmentation
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,6 +263,24 @@ def _sample(cache: _Cache, prep: Preprocessing, n: int, rng) -> tuple[torch.Tens
     return torch.stack(xs), torch.stack(ys)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision a training step runs in on ``device``, or None for float32.
+
+    bfloat16 where the hardware does it natively: CPUs with AVX512-BF16 or AMX (about 2x
+    faster steps than float32 here, see benchmarks/finetune.py), CUDA GPUs that support it.
+    Elsewhere emulated bfloat16 would be slower, so float32.
+    """
+    try:
+        if device.type == "cpu":
+            fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            return torch.bfloat16 if fast else None
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    except (AttributeError, RuntimeError):  # private helpers: absent in other torch builds
+        return None
+    return None
+
+
 def _freeze_batchnorm(model: torch.nn.Module) -> None:
     # A few slices of one scan would drag the running statistics away from what the base
     # learnt on all its data: keep them, train only the weights.
@@ -391,7 +410,11 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     before = evaluate(base_model)
 
     # --- training ----------------------------------------------------------------------
-    model = copy.deepcopy(base_model).float().to(dev)
+    card = _card(target, version, base_card, prep, labels, cfg, items, data_dir, replay,
+                 accepted_validation, seed, dev)
+    model = copy.deepcopy(base_model).float().to(dev, memory_format=torch.channels_last)
+    precision = autocast_dtype(dev) if cfg.mixed_precision else None
+    card.training["precision"] = "bfloat16 autocast" if precision is not None else "float32"
     anchor = [p.detach().clone() for p in model.parameters()]
     corr_cache = _correction_cache(items, prep, n_classes, cfg.correction_weight,
                                    use_accepted=not accepted_validation)
@@ -413,8 +436,6 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     if partial.exists():
         shutil.rmtree(partial, ignore_errors=True)
     history: list[dict[str, Any]] = []
-    card = _card(target, version, base_card, prep, labels, cfg, items, data_dir, replay,
-                 accepted_validation, seed, dev)
     global_step, epoch, finished = 0, 0, False
     try:
         yield report("start", message=f"fine-tuning {target} {base_card.version} -> {version}: "
@@ -434,7 +455,10 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
                     xr, yr = _sample(replay_cache, prep, n_replay, rng)
                     x, y = torch.cat([x, xr]), torch.cat([y, yr])
                 x, y = augment(x, y, aug, prep.pad_value, gen)
-                loss = dice_ce_loss(model(x.to(dev)), y.to(dev))
+                x = x.to(dev).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=precision or torch.float32, enabled=precision is not None):
+                    logits = model(x)
+                loss = dice_ce_loss(logits.float(), y.to(dev))
                 if not replay and cfg.anchor_weight > 0:
                     drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
                     loss = loss + cfg.anchor_weight * drift

@@ -423,13 +423,20 @@ class _Cache:
     weights: np.ndarray  # (N,) sampling probabilities
 
 
+_CHUNK = 8
+
+
 def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float) -> _Cache:
     images, targets, index, weights = [], [], [], []
     for ci, case in enumerate(cases):
         if case.hu is not None:
             crop = find_crop(case.hu, prep)
-            images.append(window_and_resize(case.hu, prep, crop))
-            targets.append(labels_to_target(case.labels, crop, prep, n_classes))
+            # In chunks of slices: a whole-volume array operation would hold the GIL for a
+            # long time and freeze the GUI when this runs in a napari worker.
+            chunks = range(0, case.hu.shape[0], _CHUNK)
+            images.append(torch.cat([window_and_resize(case.hu[z:z + _CHUNK], prep, crop) for z in chunks]))
+            targets.append(torch.cat([labels_to_target(case.labels[z:z + _CHUNK], crop, prep, n_classes)
+                                      for z in chunks]))
         else:
             x, crop = image8_to_input(case.image8, prep)
             images.append(x[0, :1])

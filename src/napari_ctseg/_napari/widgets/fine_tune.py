@@ -10,6 +10,7 @@ whether the new version became active, and why.
 """
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from pathlib import Path
@@ -383,6 +384,11 @@ class FineTuneWidget(QWidget):
         self.eta_label.setText("")
         self.status.setText(f"preparing to fine-tune {target} on {len(corrections)} correction(s) ...")
         self._progress = napari_progress(total=cfg["epochs"] * cfg["steps_per_epoch"], desc="Fine-tune")
+        # The run allocates many Python objects, which sets off full garbage collections in
+        # the worker: each walks every object napari and Qt made (about 0.2 s here) while
+        # holding the GIL, so the viewer froze. Objects alive now are long-lived: moving them
+        # out of the collector's sight (gc.freeze) makes those collections cheap.
+        gc.freeze()
         self.worker.start()
 
     def cancel(self):
