@@ -215,3 +215,30 @@ def test_bundled_versions_cannot_be_removed_and_stay_byte_identical(case):
     assert remove_version("liver", "v1-ft1") == "v1"  # the active one removed: back to the default
     assert [c.version for c in list_versions("liver")] == ["v1"]
     assert bundled_digests() == before
+
+
+def test_cli_finetune_and_models(tiny_weights, case, capsys):
+    from napari_ctseg.cli import main
+
+    scan, mask = case
+    changed = ",".join(map(str, display_z(range(2, 10))))
+    rc = main(["finetune", "--target", "liver", "--scans", str(scan), "--masks", str(mask),
+               "--changed-slices", changed, "--epochs", "3", "--steps-per-epoch", "8", "--batch-size", "4",
+               "--lr", "3e-3", "--device", "cpu", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["version"] == "b1-ft1" and out["promoted"] is True
+    assert out["after"]["corrections"] > out["before"]["corrections"]
+    assert main(["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {tuple(line[2:].split()[:3]): line for line in lines if line[2:].startswith("liver")}
+    assert rows[("liver", "b1-ft1", "fine-tuned")].startswith("*")
+    assert not rows[("liver", "b1", "folder")].startswith("*")
+    assert main(["models", "use", "liver", "b1"]) == 0 and active_version("liver") == "b1"
+    assert main(["models", "remove", "liver", "b1"]) == 2  # not a fine-tuned version
+    assert "cannot be removed" in capsys.readouterr().err
+    assert main(["models", "remove", "liver", "b1-ft1"]) == 0
+    assert [c.version for c in list_versions("liver")] == ["b1"]
+    assert main(["models", "use", "liver", "v7"]) == 2
+    assert main(["finetune", "--target", "liver", "--scans", str(scan), "--masks", str(mask), str(mask)]) == 2
+    assert "one corrected mask per scan" in capsys.readouterr().err

@@ -191,3 +191,61 @@ def test_whole_journey_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
     assert active_version("liver") == "v1"
     assert segment.version_combos["liver"].currentData() == "v1"
     assert bundled_digests() == digests  # the bundled weights were never touched
+
+
+def _colour_pixels(image, colour, tol=40) -> int:
+    """How many pixels of a QImage are within ``tol`` of ``colour`` (a QColor)."""
+    from qtpy.QtGui import QImage
+
+    img = image.convertToFormat(QImage.Format.Format_RGB32)
+    ptr = img.constBits()
+    ptr.setsize(img.sizeInBytes())
+    arr = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine() // 4, 4)[:, :img.width(), :3]
+    want = np.array([colour.blue(), colour.green(), colour.red()])  # BGRA in memory
+    return int((np.abs(arr.astype(int) - want).max(axis=2) <= tol).sum())
+
+
+def test_screenshot_fine_tune_mid_run_with_live_plot(make_napari_viewer, qtbot, tmp_path):
+    """screenshots/fine_tune.png (git-ignored): the sample, its corrected liver, Fine-tune mid-run
+    with the live plot, and the Models list; the plot's curves are checked on its pixels."""
+    from napari_ctseg.inference import segment
+    from napari_ctseg.io import read_scan, write_mask
+    from napari_ctseg._napari.widgets.fine_tune import TrainingPlot
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 1000)
+    viewer.open_sample("napari-ctseg", "sample_ct")
+    image = viewer.layers[0]
+    volume = read_scan(image.metadata["ctseg"]["source_path"])
+    liver = segment(volume, ["liver"], "cpu").masks["liver"]
+    z = np.nonzero(liver.reshape(liver.shape[0], -1).any(axis=1))[0]
+    changed = [int(v) for v in z[::2]]
+    corrected = liver.copy()
+    for v in changed:  # the user's edit: one pixel row more along the liver's edge
+        corrected[v] |= np.roll(liver[v], 1, axis=1)
+    path = write_mask(tmp_path / "sample_liver_corrected.nii.gz", corrected, volume.geometry)
+    corrections.record_correction(volume.geometry.source_path, path, "liver", "v1", changed, {"1": 1})
+    layer = viewer.add_labels(corrected, name="liver (corrected)", scale=image.scale,
+                              translate=image.translate, opacity=0.5)
+    viewer.dims.set_point(0, layer.data_to_world((int(np.median(z)), 0, 0))[0])
+    _, models = viewer.window.add_plugin_dock_widget("napari-ctseg", "Models")
+    _, tune = viewer.window.add_plugin_dock_widget("napari-ctseg", "Fine-tune")
+    tune.target_combo.setCurrentText("liver")
+    tune.epochs_spin.setValue(12)
+    tune.steps_spin.setValue(3)
+    tune.device_combo.setCurrentIndex(1)
+    epochs = []
+    click(qtbot, tune.start_button)
+    tune.worker.yielded.connect(lambda r: epochs.append(r) if r.kind == "epoch" else None)
+    qtbot.waitUntil(lambda: len(epochs) >= 4, timeout=120_000)
+    viewer.reset_view()
+    qtbot.wait(200)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    viewer.window._qt_window.grab().save(str(SCREENSHOTS / "fine_tune.png"))
+    plot = tune.plot.grab().toImage()
+    for key in ("loss", "corrections", "validation"):
+        assert _colour_pixels(plot, TrainingPlot.COLORS[key], tol=30) > 30, key
+    assert "left" in tune.eta_label.text()
+    click(qtbot, tune.cancel_button)
+    wait_idle(qtbot, tune)
+    assert "cancelled" in tune.status.text()

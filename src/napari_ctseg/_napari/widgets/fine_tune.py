@@ -11,6 +11,7 @@ whether the new version became active, and why.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import threading
 from pathlib import Path
@@ -19,7 +20,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QPointF, QRectF, Qt
-from qtpy.QtGui import QColor, QFont, QPainter, QPen
+from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -82,13 +83,16 @@ def _slices_text(zs: list[int]) -> str:
 
 
 class TrainingPlot(QWidget):
-    """Loss (per step, and its epoch means) on the left axis; Dice per epoch on the right (0..1)."""
+    """Two panels over the steps of a run: Dice per epoch on the held-aside corrections and the
+    validation (top, the base model's Dice dashed), and the loss per step with its epoch means
+    (bottom)."""
 
     COLORS = {"loss": QColor("#f0a030"), "corrections": QColor("#40c0ff"), "validation": QColor("#70e070")}
+    LABELS = {"corrections": "held-aside corrections", "validation": "validation"}
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setMinimumHeight(150)
+        self.setMinimumHeight(250)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.clear()
 
@@ -113,81 +117,93 @@ class TrainingPlot(QWidget):
         self.baseline = {"corrections": corrections, "validation": validation}
         self.update()
 
+    def dice_range(self) -> tuple[float, float]:
+        values = [e[k] for e in self.epochs for k in ("corrections", "validation") if e.get(k) is not None]
+        values += [v for v in self.baseline.values() if v is not None]
+        low = min(values) if values else 0.0
+        return max(0.0, math.floor((low - 0.01) * 20) / 20), 1.0  # down to a multiple of 0.05
+
     def paintEvent(self, event):  # noqa: N802 - Qt's name
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        w, h = self.width(), self.height()
         fm = p.fontMetrics()
-        left, right, top, bottom = fm.horizontalAdvance("0.00") + 8, fm.horizontalAdvance("1.0") + 10, 20, \
-            fm.height() + 6
-        plot = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
+        lh = fm.height()
+        w, h = self.width(), self.height()
         p.fillRect(self.rect(), QColor("#262930"))
-        p.setPen(QPen(QColor("#5a5f6a"), 1))
-        p.drawRect(plot)
-        losses = [v for _, v in self.step_loss] + [e["loss"] for e in self.epochs if e["loss"] is not None]
+        left, right = fm.horizontalAdvance("0.000") + 8, 8
+        pw = max(w - left - right, 10)
+        gap = lh + 6
+        top_h = max((h - 3 * lh - 2 * gap - lh - 4) * 0.55, 20)
+        dice_box = QRectF(left, lh + 6, pw, top_h)
+        loss_box = QRectF(left, dice_box.bottom() + gap + lh, pw,
+                          max(h - dice_box.bottom() - gap - 3 * lh - 8, 20))
+        text = QColor("#c8ccd4")
+        n_epochs = max(self.total_steps // self.steps_per_epoch, 1)
+
+        def x_of(step):
+            return left + pw * step / self.total_steps
+
+        def frame(box, lo, hi, fmt, title):
+            p.setPen(QPen(QColor("#5a5f6a"), 1))
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawRect(box)
+            p.setPen(QPen(QColor("#3a3f4a"), 1, Qt.PenStyle.DotLine))
+            for e in range(1, n_epochs):
+                x = x_of(e * self.steps_per_epoch)
+                p.drawLine(QPointF(x, box.top()), QPointF(x, box.bottom()))
+            p.setPen(text)
+            for v, y in ((hi, box.top()), (lo, box.bottom())):
+                p.drawText(QRectF(0, y - lh / 2, left - 4, lh), Qt.AlignmentFlag.AlignRight, fmt.format(v))
+            p.drawText(QRectF(box.left(), box.top() - lh - 2, box.width(), lh), Qt.AlignmentFlag.AlignLeft, title)
+
+        def y_of(box, v, lo, hi):
+            return box.bottom() - box.height() * min(max((v - lo) / max(hi - lo, 1e-9), 0.0), 1.0)
+
+        def series(points, colour, width=2, dots=True):
+            p.setPen(QPen(colour, width))
+            for a, b in zip(points, points[1:]):
+                p.drawLine(a, b)
+            if dots:
+                p.setBrush(colour)
+                for pt in points:
+                    p.drawEllipse(pt, 3, 3)
+                p.setBrush(Qt.BrushStyle.NoBrush)
+
+        # Dice panel
+        lo, hi = self.dice_range()
+        frame(dice_box, lo, hi, "{:.2f}", "Dice per epoch (dashed: the base model)")
+        for key in ("corrections", "validation"):
+            base = self.baseline.get(key)
+            pts = [QPointF(x_of(e["step"]), y_of(dice_box, e[key], lo, hi)) for e in self.epochs
+                   if e.get(key) is not None]
+            if base is not None:
+                y = y_of(dice_box, base, lo, hi)
+                p.setPen(QPen(self.COLORS[key], 1, Qt.PenStyle.DashLine))
+                p.drawLine(QPointF(dice_box.left(), y), QPointF(dice_box.right(), y))
+                pts = [QPointF(dice_box.left(), y), *pts]
+            series(pts, self.COLORS[key])
+        # loss panel
+        losses = [v for _, v in self.step_loss]
         lmax = max(losses) * 1.1 if losses else 1.0
         lmax = lmax if lmax > 0 else 1.0
-
-        def xy(step, value, vmax):
-            x = plot.left() + plot.width() * step / self.total_steps
-            y = plot.bottom() - plot.height() * min(max(value / vmax, 0.0), 1.0)
-            return QPointF(x, y)
-
-        text = QColor("#c8ccd4")
+        frame(loss_box, 0.0, lmax, "{:.3f}", "loss per step (dots: epoch means)")
+        faint = QColor(self.COLORS["loss"])
+        faint.setAlpha(120)
+        series([QPointF(x_of(s), y_of(loss_box, v, 0.0, lmax)) for s, v in self.step_loss], faint, 1, False)
+        series([QPointF(x_of(e["step"]), y_of(loss_box, e["loss"], 0.0, lmax)) for e in self.epochs
+                if e.get("loss") is not None], self.COLORS["loss"])
         p.setPen(text)
-        small = QFont(p.font())
-        p.setFont(small)
-        p.drawText(QRectF(0, plot.top() - fm.height() / 2, left - 4, fm.height()),
-                   Qt.AlignmentFlag.AlignRight, f"{lmax:.2f}")
-        p.drawText(QRectF(0, plot.bottom() - fm.height() / 2, left - 4, fm.height()),
-                   Qt.AlignmentFlag.AlignRight, "0")
-        p.drawText(QRectF(plot.right() + 4, plot.top() - fm.height() / 2, right, fm.height()),
-                   Qt.AlignmentFlag.AlignLeft, "1.0")
-        p.drawText(QRectF(plot.right() + 4, plot.bottom() - fm.height() / 2, right, fm.height()),
-                   Qt.AlignmentFlag.AlignLeft, "0")
-        n_epochs = max(self.total_steps // self.steps_per_epoch, 1)
-        p.drawText(QRectF(plot.left(), plot.bottom() + 2, plot.width(), fm.height()),
-                   Qt.AlignmentFlag.AlignCenter, f"epochs (0..{n_epochs})")
-        # epoch grid
-        p.setPen(QPen(QColor("#3a3f4a"), 1, Qt.PenStyle.DotLine))
-        for e in range(1, n_epochs):
-            x = plot.left() + plot.width() * e / n_epochs
-            p.drawLine(QPointF(x, plot.top()), QPointF(x, plot.bottom()))
-        # baselines (the base model's Dice), dashed
-        for key in ("corrections", "validation"):
-            v = self.baseline.get(key)
-            if v is not None:
-                pen = QPen(self.COLORS[key], 1, Qt.PenStyle.DashLine)
-                p.setPen(pen)
-                y = xy(0, v, 1.0).y()
-                p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
-        # loss per step
-        col = QColor(self.COLORS["loss"])
-        col.setAlpha(110)
-        p.setPen(QPen(col, 1))
-        pts = [xy(s, v, lmax) for s, v in self.step_loss]
-        for a, b in zip(pts, pts[1:]):
-            p.drawLine(a, b)
-        # epoch means and Dice
-        for key, vmax in (("loss", lmax), ("corrections", 1.0), ("validation", 1.0)):
-            pts = [xy(e["step"], e[key], vmax) for e in self.epochs if e.get(key) is not None]
-            if key != "loss" and self.baseline.get(key) is not None and pts:
-                pts = [xy(0, self.baseline[key], 1.0), *pts]
+        p.drawText(QRectF(loss_box.left(), loss_box.bottom() + 2, loss_box.width(), lh),
+                   Qt.AlignmentFlag.AlignCenter, f"epochs 0..{n_epochs}")
+        # legend, its own row at the bottom
+        x, yl = float(left), loss_box.bottom() + lh + 4 + lh / 2
+        for key, label in (("corrections", "held-aside corrections"), ("validation", "validation"),
+                           ("loss", "loss")):
             p.setPen(QPen(self.COLORS[key], 2))
-            for a, b in zip(pts, pts[1:]):
-                p.drawLine(a, b)
-            p.setBrush(self.COLORS[key])
-            for pt in pts:
-                p.drawEllipse(pt, 3, 3)
-        # legend
-        x = plot.left() + 4
-        for key, label in (("loss", "loss"), ("corrections", "Dice held-aside corrections"),
-                           ("validation", "Dice validation")):
-            p.setPen(QPen(self.COLORS[key], 2))
-            p.drawLine(QPointF(x, 10), QPointF(x + 14, 10))
+            p.drawLine(QPointF(x, yl), QPointF(x + 12, yl))
             p.setPen(text)
-            p.drawText(QPointF(x + 18, 10 + fm.ascent() / 2 - 1), label)
-            x += 18 + fm.horizontalAdvance(label) + 12
+            p.drawText(QPointF(x + 15, yl + fm.ascent() / 2 - 1), label)
+            x += 15 + fm.horizontalAdvance(label) + 10
         p.end()
 
 
@@ -203,6 +219,7 @@ class FineTuneWidget(QWidget):
         self._cancel = threading.Event()
         self._progress = None
 
+        self.setMinimumWidth(340)
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.target_combo = QComboBox()
@@ -312,8 +329,8 @@ class FineTuneWidget(QWidget):
         for corr in reversed(list_corrections(target)):  # newest first
             missing = [p for p in (corr.scan_path, corr.mask_path) if not p or not Path(p).exists()]
             scan = Path(corr.scan_path).name if corr.scan_path else "(unknown scan)"
-            text = (f"{Path(corr.mask_path).name}  ({scan}; {_slices_text(corr.changed_slices)}; "
-                    f"{corr.created[:16].replace('T', ' ')})")
+            text = (f"{Path(corr.mask_path).name}\n    {scan}; {_slices_text(corr.changed_slices)}; "
+                    f"{corr.created[:16].replace('T', ' ')}")
             item = QListWidgetItem(text + ("  [file missing]" if missing else ""))
             item.setData(Qt.ItemDataRole.UserRole, corr)
             item.setToolTip(f"scan: {corr.scan_path}\nmask: {corr.mask_path}\n"

@@ -37,6 +37,7 @@ class ModelsWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.rows: list[dict] = []
+        self.setMinimumWidth(340)
         layout = QVBoxLayout(self)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
