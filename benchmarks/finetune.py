@@ -135,7 +135,8 @@ def child_accuracy(epochs: int, steps: int, lr: float, seed: int, replay: bool =
     from napari_ctseg.training import load_case, run_to_end, validate
 
     t0 = time.perf_counter()
-    card = run_to_end(fine_tune("liver", [CorrectionCase(str(SCAN), str(MASK))], data_dir=DATA if replay else None,
+    card = run_to_end(fine_tune("liver", [CorrectionCase(str(SCAN), str(MASK))], base_version="v1",
+                                data_dir=DATA if replay else None,
                                 config={"epochs": epochs, "steps_per_epoch": steps, "lr": lr}, seed=seed))
     seconds = time.perf_counter() - t0
     ft = card.extra["fine_tune"]
@@ -191,13 +192,14 @@ def main() -> None:
     from napari_ctseg.fine_tuning import FineTuneConfig
 
     lr = args.lr if args.lr is not None else FineTuneConfig().lr
-    tmp = tempfile.mkdtemp(prefix="ctseg-bench-ft-")
-    env = {**os.environ, "XDG_DATA_HOME": tmp}
+    def env():  # each run its own empty user data folder
+        return {**os.environ, "XDG_DATA_HOME": tempfile.mkdtemp(prefix="ctseg-bench-ft-")}
+
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}")
     if args.step:
         for size in (256, 128):
             for how in ("ours", "plain"):
-                r = run_child(env, "step", str(size), "10", str(args.threads or 0), how)
+                r = run_child(env(), "step", str(size), "10", str(args.threads or 0), how)
                 label = "as fine_tune runs it" if how == "ours" else "plain float32 (reference)"
                 print(f"training step, batch 8 at {size}x{size}, CPU ({r['threads']} threads), {label} "
                       f"[{r['precision']}]: median {r['median_s']:.3f} s, best {r['min_s']:.3f} s "
@@ -206,12 +208,12 @@ def main() -> None:
         print(f"{SCAN} is not here: skipping the GUI and accuracy figures")
         return
     if args.gui:
-        r = run_child(env, "gui", str(min(args.epochs, 2)), str(args.steps))
+        r = run_child(env(), "gui", str(min(args.epochs, 2)), str(args.steps))
         print(f"GUI while fine-tuning liver on {SCAN.parent.name} ({r['seconds']:.1f} s, CPU): longest "
               f"event-loop stall {r['max_stall_ms']:.0f} ms, 99th percentile {r['p99_stall_ms']:.0f} ms "
               f"over {r['ticks']} ticks; result: {r['status']}")
     if args.accuracy:
-        r = run_child(env, "accuracy", str(args.epochs), str(args.steps), str(lr), str(args.seed), "replay")
+        r = run_child(env(), "accuracy", str(args.epochs), str(args.steps), str(lr), str(args.seed), "replay")
         b, a = r["before"], r["after"]
         print(f"liver v1 -> {r['version']} fine-tuned on {SCAN.parent.name} (expert mask as the correction; "
               f"{r['n_changed']} slices where v1 disagrees, {r['n_held']} held aside: z {r['held_aside_slices']}), "

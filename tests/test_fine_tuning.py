@@ -178,6 +178,12 @@ def test_replay_and_base_validation_cases(tiny_weights, tmp_path):
     changed = out.training["corrections"][0]["changed_slices"]
     # where the base disagrees with the mask: it leaves out the lesion on every liver slice
     assert set(display_z(range(2, 14))) <= set(changed) and not {0, 15} & set(changed)
+    # a fine-tune of a fine-tuned version still replays and validates on the original data
+    again = run_to_end(fine_tune("liver", [CorrectionCase(str(scan), str(mask))], base_version=out.version,
+                                 data_dir=data, config={**FAST, "epochs": 1}))
+    assert again.version == "b1-ft2" and again.training["base"] == out.version
+    assert list(again.validation["cases"]) == ["case_b"]
+    assert again.training["base_training"]["split"]["train"] == ["case_a"]
     # the validation case was never a correction, and a correction scan is never validated on
     corr_b = CorrectionCase(str(data / "case_b" / "ct.nii.gz"), str(data / "case_b" / "liver.nii.gz"))
     with pytest.raises(TrainingError, match="nothing to check the new model against"):

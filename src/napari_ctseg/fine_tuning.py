@@ -370,7 +370,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     val_cases: list[Case] = []
     scans = {str(Path(it.corr.scan).resolve()) for it in items}
     if data_dir is not None:
-        split = base_card.training.get("split", {}) if isinstance(base_card.training, dict) else {}
+        split = _original_training(base_card).get("split", {})
         train_names = list(split.get("train", []))
         silver = list(split.get("train_silver", []))
         val_names = list(split.get("validation", []))
@@ -556,19 +556,25 @@ def _rounded(d: dict) -> dict:
             for k, v in d.items()}
 
 
+def _original_training(card: ModelCard) -> dict[str, Any]:
+    """The data, split and label sources of the model a chain of fine-tunes started from."""
+    training = card.training if isinstance(card.training, dict) else {}
+    if training.get("kind") == "fine-tune":
+        return dict(training.get("base_training") or {})
+    return {k: training[k] for k in ("data", "split", "labels_source") if k in training}
+
+
 def _card(target, version, base_card: ModelCard, prep, labels, cfg, items, data_dir, replay,
           accepted_validation, seed, dev) -> ModelCard:
     import platform
 
-    base_training = base_card.training if isinstance(base_card.training, dict) else {}
     return ModelCard(
         target=target, version=version, labels=dict(labels),
         architecture=dict(base_card.architecture), preprocessing=prep.to_dict(),
         training={
             "kind": "fine-tune",
             "base": base_card.version,
-            "base_training": {k: base_training.get(k) for k in ("data", "split", "labels_source")
-                              if k in base_training},
+            "base_training": _original_training(base_card),
             "corrections": [{"scan": it.corr.scan, "mask": it.corr.mask, "changed_slices": it.changed,
                              "held_aside_slices": it.held} for it in items],
             "forgetting_guard": (f"replay of the base's training data from {data_dir}" if replay else
