@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-_DEMO_WIDGETS = ["CT view", "Segment volume", "Mask tools"]
+_DEMO_WIDGETS = ["CT view", "Segment volume", "Mask tools", "Fine-tune", "Models"]
+_TABBED = {"Fine-tune", "Models"}  # tabbed with the dock before them: the right side stays readable
 
 
 def main(argv=None) -> None:
@@ -22,7 +23,8 @@ def main(argv=None) -> None:
     widgets = {}
     for name in _DEMO_WIDGETS:
         try:
-            _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-ctseg", name)
+            _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-ctseg", name,
+                                                                    tabify=name in _TABBED)
         except (KeyError, ValueError):  # a widget not in this version of the manifest
             pass
     if args.screenshot:

@@ -404,7 +404,8 @@ class FineTuneWidget(QWidget):
         # The run allocates many Python objects, which sets off full garbage collections in
         # the worker: each walks every object napari and Qt made (about 0.2 s here) while
         # holding the GIL, so the viewer froze. Objects alive now are long-lived: moving them
-        # out of the collector's sight (gc.freeze) makes those collections cheap.
+        # out of the collector's sight (gc.freeze) makes those collections cheap. They are
+        # given back when the run ends (_on_finished): left frozen, they crash Qt at exit.
         gc.freeze()
         self.worker.start()
 
@@ -460,6 +461,7 @@ class FineTuneWidget(QWidget):
         self.status.setText(f"failed: {msg}; the active version is unchanged")
 
     def _on_finished(self):
+        gc.unfreeze()
         self.worker = None
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
