@@ -18,7 +18,10 @@ _events: _ModelsEvents | None = None
 def models_events() -> _ModelsEvents:
     global _events
     if _events is None:
-        _events = _ModelsEvents()
+        from qtpy.QtWidgets import QApplication
+
+        # Owned by the application, so Qt deletes it with the app, never after it at exit.
+        _events = _ModelsEvents(QApplication.instance())
     return _events
 
 
