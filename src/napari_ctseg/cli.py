@@ -296,8 +296,7 @@ def _cmd_models(args) -> int:
             status = f" ({r['status']})" if r["status"] in ("candidate",) else ""
             print(f"{'*' if r['active'] else ' '} {r['target']:<9} {r['version']:<14} {r['source']:<10} "
                   f"{(r['created'] or 'undated')[:10]:<10}  validation Dice {dice}{status}")
-        if not args.json:
-            print("(* active)")
+        print("(* active)")
         return 0
     if args.target is None or args.version is None:
         raise CTSegError(f"ctseg models {args.action} needs TARGET and VERSION, e.g. lungs v1")

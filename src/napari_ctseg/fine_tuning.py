@@ -46,7 +46,6 @@ from . import __version__
 from .errors import CTSegError, ModelError, TrainingError
 from .models.preprocess import (
     Preprocessing,
-    context_indices,
     find_crop,
     labels_from_probs,
     slices_to_input,
@@ -71,6 +70,7 @@ from .training import (
     _Cache,
     _check_target,
     _device,
+    _sample_batch,
     augment,
     case_dice,
     default_config,
@@ -247,20 +247,6 @@ def _correction_cache(items: list[_Loaded], prep: Preprocessing, n_classes: int,
                             "apart; correct more slices (at least 2 per scan)")
     cache.weights = w / w.sum()
     return cache
-
-
-def _sample(cache: _Cache, prep: Preprocessing, n: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
-    picks = rng.choice(len(cache.index), size=n, p=cache.weights)
-    xs, ys = [], []
-    for k in picks:
-        ci, z = cache.index[k]
-        stack = cache.images[ci]
-        if stack.shape[0] == 1:
-            xs.append(stack[[0] * prep.channels])
-        else:
-            xs.append(stack[torch.as_tensor(context_indices([z], stack.shape[0], prep.context)[0])])
-        ys.append(cache.targets[ci][z])
-    return torch.stack(xs), torch.stack(ys)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -450,9 +436,9 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
             for step in range(1, cfg.steps_per_epoch + 1):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(global_step)
-                x, y = _sample(corr_cache, prep, cfg.batch_size - n_replay, rng)
+                x, y = _sample_batch(corr_cache, prep, cfg.batch_size - n_replay, rng)
                 if n_replay:
-                    xr, yr = _sample(replay_cache, prep, n_replay, rng)
+                    xr, yr = _sample_batch(replay_cache, prep, n_replay, rng)
                     x, y = torch.cat([x, xr]), torch.cat([y, yr])
                 x, y = augment(x, y, aug, prep.pad_value, gen)
                 x = x.to(dev).contiguous(memory_format=torch.channels_last)

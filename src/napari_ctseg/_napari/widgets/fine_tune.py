@@ -10,6 +10,7 @@ whether the new version became active, and why.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import threading
@@ -400,6 +401,12 @@ class FineTuneWidget(QWidget):
         self.eta_label.setText("")
         self.status.setText(f"preparing to fine-tune {target} on {len(corrections)} correction(s) ...")
         self._progress = napari_progress(total=cfg["epochs"] * cfg["steps_per_epoch"], desc="Fine-tune")
+        # The run allocates many Python objects, which sets off full garbage collections in
+        # the worker: each walks every object napari and Qt made (about 0.2 s here) while
+        # holding the GIL, so the viewer froze. Objects alive now are long-lived: moving them
+        # out of the collector's sight (gc.freeze) makes those collections cheap. They are
+        # given back when the run ends (_on_finished).
+        gc.freeze()
         self.worker.start()
 
     def cancel(self):
@@ -454,6 +461,7 @@ class FineTuneWidget(QWidget):
         self.status.setText(f"failed: {msg}; the active version is unchanged")
 
     def _on_finished(self):
+        gc.unfreeze()
         self.worker = None
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
