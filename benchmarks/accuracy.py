@@ -15,8 +15,13 @@ Organs are segmented as a user gets them (``inference.segment``, post-processing
 infection slices go through ``predict_image8``. Predictions go to a temporary folder
 (or ``--out``), outside the repository.
 
+Every bundled version of each target is evaluated (v1 and v2 side by side), and then the
+full chest checks of ``benchmarks/chest.py`` (airways, infection on chests without COVID-19,
+slice-level sensitivity and specificity on a COVID-19 chest) are printed for lungs and
+infection.
+
 Run: .venv/bin/python benchmarks/accuracy.py [--data ../shared/data] [--device cpu]
-     [--targets liver,lungs,infection] [--out DIR] [--json]
+     [--targets liver,lungs,infection] [--versions v1,v2] [--no-chest] [--out DIR] [--json]
 """
 from __future__ import annotations
 
@@ -46,19 +51,24 @@ ANCHORS = {
 }
 
 
-def training_size(target: str, data: Path) -> str:
-    """What the active model was trained on: number of volumes and slices, from its card."""
+def training_size(target: str, data: Path, version: str | None = None) -> str:
+    """What a model was trained on: number of volumes and slices, from its card."""
     from napari_ctseg.evaluation import load_split
     from napari_ctseg.models.registry import get_card
 
     try:
-        train = list(get_card(target).training.get("split", {}).get("train", []))
+        split = get_card(target, version).training.get("split", {})
+        train = list(split.get("train", []))
+        extra = list(split.get("train_silver", [])) + list(split.get("train_hosts", []))
     except Exception:  # noqa: BLE001 - a card without a split: fall back to splits.json
-        train = []
+        train, extra = [], []
     if not train:
         train = load_split(target, "train")
     if target == "infection":
-        return f"{len(train)} 8-bit slices"
+        return f"{len(train)} 8-bit slices" + (f" + {len(extra)} CT volumes without COVID-19 (negatives, "
+                                               "synthetic-lesion hosts)" if extra else "")
+    if extra:
+        return f"{len(train)} expert + {len(extra)} silver-labelled CT volumes"
     import nibabel as nib
 
     slices = 0
@@ -83,6 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--out", default=None, help="folder for the predictions (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="also print every report as JSON")
+    parser.add_argument("--versions", default=None, help="versions to evaluate (default: every bundled one)")
+    parser.add_argument("--no-chest", action="store_true", help="skip the full chest checks")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO / "src"))
@@ -95,20 +107,25 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ctseg-accuracy-"))
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    from napari_ctseg.models.registry import list_versions, version_source
+
     reports = {}
     for target in targets:
-        t0 = time.perf_counter()
-        try:
-            reports[target] = evaluate(target, data, out / target, device=args.device,
-                                       cases=load_split(target, "validation"))
-        except CTSegError as exc:
-            print(f"accuracy: {target}: {exc}", file=sys.stderr)
-            continue
-        print(f"[{target}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+        versions = (args.versions.split(",") if args.versions else
+                    [c.version for c in list_versions(target) if version_source(c) == "bundled"])
+        for version in versions:
+            t0 = time.perf_counter()
+            try:
+                reports[(target, version)] = evaluate(target, data, out / target / version, version=version,
+                                                      device=args.device, cases=load_split(target, "validation"))
+            except CTSegError as exc:
+                print(f"accuracy: {target} {version}: {exc}", file=sys.stderr)
+                continue
+            print(f"[{target} {version}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
 
     head = f"{'target':<10} {'case':<34} {'Dice':>6} {'IoU':>6} {'HD95':>8} {'ASD':>7}  {'unit':<4} note"
     lines = [head, "-" * len(head)]
-    for target, r in reports.items():
+    for (target, version), r in reports.items():
         unit = r.distance_unit
         for c in r.cases:
             lines.append(f"{target:<10} {c.name:<34} {fmt(c.dice, 3):>6} {fmt(c.iou, 3):>6} "
@@ -117,20 +134,33 @@ def main(argv=None) -> int:
                 lines.append(f"{'':<10} {'  ' + name:<34} {fmt(f['dice'], 3):>6} {fmt(f['iou'], 3):>6} "
                              f"{fmt(f['hd95'], 1):>8} {fmt(f['asd'], 2):>7}  {unit}")
         m = r.mean()
-        note = f"model {r.version}; trained on {training_size(target, data)}"
+        note = f"model {r.version}; trained on {training_size(target, data, r.version)}"
         if m["n_no_distance"]:
             note += f"; {m['n_no_distance']} case(s) without a defined distance"
         lines.append(f"{target:<10} {'MEAN (' + str(m['n']) + ' cases)':<34} {fmt(m['dice'], 3):>6} "
                      f"{fmt(m['iou'], 3):>6} {fmt(m['hd95'], 1):>8} {fmt(m['asd'], 2):>7}  {unit:<4} {note}")
-        for name, dice, trained in ANCHORS.get(target, []):
+        last = [v for (t, v) in reports if t == target][-1]
+        for name, dice, trained in (ANCHORS.get(target, []) if version == last else []):
             lines.append(f"{target:<10} {'published':<34} {dice:>6.3f} {'':>6} {'':>8} {'':>7}  "
                          f"{'':<4} {name}; trained on {trained}")
         lines.append("")
     print("\n".join(lines).rstrip())
     print(f"\npredictions: {out}")
+    chest = None
+    if not args.no_chest and {"lungs", "infection"} & set(targets):
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import chest as chest_checks
+
+        versions = sorted({v for (t, v) in reports if t in ("lungs", "infection")},
+                          key=lambda v: [int(p) if p.isdigit() else p for p in v.replace("v", " ").split()])
+        t0 = time.perf_counter()
+        chest = chest_checks.run(data, versions)
+        print()
+        print(chest_checks.table(chest))
+        print(f"[chest checks: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
     if args.json:
-        print(json.dumps({t: r.to_dict() for t, r in reports.items()}, indent=1))
-    return 0 if len(reports) == len(targets) else 1
+        print(json.dumps({f"{t} {v}": r.to_dict() for (t, v), r in reports.items()} | {"chest": chest}, indent=1))
+    return 0 if reports else 1
 
 
 if __name__ == "__main__":

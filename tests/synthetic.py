@@ -185,6 +185,7 @@ def write_tiny_weights(root, targets=("lungs", "liver", "infection"), version="t
     """Tiny untrained U-Nets with cards under ``root/<target>/<version>/`` (for engine and GUI tests)."""
     import torch
 
+    from napari_ctseg.models.definition import starter_definition
     from napari_ctseg.models.registry import ModelCard, write_version
     from napari_ctseg.models.unet import build_model
 
@@ -196,6 +197,7 @@ def write_tiny_weights(root, targets=("lungs", "liver", "infection"), version="t
         model = build_model(arch)
         prep = {"window": [-1024, 600], "context": 1, "size": [size, size], "crop": "body"}
         card = ModelCard(target=target, version=version, labels=labels[target], architecture=arch,
-                         preprocessing=prep, notes="untrained test model")
+                         preprocessing=prep, notes="untrained test model",
+                         **starter_definition(target, labels[target]))
         cards[target] = write_version(Path(root) / target / version, model.state_dict(), card)
     return cards

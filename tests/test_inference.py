@@ -8,6 +8,8 @@ from synthetic import make_hu_volume, write_nifti
 
 from napari_ctseg.errors import CTSegError, ModelError
 from napari_ctseg.inference import (
+    infection_per_lung,
+    slices_with,
     Cancelled,
     ModelSet,
     choose_device,
@@ -106,7 +108,7 @@ def test_postprocess_keeps_one_component_per_lung_and_fills_holes():
     raw[2:8, 5:15, 18:27] = 2     # left lung
     raw[0, 0, 0] = 1              # a speck of "right lung" far away
     raw[9, 29, 29] = 2
-    out = postprocess("lungs", raw)
+    out = postprocess(_card("lungs"), raw)
     assert out[0, 0, 0] == 0 and out[9, 29, 29] == 0
     assert out[4, 9, 6] == 1
     assert np.count_nonzero(out == 1) == 6 * 10 * 9 and np.count_nonzero(out == 2) == 6 * 10 * 9
@@ -116,8 +118,10 @@ def test_postprocess_infection_inside_lungs():
     raw = np.ones((4, 5, 5), np.uint8)
     lungs = np.zeros_like(raw)
     lungs[:, 1:3, 1:3] = 2
-    out = postprocess("infection", raw, lungs=lungs)
+    out = postprocess(_card("infection"), raw, {"lungs": lungs})
     assert np.array_equal(out > 0, lungs > 0)
+    with pytest.raises(CTSegError, match="lungs mask"):
+        postprocess(_card("infection"), raw)
 
 
 def test_largest_components_keep_n():
@@ -135,10 +139,52 @@ def test_volumes_and_involvement():
     lungs[:, 5:] = 2
     inf = np.zeros_like(lungs)
     inf[0, :5] = 1
-    vols = volumes_ml(lungs, "lungs", voxel_ml=0.002)
+    vols = volumes_ml(lungs, _card("lungs"), voxel_ml=0.002)
     assert vols == pytest.approx({"right lung": 0.2, "left lung": 0.2})
     assert lung_involvement_pct(inf, lungs) == pytest.approx(25.0)
     assert lung_involvement_pct(inf, np.zeros_like(lungs)) is None
+    per_lung = infection_per_lung(inf, lungs, _card("lungs"), voxel_ml=0.002)
+    assert per_lung["right lung"] == pytest.approx({"ml": 0.1, "pct": 50.0})
+    assert per_lung["left lung"] == pytest.approx({"ml": 0.0, "pct": 0.0})
+    assert infection_per_lung(inf, (lungs > 0).astype(np.uint8), None, 0.002) is None  # one label only
+    assert slices_with(inf) == (0, 0, 1)
+    assert slices_with(np.zeros_like(inf)) == (0, 0, 0)
+
+
+def _card(target):
+    """A card with the starter definition of ``target`` (as ctseg train writes it)."""
+    from napari_ctseg.models.definition import starter_definition
+    from napari_ctseg.models.registry import ModelCard
+
+    labels = {"lungs": {"right_lung": 1, "left_lung": 2}, "liver": {"liver": 1},
+              "infection": {"infection": 1}}[target]
+    return ModelCard(target=target, version="x", labels=labels, architecture={}, preprocessing={},
+                     **starter_definition(target, labels))
+
+
+def test_card_postprocess_steps_and_unknown_op():
+    from napari_ctseg.errors import ModelError
+    from napari_ctseg.models.definition import apply_postprocess
+
+    card = _card("liver")
+    card.postprocess = [{"op": "remove_small", "min_mm3": 8.0}]
+    raw = np.zeros((6, 10, 10), np.uint8)
+    raw[0:2, 0:2, 0:1] = 1          # 4 voxels of 1 mm3: removed
+    raw[2:5, 4:8, 4:8] = 1          # 48 voxels: kept
+    out = apply_postprocess(card, raw, spacing=(1.0, 1.0, 1.0))
+    assert out[0, 0, 0] == 0 and out[3, 5, 5] == 1 and out.sum() == 48
+    card.postprocess = [{"op": "dilate"}]
+    with pytest.raises(ModelError, match="not one of"):
+        apply_postprocess(card, raw)
+
+
+def test_legacy_card_gets_the_starter_definition():
+    from napari_ctseg.models.registry import ModelCard
+
+    card = ModelCard.from_dict({"target": "infection", "version": "v1-ft1", "labels": {"infection": 1},
+                                "architecture": {}, "preprocessing": {}})
+    assert card.requires == ["lungs"] and card.postprocess[0]["op"] == "restrict_to"
+    assert card.display["colors"]["infection"].startswith("#")
 
 
 def test_fused_model_gives_the_same_output(tiny_weights):

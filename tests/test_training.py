@@ -16,6 +16,7 @@ from napari_ctseg.training import (
     dice_ce_loss,
     load_splits,
     make_infection_split,
+    run_to_end,
     train,
 )
 
@@ -200,3 +201,62 @@ def test_silver_lung_labels_by_hand():
     assert labels[1, 21, 16] == 1  # vessel filled
     assert labels[1, 51, 29] == 0 and labels[1, 0, 0] == 0
     assert set(np.unique(labels).tolist()) == {0, 1, 2}
+
+
+def _write_host(folder, seed):
+    """A 'chest' without infection: a body with two lungs, and its expert lung mask."""
+    rng = np.random.default_rng(seed)
+    n, z = 40, 8
+    ct = np.full((n, n, z), -1000, np.int16)
+    lungs = np.zeros((n, n, z), np.uint8)
+    yy, xx = np.mgrid[:n, :n]
+    body = (yy - 20) ** 2 + (xx - 20) ** 2 <= 18 ** 2
+    for k in range(z):
+        ct[..., k][body.T] = 30
+        ct[8:18, 10:30, k] = -850
+        ct[22:32, 10:30, k] = -850
+        lungs[8:18, 10:30, k] = 1
+        lungs[22:32, 10:30, k] = 2
+    ct = (ct + rng.normal(0, 10, ct.shape)).astype(np.int16)
+    folder.mkdir(parents=True)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(ct, affine), folder / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(lungs, affine), folder / "lungs.nii.gz")
+
+
+def test_infection_with_hosts_synthetic_lesions_and_a_negative_case(tmp_path):
+    from PIL import Image
+
+    from napari_ctseg.models.preprocess import Preprocessing
+    from napari_ctseg.synthetic import LesionSettings
+    from napari_ctseg.training import _build_hosts, _sample_hosts, load_host_case
+
+    data = tmp_path / "data"
+    (data / "slices" / "images").mkdir(parents=True)
+    (data / "slices" / "masks").mkdir(parents=True)
+    for i in range(3):
+        img = np.full((48, 48), 60, np.uint8)
+        mask = np.zeros((48, 48), np.uint8)
+        img[10 + i:25 + i, 10:30] = 150
+        mask[10 + i:25 + i, 10:30] = 255
+        Image.fromarray(img).save(data / "slices" / "images" / f"{i}.jpg")
+        Image.fromarray(mask).save(data / "slices" / "masks" / f"{i}.png")
+    _write_host(data / "host_a", 0)
+    _write_host(data / "neg_b", 1)
+    cfg = {**TINY, "synthetic": {"p_lesion": 1.0, "host_fraction": 0.5, "radius_px": [2.0, 5.0]}}
+    split = {"train": ["slices/0", "slices/1"], "validation": ["slices/2"],
+             "train_hosts": ["host_a"], "validation_negative": ["neg_b"]}
+    card = run_to_end(train("infection", data, tmp_path / "m", epochs=2, split=split, config=cfg))
+    assert card.training["split"]["train_hosts"] == ["host_a"]
+    assert "negative" in card.training["labels_source"]["neg_b"]
+    neg = card.validation["cases"]["neg_b"]
+    assert neg["negative"] and neg["dice"] == pytest.approx(max(0.0, 1 - neg["false_positive_pct_of_lung"]))
+    assert "negative_score" in card.validation and "false-positive" in card.training["selection"]
+    # The host batches: lesions with masks, inside the lungs only.
+    prep = Preprocessing.from_dict({**default_config("infection").preprocessing, "size": [32, 32]})
+    hosts = _build_hosts([load_host_case(data, "host_a")], prep)
+    xs, ys = _sample_hosts(hosts, prep, 6, np.random.default_rng(0),
+                           LesionSettings.from_dict({"p_lesion": 1.0, "radius_px": [2.0, 5.0]}))
+    assert any(y.any() for y in ys)
+    lung_any = np.logical_or.reduce(hosts.lungs[0], axis=0)
+    assert all(not (y.numpy() > 0)[~lung_any].any() for y in ys)

@@ -229,13 +229,15 @@ def score(pred: np.ndarray, ref: np.ndarray, spacing=None) -> dict[str, float]:
             "predicted": predicted, "reference": reference}
 
 
-def _label_names(target: str) -> dict[str, int]:
-    from .inference import LABELS
+def _label_names(target: str, version: str | None = None) -> dict[str, int]:
+    """The label names (display form) and values of the target's model card."""
+    from .models.definition import label_display_name
+    from .models.registry import get_card
 
-    return LABELS[target]
+    return {label_display_name(k): v for k, v in get_card(target, version).labels.items()}
 
 
-def score_case(target: str, pred: np.ndarray, ref: np.ndarray, spacing=None
+def score_case(target: str, pred: np.ndarray, ref: np.ndarray, spacing=None, version: str | None = None
                ) -> tuple[dict[str, float], dict[str, dict[str, float]], str]:
     """The target's overall figures, the per-label ones (lungs) and a note, for label maps.
 
@@ -245,7 +247,7 @@ def score_case(target: str, pred: np.ndarray, ref: np.ndarray, spacing=None
     overall = score(pred > 0, ref > 0, spacing)
     per_label: dict[str, dict[str, float]] = {}
     note = ""
-    names = _label_names(target)
+    names = _label_names(target, version)
     if len(names) > 1:
         if np.any(ref == max(names.values())):
             per_label = {name: score(pred == v, ref == v, spacing) for name, v in names.items()}
@@ -515,7 +517,7 @@ def _volume_steps(target, data_dir: Path, out: Path, names, version, device):
             ref = read_reference_volume(gt_path, volume.geometry, target)
             pred = volume.geometry.to_source(mask)
             spacing = source_spacing(volume.geometry.affine)
-            overall, per_label, note = score_case(target, pred, ref, spacing)
+            overall, per_label, note = score_case(target, pred, ref, spacing, version)
             _fill(case, overall, per_label, note)
         else:
             case.note = NO_GROUND_TRUTH
@@ -543,14 +545,15 @@ def _slice_steps(target, data_dir: Path, out: Path, names, version, device):
         yield EvaluationProgress(i, total, f"{name}: predicting", name)
         image = _read_image(images[name])
         labels = predict_image8(model, image, card.preprocessing, device=dev)
-        pred = labels == _label_names(target)[PRIMARY[target]]
+        pred = labels == _label_names(target, version)[PRIMARY[target]]
         pred_path = write_png_mask(out / f"{name}.png", pred)
         gt_path = data_dir / "masks" / f"{name}.png"
         case = CaseResult(name=name, prediction=str(pred_path), has_ground_truth=gt_path.is_file(),
                           distance_unit="px", size_unit="px", shape=tuple(image.shape))
         if case.has_ground_truth:
             ref = read_reference_slice(gt_path, image.shape)
-            overall, per_label, note = score_case(target, pred.astype(np.uint8), ref.astype(np.uint8))
+            overall, per_label, note = score_case(target, pred.astype(np.uint8), ref.astype(np.uint8),
+                                                  version=version)
             _fill(case, overall, per_label, note)
         else:
             case.note = NO_GROUND_TRUTH

@@ -22,15 +22,11 @@ from scipy import ndimage
 
 from .errors import CTSegError
 from .models.preprocess import Preprocessing, find_crop, labels_from_probs, slices_to_input
+from .models.definition import apply_postprocess, label_display_name
 from .models.registry import TARGETS, ModelCard, get_card, load_model
 from .volume import CTVolume
 
 DEVICES = ("auto", "cpu", "cuda")
-LABELS: dict[str, dict[str, int]] = {
-    "lungs": {"right lung": 1, "left lung": 2},
-    "liver": {"liver": 1},
-    "infection": {"infection": 1},
-}
 
 
 class Cancelled(CTSegError):
@@ -56,6 +52,11 @@ class SegmentResult:
     versions: dict[str, str]
     seconds: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    cards: dict[str, ModelCard] = field(default_factory=dict, repr=False)  # the card behind each mask
+    # Infection per lung: {"right lung": {"ml": .., "pct": .. of that lung}, ...}, and the
+    # axial slices (display z, 0 = the head end) that hold infection: (first, last, count).
+    infection_by_lung: dict[str, dict[str, float]] | None = None
+    infection_slices: tuple[int, int, int] | None = None
 
     def report(self) -> str:
         """Volumes and lung involvement as plain text, one line per figure."""
@@ -69,6 +70,13 @@ class SegmentResult:
                 lines.append(f"{target}: {sum(per_label.values()):.1f} mL")
         if self.lung_involvement_pct is not None:
             lines.append(f"lung involved by infection: {self.lung_involvement_pct:.1f} %")
+        for lung, fig in (self.infection_by_lung or {}).items():
+            pct = "n/a" if fig["pct"] is None else f"{fig['pct']:.1f} %"
+            lines.append(f"  {lung}: {fig['ml']:.1f} mL infected ({pct} of that lung)")
+        if self.infection_slices is not None:
+            first, last, count = self.infection_slices
+            lines.append(f"infection on {count} axial slices, z {first}-{last}" if count else
+                         "infection on no slice")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -79,6 +87,9 @@ class SegmentResult:
             "versions": self.versions,
             "seconds": self.seconds,
             "notes": self.notes,
+            "infection_by_lung": self.infection_by_lung,
+            "infection_slices": None if self.infection_slices is None else
+            dict(zip(("first", "last", "count"), self.infection_slices)),
         }
 
 
@@ -154,8 +165,10 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
                   ) -> Generator[Progress, None, SegmentResult]:
     """Segment ``volume`` for ``targets``; yields ``Progress``, returns ``SegmentResult``.
 
-    ``lungs`` (a lung mask on the volume's grid, e.g. from an edited layer) restricts
-    infection; without it the lungs are segmented first when infection is asked for.
+    ``lungs`` (a lung mask on the volume's grid, e.g. from an edited layer) is used where
+    a card requires the lungs (infection); without it the lungs are segmented first. What
+    each target needs, and how its output is finished, comes from its model card
+    (``napari_ctseg.models.definition``).
     """
     targets = parse_targets(targets)
     dev, note = choose_device(device)
@@ -165,22 +178,26 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     hu = volume.hu
     n = hu.shape[0]
-    need_lungs = "infection" in targets and lungs is None
-    runs = (["lungs"] if ("lungs" in targets or need_lungs) else []) + [t for t in targets if t != "lungs"]
-    total = n * len(runs)  # infection usually needs fewer slices; the bar then jumps ahead
+    given = {"lungs": lungs} if lungs is not None else {}
+    runs = _run_order(targets, models, given)
+    total = n * len(runs)  # a target restricted to another's slices needs fewer; the bar then jumps ahead
     done = 0
     masks: dict[str, np.ndarray] = {}
+    cards: dict[str, ModelCard] = {}
     seconds: dict[str, float] = {}
     used_versions: dict[str, str] = {}
     for target in runs:
         t0 = time.perf_counter()
         model, card = models.get(target, dev)
         used_versions[target] = card.version
+        cards[target] = card
         prep = Preprocessing.from_dict(card.preprocessing)
-        if target == "infection":
-            lung_mask = lungs if lungs is not None else masks["lungs"]
-            z_with_lung = np.flatnonzero(np.asarray(lung_mask).reshape(n, -1).any(axis=1))
-            z_list = z_with_lung
+        context = {t: (given[t] if t in given else masks[t]) for t in card.requires}
+        # A target kept only inside another is only searched in the slices that hold it.
+        within = [context[s["target"]] for s in card.postprocess if s.get("op") == "restrict_to"]
+        if within:
+            z_list = np.flatnonzero(np.logical_and.reduce(
+                [np.asarray(m).reshape(n, -1).any(axis=1) for m in within]))
         else:
             z_list = np.arange(n)
         raw = np.zeros(hu.shape, dtype=np.uint8)
@@ -207,22 +224,40 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
                                target)
         done += n
         yield Progress(done, total, f"{target}: post-processing", target)
-        if target == "infection":
-            masks[target] = postprocess(target, raw, lungs=lung_mask)
-        else:
-            masks[target] = postprocess(target, raw)
+        masks[target] = apply_postprocess(card, raw, context, volume.spacing)
         del raw  # before the next target allocates its own
         seconds[target] = time.perf_counter() - t0
-    if need_lungs and "lungs" not in targets:
-        masks.pop("lungs", None)
-    volumes = {t: volumes_ml(masks[t], t, volume.voxel_volume_ml) for t in targets}
-    involvement = None
+    volumes = {t: volumes_ml(masks[t], cards[t], volume.voxel_volume_ml) for t in targets}
+    result = SegmentResult(masks={t: masks[t] for t in targets}, volumes_ml=volumes,
+                           lung_involvement_pct=None, device=str(dev), versions=used_versions,
+                           seconds=seconds, notes=notes, cards={t: cards[t] for t in targets})
     if "infection" in targets:
-        lung_mask = lungs if lungs is not None else masks.get("lungs")
-        involvement = lung_involvement_pct(masks["infection"], lung_mask) if lung_mask is not None else None
-    return SegmentResult(masks={t: masks[t] for t in targets}, volumes_ml=volumes,
-                         lung_involvement_pct=involvement, device=str(dev), versions=used_versions,
-                         seconds=seconds, notes=notes)
+        lung_mask = given.get("lungs", masks.get("lungs"))
+        lung_card = cards.get("lungs")
+        if lung_mask is not None:
+            result.lung_involvement_pct = lung_involvement_pct(masks["infection"], lung_mask)
+            result.infection_by_lung = infection_per_lung(masks["infection"], lung_mask, lung_card,
+                                                          volume.voxel_volume_ml)
+        result.infection_slices = slices_with(masks["infection"])
+    return result
+
+
+def _run_order(targets: list[str], models: ModelSet, given: dict[str, np.ndarray]) -> list[str]:
+    """The targets to run, each after the ones its card requires (unless given as masks)."""
+    order: list[str] = []
+
+    def visit(t: str, path: tuple[str, ...]) -> None:
+        if t in order or t in given:
+            return
+        if t in path:
+            raise CTSegError(f"model cards require each other in a circle: {' -> '.join(path + (t,))}")
+        for req in get_card(t, models.versions.get(t)).requires:
+            visit(req, path + (t,))
+        order.append(t)
+
+    for t in targets:
+        visit(t, ())
+    return order
 
 
 def _predict(model, hu, z, prep, crop, dev) -> np.ndarray:
@@ -295,27 +330,43 @@ def fill_holes_axial(mask: np.ndarray, in_place: bool = False) -> np.ndarray:
     return out
 
 
-def postprocess(target: str, labels: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray:
-    """Anatomy-aware clean-up of raw network labels (z, y, x) -> uint8 mask."""
-    out = np.zeros(labels.shape, dtype=np.uint8)
-    if target in ("lungs", "liver"):
-        for value in LABELS[target].values():
-            part = fill_holes_axial(largest_components(labels == value, keep=1), in_place=True)
-            out[part & (out == 0)] = value
-        return out
-    if target == "infection":
-        inside = labels > 0
-        if lungs is not None:
-            inside &= np.asarray(lungs) > 0
-        out[inside] = 1
-        return out
-    raise CTSegError(f"unknown target {target!r}")
+def postprocess(card: ModelCard, labels: np.ndarray, context: dict[str, np.ndarray] | None = None,
+                spacing=None) -> np.ndarray:
+    """The card's post-processing of raw network labels (z, y, x) -> uint8 mask."""
+    return apply_postprocess(card, labels, context, spacing)
 
 
-def volumes_ml(mask: np.ndarray, target: str, voxel_ml: float) -> dict[str, float]:
-    """Volume in mL of each label of a target's mask."""
+def volumes_ml(mask: np.ndarray, card: ModelCard, voxel_ml: float) -> dict[str, float]:
+    """Volume in mL of each label of a card's mask, by the label's display name."""
     # count_nonzero per label: bincount would first copy the mask as 8-byte integers
-    return {name: float(np.count_nonzero(mask == v)) * voxel_ml for name, v in LABELS[target].items()}
+    return {label_display_name(name): float(np.count_nonzero(mask == v)) * voxel_ml
+            for name, v in card.labels.items()}
+
+
+def infection_per_lung(infection: np.ndarray, lungs: np.ndarray, lung_card: ModelCard | None,
+                       voxel_ml: float) -> dict[str, dict[str, float]] | None:
+    """Infected mL and % of each lung, by the lung labels (the card's names, else 1 = right,
+    2 = left as the lungs models write them); None when the lungs mask has a single label."""
+    lungs = np.asarray(lungs)
+    names = ({int(v): label_display_name(k) for k, v in lung_card.labels.items()} if lung_card is not None
+             else {1: "right lung", 2: "left lung"})
+    present = [v for v in names if np.any(lungs == v)]
+    if len(present) < 2:
+        return None
+    inf = np.asarray(infection) > 0
+    out = {}
+    for v in sorted(names):
+        lung = lungs == v
+        n = int(np.count_nonzero(lung))
+        k = int(np.count_nonzero(inf & lung))
+        out[names[v]] = {"ml": k * voxel_ml, "pct": (100.0 * k / n) if n else None}
+    return out
+
+
+def slices_with(mask: np.ndarray) -> tuple[int, int, int]:
+    """(first, last, count) of the axial slices (display z) that hold the mask; (0, 0, 0) if none."""
+    z = np.flatnonzero(np.asarray(mask).reshape(mask.shape[0], -1).any(axis=1))
+    return (int(z[0]), int(z[-1]), int(z.size)) if z.size else (0, 0, 0)
 
 
 def lung_involvement_pct(infection: np.ndarray, lungs: np.ndarray) -> float | None:

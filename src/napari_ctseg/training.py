@@ -53,6 +53,9 @@ from .models.registry import (
     write_version,
 )
 from .models.unet import build_model, count_parameters
+from .silver import SILVER_LUNGS_METHOD, silver_lung_labels, silver_lungs_and_airways  # noqa: F401
+from .synthetic import DEFAULT_SYNTHETIC
+from .models.definition import starter_definition
 
 SPLITS_FILE = Path(__file__).resolve().parent / "models" / "splits.json"
 
@@ -83,6 +86,23 @@ DATASETS: dict[str, dict[str, str]] = {
         "license": "BSD-3-Clause",
         "cite": "QIICR dcmqi (https://github.com/QIICR/dcmqi), test data",
     },
+    "chest_itk00": {
+        "source": "ITKElastix example data (InsightSoftwareConsortium/ITKElastix), a full chest CT",
+        "license": "Apache-2.0 repository; the data's origin is not stated (research use)",
+        "cite": "ITKElastix example data, InsightSoftwareConsortium/ITKElastix",
+    },
+    "chest_lungdx": {
+        "source": "Lung-PET-CT-Dx, patient A0001 (The Cancer Imaging Archive)",
+        "license": "CC BY 4.0",
+        "cite": "Li P. et al., A Large-Scale CT and PET/CT Dataset for Lung Cancer Diagnosis "
+                "(Lung-PET-CT-Dx), The Cancer Imaging Archive 2020, doi:10.7937/TCIA.2020.NNC2-0461",
+    },
+    "chest_ctmd": {
+        "source": "COVID-CT-MD sample data (ShahinSHH/COVID-CT-MD)",
+        "license": "reportedly CC BY 4.0, not verified (research use)",
+        "cite": "Afshar P. et al., COVID-CT-MD, COVID-19 computed tomography scan dataset applicable in "
+                "machine learning and deep learning, Scientific Data 8:121, 2021",
+    },
     "covid_semiseg": {
         "source": "COVID-SemiSeg training split, from the MedSeg / SIRM COVID-19 CT segmentation dataset",
         "license": "non-commercial use only",
@@ -95,12 +115,15 @@ DATASETS: dict[str, dict[str, str]] = {
 
 # What a card says about the limits of each target's bundled training data.
 TARGET_NOTES: dict[str, str] = {
-    "lungs": "Expert lung labels of one abdominal CT (3D-IRCADb-01 patient 7) plus silver-standard "
-             "labels (classical method, checked by eye slice by slice) of a lower-chest-to-kidneys CT "
-             "(CHAOS CT set 3); validated on the expert labels of another abdominal CT (IRCAD patient 1). "
-             "All three show only the lower lungs, so the model has never seen lung apices, the upper "
-             "chest, the trachea or the main bronchi; expect errors there. Labels are the patient's right "
-             "(1) and left (2) lung; training uses no left-right flips.",
+    "lungs": "Expert lung labels of one abdominal CT (3D-IRCADb-01 patient 7, lung bases) plus "
+             "silver-standard labels (classical method with the trachea and main bronchi removed, "
+             "checked by eye slice by slice) of a lower-chest-to-kidneys CT (CHAOS CT set 3) and three "
+             "full chest CTs, apex to base (ITKElastix example, COVID-CT-MD normal 001 and COVID-19 "
+             "P001); validated on the expert labels of another abdominal CT (IRCAD patient 1); a fourth "
+             "full chest (Lung-PET-CT-Dx A0001) is held out for the airway check. The trachea and main "
+             "bronchi are not lung. Silver labels follow the air (< -320 HU): dense consolidation and "
+             "large tumours may be left out. Labels are the patient's right (1) and left (2) lung; "
+             "training uses no left-right flips.",
     "liver": "Trained on two contrast-enhanced abdominal CTs of patients with liver tumours "
              "(3D-IRCADb-01 patients 1 and 7); validated on a healthy donor's portal-phase CT from "
              "another centre (CHAOS CT set 3, whose bottom slice cuts off the tip of the right lobe) "
@@ -150,6 +173,13 @@ class TrainingConfig:
     augmentation: dict[str, Any] = field(default_factory=dict)
     val_every: int = 1
     save_half: bool = True  # store float16 weights (half the size); validated as stored
+    # Infection: synthetic lesions painted into the host volumes' lungs (see
+    # napari_ctseg.synthetic.DEFAULT_SYNTHETIC); empty = none. "hard_negative_model" names a
+    # version of the same target whose false positives on the hosts are sampled more often.
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    # Training-only classes (name -> value after the card's labels), e.g. {"airway": 3}: the
+    # network learns them from silver labels, and the output counts them as background.
+    extra_classes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,12 +191,13 @@ _ORGAN_AUG = {"rotate_deg": 15.0, "scale": [0.8, 1.25], "translate": 0.08, "affi
 
 
 def default_config(target: str) -> TrainingConfig:
-    """The settings the bundled v1 models were trained with."""
+    """The settings of the newest bundled version of ``target`` (older versions' settings are in
+    their cards' ``training.config``)."""
     _check_target(target)
     unet = {"name": "unet2d", "base": 16, "depth": 5, "max_channels": 128, "norm": "batch"}
     if target == "lungs":
         return TrainingConfig(
-            architecture={**unet, "in_channels": 3, "n_classes": 3},
+            architecture={**unet, "in_channels": 3, "n_classes": 4},
             preprocessing={"input": "hu", "window": [-1024.0, 600.0], "context": 1, "crop": "body",
                            "body_threshold_hu": -500.0, "crop_margin": 0.04, "pad_hu": -1024.0,
                            "size": [128, 128]},
@@ -174,6 +205,11 @@ def default_config(target: str) -> TrainingConfig:
             # trained on IRCAD 7 alone took air outside the body for lung; the silver-labelled
             # CHAOS scan, with air between body and table, cured that.)
             augmentation=dict(_ORGAN_AUG),
+            epochs=40,
+            # v2: the airways of the silver-labelled chests as a class of their own, so the
+            # network learns what is not lung next to it (v1 labelled 52 % of a held-out
+            # chest's trachea and main bronchi lung, a first v2 without this class 17 %).
+            extra_classes={"airway": 3},
         )
     if target == "liver":
         return TrainingConfig(
@@ -187,12 +223,16 @@ def default_config(target: str) -> TrainingConfig:
             augmentation={**_ORGAN_AUG, "brightness": 0.14, "contrast": 0.15},
             steps_per_epoch=25,
         )
+    # Infection v2 (v1: one slice, the 40 JPG slices only, 60 epochs of batch 8): the slice and
+    # its neighbours in HU (a partial-volume diaphragm dome is obvious across slices), the JPG
+    # slices (context = the slice itself) plus healthy chest and abdominal CTs as negatives and
+    # hosts for synthetic lesions, hard negatives from v1's false positives.
     return TrainingConfig(
-        architecture={**unet, "in_channels": 1, "n_classes": 2},
-        preprocessing={"input": "hu", "window": list(INFECTION_WINDOW), "context": 0, "crop": "body",
+        architecture={**unet, "in_channels": 3, "n_classes": 2},
+        preprocessing={"input": "hu", "window": list(INFECTION_WINDOW), "context": 1, "crop": "body",
                        "body_threshold_hu": -500.0, "crop_margin": 0.04, "pad_hu": -1024.0,
                        "size": [160, 160], "notes": INFECTION_WINDOW_NOTE},
-        batch_size=8,
+        batch_size=10,
         steps_per_epoch=25,
         epochs=60,
         # The training JPGs come in mixed orientations and auto-windowed contrasts, and
@@ -200,6 +240,7 @@ def default_config(target: str) -> TrainingConfig:
         augmentation={"rotate_deg": 20.0, "scale": [0.8, 1.25], "translate": 0.08, "affine_p": 0.85,
                       "dihedral": True, "brightness": 0.08, "contrast": 0.2, "gamma": [0.75, 1.35],
                       "noise": 0.03},
+        synthetic={**DEFAULT_SYNTHETIC, "hard_negative_model": "v1"},
     )
 
 
@@ -293,72 +334,31 @@ class Case:
     hu: np.ndarray | None = None
     image8: np.ndarray | None = None
     spacing: tuple[float, ...] | None = None
+    lungs: np.ndarray | None = None  # lung mask on the volume's grid (infection hosts and negatives)
+    negative: bool = False  # a scan without the target: scored by what it wrongly marks
 
 
-SILVER_LUNGS_METHOD = (
-    "classical: HU < -320, per slice minus the air connected to the slice's border (outside the "
-    "body), the two largest 3D components (split at the middle if they touch), right/left by "
-    "position, holes up to 400 mm2 filled per slice (vessels; not the domes of liver and spleen)"
-)
+def load_host_case(data_dir, name: str) -> Case:
+    """A CT without infection, with its lung mask (expert ``lungs.nii.gz`` when there is one,
+    else silver-standard): a negative, and a host for synthetic lesions."""
+    folder = Path(data_dir) / name
+    ct = _read_case_scan(folder, name)
+    hu = np.asarray(ct.hu)
+    lung_path = folder / "lungs.nii.gz"
+    if lung_path.is_file():
+        from .io.nifti import read_nifti
 
-
-def silver_lung_labels(hu_zyx: np.ndarray, spacing: Sequence[float], threshold_hu: float = -320.0,
-                       max_hole_mm2: float = 400.0) -> np.ndarray:
-    """Silver-standard lung labels (0, 1 right, 2 left) for a HU volume (z, y, x), by a classical method.
-
-    Air below ``threshold_hu`` inside the body (per axial slice, air connected to the
-    slice's border is outside), the two largest 3D components (one component is split at
-    its middle), the patient's right being the smaller x (the display axis x runs to the
-    patient's left). Holes up to ``max_hole_mm2`` are filled slice by slice (vessels),
-    larger ones not (the domes of liver and spleen under the lung bases). Good for lung
-    bases and clear lungs; it fails on dense disease and keeps airways. Never for validation.
-    """
-    from scipy import ndimage
-
-    hu_zyx = np.asarray(hu_zyx)
-    air = hu_zyx < threshold_hu
-    inside = np.zeros_like(air)
-    for z in range(air.shape[0]):
-        lab, n = ndimage.label(air[z])
-        if n == 0:
-            continue
-        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-        keep = np.ones(n + 1, bool)
-        keep[border] = False
-        keep[0] = False
-        inside[z] = keep[lab]
-    out = np.zeros(hu_zyx.shape, np.uint8)
-    lab, n = ndimage.label(inside)
-    if n == 0:
-        return out
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
-    big = [int(k) for k in order[:2] if sizes[k] > 0.1 * sizes[order[0]]]
-    if len(big) == 1:
-        m = lab == big[0]
-        xs = np.nonzero(m.any(axis=(0, 1)))[0]
-        mid = (int(xs.min()) + int(xs.max())) // 2
-        right = m.copy()
-        right[..., mid:] = False
-        parts = [right, m & ~right]
+        m = read_nifti(lung_path)
+        if m.shape != ct.shape:
+            raise TrainingError(f"{lung_path}: shape {m.shape} does not match the CT's {ct.shape}")
+        lungs = np.asarray(m.hu) > 0.5
     else:
-        centres = sorted((ndimage.center_of_mass(lab == k)[2], k) for k in big)
-        parts = [lab == centres[0][1], lab == centres[1][1]]
-    pixel_mm2 = float(spacing[1]) * float(spacing[2])
-    for value, m in zip((1, 2), parts):
-        for z in range(m.shape[0]):
-            holes = ndimage.binary_fill_holes(m[z]) & ~m[z]
-            hl, hn = ndimage.label(holes)
-            if hn:
-                small = np.bincount(hl.ravel()) * pixel_mm2 <= max_hole_mm2
-                small[0] = False
-                m[z] |= small[hl]
-        out[m] = value
-    return out
+        lungs = silver_lung_labels(hu, ct.spacing) > 0
+    return Case(name=name, labels=np.zeros(hu.shape, np.uint8), hu=hu, spacing=tuple(ct.spacing),
+                lungs=lungs, negative=True)
 
 
-def load_case(target: str, data_dir, name: str, silver: bool = False) -> Case:
+def load_case(target: str, data_dir, name: str, silver: bool = False, airway_label: int | None = None) -> Case:
     """Read one case of ``data_dir`` (see the module docstring for the layout).
 
     ``silver``: lungs only; the labels are made by ``silver_lung_labels`` from the CT
@@ -373,12 +373,12 @@ def load_case(target: str, data_dir, name: str, silver: bool = False) -> Case:
     if silver:
         if target != "lungs":
             raise TrainingError(f"silver-standard labels exist for lungs only, not {target}")
-        ct_path = folder / "ct.nii.gz"
-        if not ct_path.is_file():
-            raise TrainingError(f"{ct_path}: missing; silver case {name!r} needs ct.nii.gz")
-        ct = read_nifti(ct_path)
-        return Case(name=name, labels=silver_lung_labels(ct.hu, ct.spacing), hu=np.asarray(ct.hu),
-                    spacing=tuple(ct.spacing))
+        ct = _read_case_scan(folder, name)
+        hu = np.asarray(ct.hu)
+        labels, airways = silver_lungs_and_airways(hu, ct.spacing)
+        if airway_label:
+            labels[airways & (labels == 0)] = airway_label
+        return Case(name=name, labels=labels, hu=hu, spacing=tuple(ct.spacing))
     ct_path, mask_path = folder / "ct.nii.gz", folder / MASK_FILES[target]
     for p in (ct_path, mask_path):
         if not p.is_file():
@@ -392,6 +392,18 @@ def load_case(target: str, data_dir, name: str, silver: bool = False) -> Case:
     if extra:
         raise TrainingError(f"{mask_path}: labels {extra} are not {target} labels {sorted(allowed)}")
     return Case(name=name, labels=labels, hu=np.asarray(ct.hu), spacing=tuple(ct.spacing))
+
+
+def _read_case_scan(folder: Path, name: str):
+    """A case's CT: ``ct.nii.gz``, or else the DICOM series in ``dicom/`` (read by our reader)."""
+    from .io import read_scan
+    from .io.nifti import read_nifti
+
+    if (folder / "ct.nii.gz").is_file():
+        return read_nifti(folder / "ct.nii.gz")
+    if (folder / "dicom").is_dir():
+        return read_scan(folder / "dicom")
+    raise TrainingError(f"{folder}: case {name!r} needs ct.nii.gz or a dicom/ folder")
 
 
 def _load_infection_case(data_dir: Path, name: str) -> Case:
@@ -426,6 +438,66 @@ class _Cache:
 _CHUNK = 8
 
 
+@dataclass
+class _Hosts:
+    """Host volumes for synthetic lesions, at the network's size."""
+
+    images: list[torch.Tensor]  # per case (Z, H, W)
+    lungs: list[np.ndarray]  # per case (Z, H, W) bool
+    index: np.ndarray  # (N, 2): case, slice
+    weights: np.ndarray  # (N,) sampling probabilities
+    hard: int = 0  # slices weighted up as hard negatives
+
+
+def _build_hosts(cases: list[Case], prep: Preprocessing, reference=None,
+                 hard_weight: float = 1.0) -> _Hosts:
+    """Windowed host slices and their lungs; slices where ``reference`` (a model of the same
+    target, input channels and grid) marks infection inside the lung get ``hard_weight``."""
+    images, lungs, index, weights = [], [], [], []
+    hard = 0
+    for ci, case in enumerate(cases):
+        crop = find_crop(case.hu, prep)
+        chunks = range(0, case.hu.shape[0], _CHUNK)
+        img = torch.cat([window_and_resize(case.hu[z:z + _CHUNK], prep, crop) for z in chunks])
+        lung = torch.cat([labels_to_target(case.lungs[z:z + _CHUNK].astype(np.uint8), crop, prep, 2)
+                          for z in chunks]).numpy() > 0
+        images.append(img)
+        lungs.append(lung)
+        fp = np.zeros(img.shape[0], bool)
+        if reference is not None and hard_weight > 1:
+            model, ref_channels = reference
+            with torch.inference_mode():
+                for z0 in range(0, img.shape[0], 16):
+                    z = np.arange(z0, min(z0 + 16, img.shape[0]))
+                    ctx = (ref_channels - 1) // 2
+                    x = img[torch.as_tensor(context_indices(z, img.shape[0], ctx))]
+                    pred = model(x).argmax(dim=1).numpy() > 0
+                    fp[z] = (pred & lung[z]).reshape(len(z), -1).sum(axis=1) >= 10
+        hard += int(fp.sum())
+        for z in range(img.shape[0]):
+            index.append((ci, z))
+            weights.append(hard_weight if fp[z] else 1.0)
+    w = np.asarray(weights, dtype=float)
+    return _Hosts(images, lungs, np.asarray(index, dtype=np.int64), w / w.sum(), hard)
+
+
+def _sample_hosts(hosts: _Hosts, prep: Preprocessing, n: int, rng: np.random.Generator,
+                  settings) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    from .synthetic import add_lesions
+
+    xs, ys = [], []
+    for k in rng.choice(len(hosts.index), size=n, p=hosts.weights):
+        ci, z = hosts.index[k]
+        idx = context_indices([z], hosts.images[ci].shape[0], prep.context)[0]
+        x = hosts.images[ci][torch.as_tensor(idx)].numpy()
+        y = np.zeros(x.shape[1:], bool)
+        if rng.random() < settings.p_lesion:
+            x, y = add_lesions(x, hosts.lungs[ci][idx], prep.window, rng, settings)
+        xs.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        ys.append(torch.from_numpy(y.astype(np.int64)))
+    return xs, ys
+
+
 def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float) -> _Cache:
     images, targets, index, weights = [], [], [], []
     for ci, case in enumerate(cases):
@@ -450,9 +522,17 @@ def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weig
 
 
 def _sample_batch(cache: _Cache, prep: Preprocessing, batch_size: int,
-                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    picks = rng.choice(len(cache.index), size=batch_size, p=cache.weights)
+                  rng: np.random.Generator, hosts: _Hosts | None = None,
+                  synthetic=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of (x, y): from the labelled cases and, with ``hosts``, a share
+    (``synthetic.host_fraction``) of host slices, some with synthetic lesions."""
+    n_hosts = 0
+    if hosts is not None and len(hosts.index):
+        n_hosts = int(rng.binomial(batch_size, synthetic.host_fraction))
+    picks = rng.choice(len(cache.index), size=batch_size - n_hosts, p=cache.weights) if cache.index.size else []
     xs, ys = [], []
+    if n_hosts:
+        xs, ys = _sample_hosts(hosts, prep, n_hosts, rng, synthetic)
     for k in picks:
         ci, z = cache.index[k]
         stack = cache.images[ci]
@@ -553,11 +633,20 @@ def case_dice(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> floa
     return float(np.mean([dice(pred == v, ref == v) for v in labels.values()]))
 
 
+NEGATIVE_TOLERANCE_PCT = 1.0
+
+
 def validate(model, cases: list[Case], prep: Preprocessing, labels: dict[str, int], device,
              full: bool = False) -> dict[str, Any]:
     """Dice per case (mean over labels) and their mean; with ``full``, every figure of
     ``metrics.compare`` per label (HD95 and ASD in mm for volumes; for 8-bit slices,
-    which have no spacing, Dice and IoU only) and the Dice pooled over all cases."""
+    which have no spacing, Dice and IoU only) and the Dice pooled over all cases.
+
+    A ``negative`` case (a scan without the target, with its lung mask) is scored by what
+    the model wrongly marks inside the lung: ``1 - min(1, false-positive % of the lung /
+    NEGATIVE_TOLERANCE_PCT)``. ``mean_dice`` is the mean over the positive cases; the
+    ``selection`` score (what picks the checkpoint) is the mean of the positive and the
+    negative means when there are negative cases, else ``mean_dice``."""
     was_training = model.training
     model.eval()
     per_case: dict[str, Any] = {}
@@ -565,6 +654,13 @@ def validate(model, cases: list[Case], prep: Preprocessing, labels: dict[str, in
     try:
         for case in cases:
             pred = _predict_case(model, case, prep, device)
+            if case.negative:
+                lung = case.lungs if case.lungs is not None else np.ones(pred.shape, bool)
+                fp = 100.0 * float(np.count_nonzero((pred > 0) & lung)) / max(int(lung.sum()), 1)
+                score = max(0.0, 1.0 - fp / NEGATIVE_TOLERANCE_PCT)
+                per_case[case.name] = ({"dice": score, "negative": True, "false_positive_pct_of_lung": fp}
+                                       if full else score)
+                continue
             d = case_dice(pred, case.labels, labels)
             for name, v in labels.items():
                 p, r = pred == v, case.labels == v
@@ -582,8 +678,14 @@ def validate(model, cases: list[Case], prep: Preprocessing, labels: dict[str, in
                 per_case[case.name] = d
     finally:
         model.train(was_training)
-    dices = [c["dice"] if full else c for c in per_case.values()]
-    out = {"mean_dice": float(np.mean(dices)), "cases": per_case}
+    neg_names = {c.name for c in cases if c.negative}
+    pos = [c["dice"] if full else c for n, c in per_case.items() if n not in neg_names]
+    neg = [c["dice"] if full else c for n, c in per_case.items() if n in neg_names]
+    mean_pos = float(np.mean(pos)) if pos else float(np.mean(neg))
+    out = {"mean_dice": mean_pos, "cases": per_case}
+    out["selection"] = 0.5 * (mean_pos + float(np.mean(neg))) if (neg and pos) else mean_pos
+    if neg:
+        out["negative_score"] = float(np.mean(neg))
     out["pooled_dice"] = {name: (2.0 * i / s if s else 1.0) for name, (i, s) in pooled.items()}
     return out
 
@@ -665,9 +767,12 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                             "for this U-Net depth")
     labels = TARGET_LABELS[target]
     n_classes = int(cfg.architecture.get("n_classes", len(labels) + 1))
-    if n_classes != len(labels) + 1:
-        raise TrainingError(f"{target} has {len(labels)} label(s), so the network needs "
-                            f"{len(labels) + 1} classes, not {n_classes}")
+    extra = dict(cfg.extra_classes)
+    if n_classes != len(labels) + 1 + len(extra) or sorted(extra.values()) != list(
+            range(len(labels) + 1, n_classes)):
+        raise TrainingError(f"{target} has {len(labels)} label(s) and {len(extra)} training-only "
+                            f"class(es), so the network needs {len(labels) + 1 + len(extra)} classes "
+                            f"numbered after the labels, not {n_classes}")
     dev = _device(device)
     out_dir = Path(out_dir)
     if (out_dir / WEIGHTS_FILE).exists() and not overwrite:
@@ -680,10 +785,12 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         split = load_splits()[target]
     train_names, val_names = list(split.get("train", [])), list(split.get("validation", []))
     silver_names = list(split.get("train_silver", []))
+    host_names = list(split.get("train_hosts", [])) if cfg.synthetic else []
+    neg_val_names = list(split.get("validation_negative", []))
     if not train_names or not val_names:
         raise TrainingError(f"the {target} split needs training and validation cases")
-    if (set(train_names) | set(silver_names)) & set(val_names):
-        overlap = sorted((set(train_names) | set(silver_names)) & set(val_names))
+    if (set(train_names) | set(silver_names) | set(host_names)) & set(val_names + neg_val_names):
+        overlap = sorted((set(train_names) | set(silver_names) | set(host_names)) & set(val_names + neg_val_names))
         raise TrainingError(f"cases both in training and validation: {overlap}")
     version = version or out_dir.name
 
@@ -694,13 +801,25 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
 
-    n_train = len(train_names) + len(silver_names)
+    n_train = len(train_names) + len(silver_names) + len(host_names)
     yield TrainingReport("start", 0, cfg.epochs, steps=cfg.steps_per_epoch,
-                         message=f"reading {n_train} training and {len(val_names)} validation cases")
+                         message=f"reading {n_train} training and {len(val_names) + len(neg_val_names)} "
+                                 "validation cases")
     train_cases = [load_case(target, data_dir, n) for n in train_names]
-    train_cases += [load_case(target, data_dir, n, silver=True) for n in silver_names]
+    train_cases += [load_case(target, data_dir, n, silver=True, airway_label=extra.get("airway"))
+                    for n in silver_names]
     val_cases = [load_case(target, data_dir, n) for n in val_names]
+    val_cases += [load_host_case(data_dir, n) for n in neg_val_names]
     cache = _build_cache(train_cases, prep, n_classes, cfg.foreground_weight)
+    hosts, lesion_settings = None, None
+    if host_names:
+        from .synthetic import LesionSettings
+
+        lesion_settings = LesionSettings.from_dict(cfg.synthetic)
+        host_cases = [load_host_case(data_dir, n) for n in host_names]
+        hosts = _build_hosts(host_cases, prep, _reference_model(target, cfg.synthetic, prep),
+                             lesion_settings.hard_negative_weight)
+        del host_cases
     model = build_model({**cfg.architecture}).to(dev)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -723,7 +842,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
             for step in range(1, cfg.steps_per_epoch + 1):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(global_step)
-                x, y = _sample_batch(cache, prep, cfg.batch_size, rng)
+                x, y = _sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings)
                 x, y = augment(x, y, cfg.augmentation, prep.pad_value, gen)
                 logits = model(x.to(dev))
                 loss = dice_ce_loss(logits, y.to(dev), cfg.dice_weight)
@@ -738,8 +857,8 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
             val = None
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
                 val = validate(model, val_cases, prep, labels, dev)
-                if val["mean_dice"] > best_dice:
-                    best_dice, best_epoch = val["mean_dice"], epoch
+                if val["selection"] > best_dice:
+                    best_dice, best_epoch = val["selection"], epoch
                     best_state = copy.deepcopy(model.state_dict())
             mean_loss = float(np.mean(losses))
             history.append({"epoch": epoch, "loss": round(mean_loss, 5),
@@ -768,14 +887,28 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         target=target, version=version, labels=dict(labels),
         architecture=dict(cfg.architecture), preprocessing=prep.to_dict(),
         training={
-            "data": _data_record(train_names + silver_names + val_names),
+            "data": _data_record(train_names + silver_names + host_names + val_names + neg_val_names),
             "split": {"train": train_names, "validation": val_names,
-                      **({"train_silver": silver_names} if silver_names else {})},
+                      **({"train_silver": silver_names} if silver_names else {}),
+                      **({"train_hosts": host_names} if host_names else {}),
+                      **({"validation_negative": neg_val_names} if neg_val_names else {})},
             "labels_source": {**{n: "expert" for n in train_names + val_names},
-                              **{n: f"silver-standard ({SILVER_LUNGS_METHOD})" for n in silver_names}},
+                              **{n: f"silver-standard ({SILVER_LUNGS_METHOD})" for n in silver_names},
+                              **{n: "no infection (negative); synthetic lesions with exact masks painted into "
+                                    "its lungs (expert lung mask where the folder has one, else silver-standard)"
+                                 for n in host_names},
+                              **{n: "no infection (negative validation: scored by the false-positive % of "
+                                    "the lung)" for n in neg_val_names}},
+            **({"hard_negative_slices": hosts.hard} if hosts is not None else {}),
+            **({"extra_classes": extra, "extra_classes_note": "training-only classes learnt from the "
+                "silver labels (airway: the trachea and main bronchi found by the classical method); "
+                "the output counts them as background"} if extra else {}),
             "epochs": cfg.epochs, "epochs_run": epoch, "stopped_early": stopped,
-            "best_epoch": best_epoch, "selection": "best mean validation Dice (mean over cases of "
-                                                    "the mean Dice over labels), checked every epoch",
+            "best_epoch": best_epoch,
+            "selection": ("best mean of (mean validation Dice) and (negative score = 1 - min(1, "
+                          f"false-positive % of the lung / {NEGATIVE_TOLERANCE_PCT})), checked every epoch"
+                          if neg_val_names else "best mean validation Dice (mean over cases of "
+                          "the mean Dice over labels), checked every epoch"),
             "seed": seed, "device": str(dev), "threads": torch.get_num_threads(),
             "time_s": round(elapsed, 1), "steps": global_step,
             "config": cfg.to_dict(), "parameters": count_parameters(model),
@@ -785,14 +918,16 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                          "python": platform.python_version()},
         },
         license=LICENSE_NOTE,
-        cite=_citations(train_names + silver_names + val_names),
+        cite=_citations(train_names + silver_names + host_names + val_names + neg_val_names),
         notes=TARGET_NOTES[target] if notes is None else notes,
+        **starter_definition(target, labels),
     )
     if not stopped:
         full = validate(model, val_cases, prep, labels, dev, full=True)
         fit = validate(model, train_cases, prep, labels, dev)
         card.validation = {
             "mean_dice": full["mean_dice"], "pooled_dice": full["pooled_dice"], "cases": full["cases"],
+            **({"negative_score": full["negative_score"]} if "negative_score" in full else {}),
             "training_cases_dice": fit["cases"],
             "note": "raw network output (no post-processing), on each case's original grid",
         }
@@ -809,6 +944,25 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                          message=f"wrote {out_dir / WEIGHTS_FILE} (best epoch {best_epoch}, "
                                  f"validation Dice {card.validation['mean_dice']:.4f})")
     return card
+
+
+def _reference_model(target: str, synthetic: dict[str, Any], prep: Preprocessing):
+    """The model (eval, CPU) and input channels named by ``synthetic["hard_negative_model"]``,
+    or None when none is named, it is missing, or it sees another grid or window."""
+    version = synthetic.get("hard_negative_model")
+    if not version:
+        return None
+    from .models.registry import load_model
+
+    try:
+        model, card = load_model(target, version, device="cpu")
+    except ModelError:
+        return None
+    ref = Preprocessing.from_dict(card.preprocessing)
+    if (ref.window, ref.size, ref.crop, ref.crop_margin) != (prep.window, prep.size, prep.crop, prep.crop_margin):
+        return None
+    model.eval()
+    return model, ref.channels
 
 
 def _device(device: str) -> torch.device:

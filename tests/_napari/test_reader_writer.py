@@ -135,3 +135,20 @@ def test_sample_data(make_napari_viewer):
     assert layer.data.shape == (30, 101, 122)
     assert np.allclose(layer.scale, (3, 3, 3))
     assert layer.data.min() <= -1000
+
+
+def test_chest_sample_is_a_full_chest(make_napari_viewer):
+    from napari_ctseg.silver import airway_mask, silver_lung_labels
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ctseg", "chest_ct")
+    layer = viewer.layers[0]
+    assert layer.data.shape == (64, 192, 192)
+    assert np.allclose(layer.scale, (5.0, 2.245, 2.245), atol=0.01)
+    hu = np.asarray(layer.data)
+    # Apex to base: a trachea at the top, both lungs, and lung-free upper abdomen at the bottom.
+    assert airway_mask(hu, layer.scale).any()
+    lungs = silver_lung_labels(hu, layer.scale)
+    assert (lungs == 1).sum() * np.prod(layer.scale) / 1000 > 1500  # mL, right lung
+    assert (lungs == 2).sum() * np.prod(layer.scale) / 1000 > 1000
+    assert not lungs[-1].any() and not lungs[0].any()

@@ -139,3 +139,77 @@ def test_bundled_models_segment_the_sample(make_napari_viewer, qtbot):
     zl, yl, xl = np.argwhere(lungs == 2).mean(axis=0)
     assert xr < xl
     assert np.argwhere(liver > 0).mean(axis=0)[2] < image.data.shape[2] / 2 + 5
+
+
+def _rgba(hex_color):
+    h = hex_color.lstrip("#")
+    return np.array([int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)] + [1.0])
+
+
+def test_colours_from_cards_legend_and_infection_above_lung_outlines(make_napari_viewer, qtbot, tmp_path,
+                                                                     tiny_weights):
+    from napari_ctseg.models.definition import colors
+    from napari_ctseg.models.registry import get_card
+
+    viewer = make_napari_viewer(show=True)
+    image = _open(viewer, tmp_path, shape=(40, 60, 12))
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    legend = widget.legend.text()
+    for name, col in (("right lung", "#4f9ae0"), ("left lung", "#1f4e9c"), ("liver", "#c8782a"),
+                      ("infection", "#ff1fd2")):
+        assert name in legend and col in legend
+    widget.device_combo.setCurrentIndex(1)
+    widget.start()
+    _run(qtbot, widget)
+    layers = {ly.name: ly for ly in viewer.layers if isinstance(ly, Labels)}
+    for target, layer in layers.items():
+        for value, col in colors(get_card(target, "t1")).items():
+            assert np.allclose(layer.colormap.map(value)[:3], _rgba(col)[:3], atol=0.01), (target, value)
+    assert layers["lungs"].contour > 0 and layers["infection"].contour == 0
+    names = [ly.name for ly in viewer.layers]
+    assert names.index("infection") > names.index("lungs")  # drawn on top
+    # Pixels: a lung outlined, infection filled inside it, the lung's inside not tinted.
+    z = image.data.shape[0] // 2
+    lungs = np.zeros(image.data.shape, np.uint8)
+    lungs[:, 10:50, 1:11] = 1
+    inf = np.zeros_like(lungs)
+    inf[:, 20:40, 3:9] = 1
+    layers["lungs"].data = lungs
+    layers["infection"].data = inf
+    layers["liver"].visible = False
+    image.visible = False  # a black background: only the masks' colours remain
+    viewer.dims.set_current_step(0, z)
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float) / 255
+    magenta = np.all(np.abs(shot - 0.75 * _rgba("#ff1fd2")[:3]) < 0.12, axis=-1)
+    assert magenta.sum() > 50
+    ys, xs = np.nonzero(magenta)
+    between = shot[ys.min() - 3:ys.min() - 1, xs.min():xs.max()]  # lung inside, above the infection
+    assert between.max() < 0.1  # not tinted: the lungs are an outline
+
+
+def test_report_gives_infection_per_lung_and_slices(make_napari_viewer, qtbot, tmp_path, tiny_weights):
+    viewer = make_napari_viewer()
+    image = _open(viewer, tmp_path)
+    lungs = np.zeros(image.data.shape, np.uint8)
+    lungs[2:30, 5:30, 1:6] = 1
+    lungs[2:30, 5:30, 6:11] = 2
+    viewer.add_labels(lungs, name="my lungs", scale=image.scale, metadata={"target": "lungs"})
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentIndex(1)
+    widget.target_checks["lungs"].setChecked(False)
+    widget.target_checks["liver"].setChecked(False)
+    widget.start()
+    _run(qtbot, widget)
+    inf = viewer.layers["infection"].data > 0
+    voxel_ml = float(np.prod(image.scale)) / 1000
+    per = widget.result.infection_by_lung
+    for value, name in ((1, "right lung"), (2, "left lung")):
+        k = int(np.count_nonzero(inf & (lungs == value)))
+        assert per[name]["ml"] == pytest.approx(k * voxel_ml)
+        assert per[name]["pct"] == pytest.approx(100 * k / np.count_nonzero(lungs == value))
+        assert f"{name}: {k * voxel_ml:.1f} mL infected" in widget.results_label.text()
+    zs = np.flatnonzero(inf.any(axis=(1, 2)))
+    expected = (int(zs[0]), int(zs[-1]), zs.size) if zs.size else (0, 0, 0)
+    assert widget.result.infection_slices == expected

@@ -1,4 +1,4 @@
-"""Open napari with the sample CT and the plugin's widgets (``scripts/demo.sh``).
+"""Open napari with the sample full chest CT and the plugin's widgets (``scripts/demo.sh``).
 
 With ``--screenshot PATH`` (no display: the script runs under Xvfb) it also runs Segment
 volume on the sample, saves a screenshot of the window with the masks, and exits.
@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     import napari
 
     viewer = napari.Viewer(title="napari-ctseg demo")
-    viewer.open_sample("napari-ctseg", "sample_ct")
+    viewer.open_sample("napari-ctseg", "chest_ct")
     widgets = {}
     for name in _DEMO_WIDGETS:
         try:

@@ -82,6 +82,10 @@ class ModelCard:
     cite: list[str] = field(default_factory=list)
     notes: str = ""
     format: int = CARD_FORMAT
+    # What the model's output means and how it is finished and shown (napari_ctseg.models.definition):
+    display: dict[str, Any] = field(default_factory=dict)  # colours per label, style, opacity
+    postprocess: list[dict[str, Any]] = field(default_factory=list)  # steps applied in order
+    requires: list[str] = field(default_factory=list)  # targets whose masks this one needs first
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -118,6 +122,10 @@ class ModelCard:
         try:
             card = cls(**known, extra=extra, path=path)
             card.labels = {str(k): int(v) for k, v in card.labels.items()}
+            if not any(k in d for k in ("display", "postprocess", "requires")):
+                from .definition import upgrade_legacy_card
+
+                upgrade_legacy_card(card)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"{where}: not a valid model card ({exc})") from None
         return card

@@ -31,13 +31,41 @@ from qtpy.QtWidgets import (
 )
 
 from ...errors import CTSegError
-from ...inference import LABELS, ModelSet, SegmentResult, segment_steps
-from ...models.registry import TARGETS, active_version, list_versions
+from ...inference import ModelSet, SegmentResult, segment_steps
+from ...models.definition import colors as card_colors
+from ...models.definition import label_display_name
+from ...models.definition import style as card_style
+from ...models.registry import TARGETS, active_version, get_card, list_versions
 from ...volume import METADATA_KEY, CTVolume, Geometry
 from .._layers import geometry_from_metadata
 from ._models_events import connect_models_changed
 
 DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
+
+
+def labels_layer_kwargs(card) -> dict:
+    """napari Labels settings from a model card's display: a colour per label, fill or contour, opacity."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    color_dict = {0: "transparent", None: "transparent", **card_colors(card)}
+    st = card_style(card)
+    names = ["background"] + [label_display_name(k) for k in sorted(card.labels, key=card.labels.get)]
+    return {"colormap": DirectLabelColormap(color_dict=color_dict), "opacity": st["opacity"],
+            "features": pd.DataFrame({"name": names}),
+            "contour": st["contour"] if st["style"] == "contour" else 0}
+
+
+def legend_html(cards) -> str:
+    """A line of coloured squares with label names, in the cards' stacking order."""
+    parts = []
+    for card in sorted(cards, key=lambda c: card_style(c)["order"]):
+        cols = card_colors(card)
+        st = card_style(card)
+        for name, v in sorted(card.labels.items(), key=lambda kv: kv[1]):
+            mark = "&#9634;" if st["style"] == "contour" else "&#9632;"
+            parts.append(f'<span style="color:{cols[int(v)]}; font-size:16px">{mark}</span>&nbsp;'
+                         f"{label_display_name(name)}")
+    return "&nbsp;&nbsp; ".join(parts)
 
 
 def volume_from_layer(layer: Image) -> CTVolume:
@@ -93,9 +121,15 @@ class SegmentWidget(QWidget):
             combo.setToolTip(f"Model version for {target} (default: the active one)")
             self.target_checks[target] = check
             self.version_combos[target] = combo
+            combo.currentIndexChanged.connect(self.update_legend)
             grid.addRow(check, combo)
         box.setMinimumHeight(box.sizeHint().height())  # stays readable when docks are stacked
         layout.addWidget(box)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setToolTip("Colours of the result layers (from each model's card); lungs are "
+                               "drawn as outlines so infection shows through")
+        layout.addWidget(self.legend)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Segment volume")
@@ -172,6 +206,17 @@ class SegmentWidget(QWidget):
             # A version picked by hand stays picked; otherwise follow the active one.
             idx = combo.findData(active if was_default else chosen)
             combo.setCurrentIndex(idx if idx >= 0 else max(combo.findData(active), 0))
+        self.update_legend()
+
+    def update_legend(self, *_):
+        cards = []
+        for target, combo in self.version_combos.items():
+            if combo.currentData():
+                try:
+                    cards.append(get_card(target, combo.currentData()))
+                except CTSegError:
+                    pass
+        self.legend.setText(legend_html(cards))
 
     def _update_device_hint(self):
         gpu = torch.cuda.is_available()
@@ -256,14 +301,18 @@ class SegmentWidget(QWidget):
         image = self._image
         self.added_layers = []
         base_meta = dict(image.metadata)
-        for target, mask in result.masks.items():
-            names = ["background", *LABELS[target].keys()]
+        # Stacked by the cards' order (infection above the lungs' outlines).
+        order = sorted(result.masks, key=lambda t: card_style(result.cards[t])["order"] if t in result.cards else 0)
+        for target in order:
+            mask = result.masks[target]
             meta = {**base_meta, "target": target, "model_version": result.versions.get(target, "")}
             if METADATA_KEY not in meta:
                 meta[METADATA_KEY] = volume_from_layer(image).geometry.to_metadata()
+            kwargs = labels_layer_kwargs(result.cards[target])
+            contour = kwargs.pop("contour")
             layer = self.viewer.add_labels(
-                mask, name=target, scale=image.scale, translate=image.translate, metadata=meta,
-                features=pd.DataFrame({"name": names}), opacity=0.5)
+                mask, name=target, scale=image.scale, translate=image.translate, metadata=meta, **kwargs)
+            layer.contour = contour  # not an add_labels argument
             self.added_layers.append(layer)
         self.viewer.layers.selection.active = image
         text = result.report()

@@ -1,0 +1,151 @@
+"""What a model version's output means, read from its card alone (Qt-free).
+
+A card's ``labels`` name the values of the output mask; ``requires`` lists the targets
+whose masks must exist first (infection needs the lungs); ``postprocess`` is a list of
+steps applied in order to the network's raw labels; ``display`` gives each label's colour,
+the drawing style (``"fill"`` or ``"contour"``), the opacity and the stacking order. The
+engine (``inference``), the CLI and the widgets read these; nothing is kept per target
+in code, so a new target or version is a new card.
+
+Post-processing steps (``op``):
+
+* ``largest_component`` (``keep``: N): per label, keep the N largest 3D components;
+* ``fill_holes_axial``: per label, fill holes slice by slice;
+* ``restrict_to`` (``target``): keep only voxels inside that target's mask (any label);
+* ``remove_small`` (``min_mm3``): drop 3D components smaller than this, per label.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import ModelError
+
+OPS = ("largest_component", "fill_holes_axial", "restrict_to", "remove_small")
+STYLES = ("fill", "contour")
+
+# Colours used when a card names none: distinct, strong, never one of the cards' own.
+FALLBACK_COLORS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0")
+
+
+def label_display_name(name: str) -> str:
+    """'right_lung' -> 'right lung'."""
+    return name.replace("_", " ")
+
+
+def check_postprocess(steps: Sequence[Mapping[str, Any]]) -> None:
+    for step in steps:
+        op = step.get("op") if isinstance(step, Mapping) else None
+        if op not in OPS:
+            raise ModelError(f"post-processing step {step!r} is not one of {', '.join(OPS)}; "
+                             "this model needs a newer napari-ctseg")
+
+
+def colors(card) -> dict[int, str]:
+    """Label value -> colour (#rrggbb) for a card."""
+    named = (card.display or {}).get("colors", {})
+    out, k = {}, 0
+    for name, value in card.labels.items():
+        if name in named:
+            out[int(value)] = str(named[name])
+        else:
+            out[int(value)] = FALLBACK_COLORS[k % len(FALLBACK_COLORS)]
+            k += 1
+    return out
+
+
+def style(card) -> dict[str, Any]:
+    """Drawing style: {"style": fill|contour, "opacity": float, "contour": px, "order": int}."""
+    d = card.display or {}
+    kind = d.get("style", "fill")
+    if kind not in STYLES:
+        kind = "fill"
+    return {"style": kind, "opacity": float(d.get("opacity", 0.5)), "contour": int(d.get("contour_px", 2)),
+            "order": int(d.get("order", 0))}
+
+
+def _largest(mask: np.ndarray, keep: int) -> np.ndarray:
+    from ..inference import largest_components
+
+    return largest_components(mask, keep=keep)
+
+
+def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] | None = None,
+                      spacing: Sequence[float] | None = None) -> np.ndarray:
+    """The card's post-processing of raw network labels (z, y, x) -> uint8 mask.
+
+    ``context`` holds the masks of the targets in ``card.requires`` (for ``restrict_to``).
+    """
+    from ..inference import fill_holes_axial
+
+    check_postprocess(card.postprocess)
+    context = context or {}
+    values = [int(v) for v in card.labels.values()]
+    parts = {v: raw == v for v in values}
+    for step in card.postprocess:
+        op = step["op"]
+        if op == "largest_component":
+            parts = {v: _largest(m, int(step.get("keep", 1))) for v, m in parts.items()}
+        elif op == "fill_holes_axial":
+            parts = {v: fill_holes_axial(m, in_place=True) for v, m in parts.items()}
+        elif op == "restrict_to":
+            other = context.get(step["target"])
+            if other is None:
+                raise ModelError(f"{card.target}/{card.version}: post-processing needs the "
+                                 f"{step['target']} mask")
+            inside = np.asarray(other) > 0
+            parts = {v: m & inside for v, m in parts.items()}
+        elif op == "remove_small":
+            vox = float(np.prod(spacing)) if spacing is not None else 1.0
+            min_vox = float(step.get("min_mm3", 0.0)) / vox
+            for v, m in parts.items():
+                lab, n = ndimage.label(m)
+                if n:
+                    sizes = np.bincount(lab.ravel())
+                    keep = sizes >= min_vox
+                    keep[0] = False
+                    parts[v] = keep[lab]
+    out = np.zeros(raw.shape, dtype=np.uint8)
+    for v, m in parts.items():
+        out[m & (out == 0)] = v
+    return out
+
+
+# The starting definition of each known target: what ``ctseg train`` writes into a new
+# card (``training.default_config``), and what a card written before cards carried a
+# definition (format 1: the v1 models' fine-tuned versions) is read with. Only cards are
+# read at inference.
+STARTER_DEFINITIONS = {
+    "lungs": {"display": {"colors": {"right_lung": "#4f9ae0", "left_lung": "#1f4e9c", "right lung": "#4f9ae0",
+                                     "left lung": "#1f4e9c"},
+                          "style": "contour", "opacity": 0.8, "contour_px": 2, "order": 0},
+              "postprocess": [{"op": "largest_component", "keep": 1}, {"op": "fill_holes_axial"}],
+              "requires": []},
+    "liver": {"display": {"colors": {"liver": "#c8782a"}, "style": "fill", "opacity": 0.45, "order": 1},
+              "postprocess": [{"op": "largest_component", "keep": 1}, {"op": "fill_holes_axial"}],
+              "requires": []},
+    "infection": {"display": {"colors": {"infection": "#ff1fd2"}, "style": "fill", "opacity": 0.75, "order": 2},
+                  "postprocess": [{"op": "restrict_to", "target": "lungs"}],
+                  "requires": ["lungs"]},
+}
+
+
+def starter_definition(target: str, labels: Mapping[str, int]) -> dict[str, Any]:
+    """display/postprocess/requires for a new model of ``target`` (empty for an unknown target)."""
+    d = STARTER_DEFINITIONS.get(target)
+    if d is None:
+        return {"display": {}, "postprocess": [], "requires": []}
+    return {"display": {**d["display"], "colors": {k: v for k, v in d["display"]["colors"].items() if k in labels}},
+            "postprocess": [dict(s) for s in d["postprocess"]], "requires": list(d["requires"])}
+
+
+def upgrade_legacy_card(card) -> None:
+    legacy = STARTER_DEFINITIONS.get(card.target)
+    if legacy is None:
+        return
+    card.display = {**legacy["display"], "colors": {k: v for k, v in legacy["display"]["colors"].items()
+                                                    if k in card.labels}}
+    card.postprocess = [dict(s) for s in legacy["postprocess"]]
+    card.requires = list(legacy["requires"])

@@ -1,0 +1,119 @@
+"""Synthetic COVID-19 lesions on real lungs in HU, with their exact masks (Qt-free).
+
+The idea of Yao et al., *Label-free segmentation of COVID-19 lesions in lung CT*
+(IEEE TMI 2021): lesions are painted into healthy lungs, so a model learns what
+infection looks like against real parenchyma, vessels, fissures and diaphragm domes.
+
+``add_lesions`` works on one training sample on the network's grid: a stack of
+neighbouring axial slices (C, H, W) already windowed to [0, 1] and the lung mask of the
+same slices. A lesion is a smooth random blob (an irregular outline from smoothed noise
+under a Gaussian envelope), placed preferably in the periphery and posteriorly (where
+COVID-19 ground glass usually lies), slightly smaller on the neighbouring slices (a 3D
+shape), kept inside the lung, with HU drawn from ground glass (-750..-350) or
+consolidation (-150..+40), its own fine texture, and blended over the lung so that
+vessels brighter than the lesion stay visible. The mask of the centre slice is returned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+DEFAULT_SYNTHETIC: dict[str, Any] = {
+    "p_lesion": 0.5,            # chance that a host slice with lung gets lesions
+    "host_fraction": 0.7,       # share of each batch drawn from the host volumes
+    "n_lesions": [1, 4],        # lesions per sample (inclusive)
+    "radius_px": [3.0, 22.0],   # envelope radius on the network grid (log-uniform)
+    "ggo_hu": [-750.0, -350.0],
+    "consolidation_hu": [-150.0, 40.0],
+    "p_consolidation": 0.3,
+    "texture_hu": 40.0,         # SD of the lesion's own fine texture
+    "hard_negative_weight": 3.0,  # sampling weight of host slices where the reference model errs
+}
+
+
+@dataclass(frozen=True)
+class LesionSettings:
+    p_lesion: float = 0.5
+    host_fraction: float = 0.7
+    n_lesions: tuple[int, int] = (1, 4)
+    radius_px: tuple[float, float] = (3.0, 22.0)
+    ggo_hu: tuple[float, float] = (-750.0, -350.0)
+    consolidation_hu: tuple[float, float] = (-150.0, 40.0)
+    p_consolidation: float = 0.3
+    texture_hu: float = 40.0
+    hard_negative_weight: float = 3.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> LesionSettings:
+        d = {**DEFAULT_SYNTHETIC, **(d or {})}
+        return cls(p_lesion=float(d["p_lesion"]), host_fraction=float(d["host_fraction"]),
+                   n_lesions=tuple(int(v) for v in d["n_lesions"]),
+                   radius_px=tuple(float(v) for v in d["radius_px"]),
+                   ggo_hu=tuple(float(v) for v in d["ggo_hu"]),
+                   consolidation_hu=tuple(float(v) for v in d["consolidation_hu"]),
+                   p_consolidation=float(d["p_consolidation"]), texture_hu=float(d["texture_hu"]),
+                   hard_negative_weight=float(d["hard_negative_weight"]))
+
+
+def _placement_weights(lung: np.ndarray) -> np.ndarray:
+    """Where a lesion's centre goes: inside the lung, more in the periphery and posteriorly."""
+    dist = ndimage.distance_transform_edt(lung)
+    peripheral = np.exp(-dist / 6.0)
+    posterior = np.linspace(0.4, 1.0, lung.shape[0])[:, None]  # y runs anterior -> posterior
+    w = lung * (0.25 + peripheral) * posterior
+    return w / w.sum()
+
+
+def add_lesions(x: np.ndarray, lung: np.ndarray, window: tuple[float, float], rng: np.random.Generator,
+                settings: LesionSettings | dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Paint lesions into a windowed stack ``x`` (C, H, W) inside ``lung`` (C, H, W bool).
+
+    Returns the new stack and the lesion mask (H, W, bool) of the centre slice (all False
+    when the centre slice has too little lung to host one).
+    """
+    s = settings if isinstance(settings, LesionSettings) else LesionSettings.from_dict(settings)
+    x = np.asarray(x, dtype=np.float32)
+    lung = np.asarray(lung, dtype=bool)
+    c, h, w = x.shape
+    centre = c // 2
+    mask_c = np.zeros((h, w), bool)
+    if lung[centre].sum() < 150:
+        return x, mask_c
+    lo, hi = window
+    width = hi - lo
+    out = x.copy()
+    probs = _placement_weights(lung[centre]).ravel()
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    n = int(rng.integers(s.n_lesions[0], s.n_lesions[1] + 1))
+    for _ in range(n):
+        k = int(rng.choice(probs.size, p=probs))
+        cy, cx = divmod(k, w)
+        r = float(np.exp(rng.uniform(np.log(s.radius_px[0]), np.log(s.radius_px[1]))))
+        noise = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), max(1.0, r / 3.0))
+        noise /= noise.std() + 1e-6
+        rough = rng.uniform(0.2, 0.45)
+        if rng.random() < s.p_consolidation:
+            t_hu = rng.uniform(*s.consolidation_hu)
+        else:
+            t_hu = rng.uniform(*s.ggo_hu)
+        alpha = rng.uniform(0.75, 1.0)
+        texture = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 0.8)
+        texture *= s.texture_hu / (texture.std() + 1e-6)
+        target = (t_hu + texture - lo) / width
+        blur = rng.uniform(0.6, 1.4)
+        shrink = rng.uniform(0.0, 0.35)  # how much smaller the lesion is one slice away
+        for ch in range(c):
+            rc = r * max(0.2, 1.0 - shrink * abs(ch - centre))
+            env = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * rc * rc))
+            m = ((env + rough * noise * env ** 0.5) > 0.5) & lung[ch]
+            if not m.any():
+                continue
+            soft = ndimage.gaussian_filter(m.astype(np.float32), blur) * lung[ch]
+            blended = out[ch] * (1.0 - alpha * soft) + target * alpha * soft
+            out[ch] = np.clip(np.maximum(blended, out[ch]), 0.0, 1.0)  # brighter vessels stay
+            if ch == centre:
+                mask_c |= m
+    return out, mask_c
