@@ -60,13 +60,16 @@ def training_size(target: str, data: Path, version: str | None = None) -> str:
         split = get_card(target, version).training.get("split", {})
         train = list(split.get("train", []))
         extra = list(split.get("train_silver", [])) + list(split.get("train_hosts", []))
+        pseudo = list(split.get("train_pseudo", []))
     except Exception:  # noqa: BLE001 - a card without a split: fall back to splits.json
-        train, extra = [], []
+        train, extra, pseudo = [], [], []
     if not train:
         train = load_split(target, "train")
     if target == "infection":
-        return f"{len(train)} 8-bit slices" + (f" + {len(extra)} CT volumes without COVID-19 (negatives, "
-                                               "synthetic-lesion hosts)" if extra else "")
+        return (f"{len(train)} 8-bit slices" + (f" + {len(extra)} CT volumes without COVID-19 (negatives, "
+                                                "synthetic-lesion hosts)" if extra else "")
+                + "".join(f" + {p['case']} instances {p['instances'][0]}-{p['instances'][1]} (pseudo-labels)"
+                          for p in pseudo))
     if extra:
         return f"{len(train)} expert + {len(extra)} silver-labelled CT volumes"
     import nibabel as nib

@@ -5,13 +5,16 @@ For each version given (default: v1 and the newest), segments the held-out full 
 post-processing included) and prints:
 
 * lungs on ``holdout_chest`` (lungs split): the share of the trachea and main bronchi
-  (``silver.airway_mask``, undilated) labelled lung (goal < 5 %), lung Dice against the
+  labelled lung (goal < 5 %): the airways of ``silver.airway_mask`` (undilated) outside each
+  silver lung's axial outline (those inside are intrapulmonary bronchi, which lung masks
+  count as lung; the share of all airways found is printed too), lung Dice against the
   silver-standard lungs with the airways removed, and whether the apex-to-base extent
   is covered (first and last lung slice, ours vs silver);
 * infection on ``holdout_negative`` (a normal chest): infection as % of the lungs
   (goal <= 0.5 %); on the other chests without COVID-19 the same, marked when trained on;
 * infection on ``holdout_covid`` (COVID-19, radiologists' slice labels keyed by DICOM
-  InstanceNumber, 1 = the head end): slice-level sensitivity and specificity, a slice
+  InstanceNumber, 1 = the head end; the held-out block of instances, and the whole scan,
+  marked when a version trained on its other block): slice-level sensitivity and specificity, a slice
   counting as infected above 100 mm2 of predicted infection (goals >= 0.90), and the
   lobes of the largest predicted slice beside the radiologists' lobes.
 
@@ -40,23 +43,9 @@ def scan_path(data: Path, case: str) -> Path:
 
 
 def instance_numbers_by_z(dicom_dir: Path, n_slices: int) -> list[int]:
-    """InstanceNumber of each display slice z (0 = the head end), by position along the patient's axis."""
-    import pydicom
+    from napari_ctseg.training import instance_numbers_by_z as by_z
 
-    rows = []
-    for f in sorted(dicom_dir.iterdir()):
-        if not f.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - other files in the folder
-            continue
-        if "ImagePositionPatient" in ds and "InstanceNumber" in ds:
-            rows.append((float(ds.ImagePositionPatient[2]), int(ds.InstanceNumber)))
-    rows.sort(key=lambda r: -r[0])  # DICOM z (LPS) grows to the head: the head end first
-    if len(rows) != n_slices:
-        raise RuntimeError(f"{dicom_dir}: {len(rows)} slices with positions, the volume has {n_slices}")
-    return [r[1] for r in rows]
+    return by_z(dicom_dir, n_slices)
 
 
 def segment_case(data: Path, case: str, versions: dict[str, str], targets, cache: dict):
@@ -81,12 +70,24 @@ def lungs_check(data: Path, case: str, version: str, cache: dict) -> dict:
         cache[key] = (silver_lung_labels(hu, vol.spacing),
                       airway_mask(hu, vol.spacing, inside_body_air(hu), dilate_mm=0.0))
     silver, air = cache[key]
+    # Central airways (trachea, main bronchi): outside each silver lung's axial outline. The
+    # airways inside the outline are intrapulmonary bronchi, which lung masks count as lung.
+    from scipy import ndimage
+
+    outline = np.zeros(silver.shape, bool)
+    for v in (1, 2):
+        for z in range(silver.shape[0]):
+            if (silver[z] == v).any():
+                outline[z] |= ndimage.binary_fill_holes(silver[z] == v)
+    central = air & ~outline
     lungs = res.masks["lungs"]
     zs = lambda m: np.flatnonzero(m.reshape(m.shape[0], -1).any(axis=1))  # noqa: E731
     z_ours, z_silver = zs(lungs > 0), zs(silver > 0)
     return {"case": case, "version": version,
             "airway_ml": float(air.sum()) * vol.voxel_volume_ml,
-            "airway_as_lung_pct": 100.0 * float(np.count_nonzero((lungs > 0) & air)) / max(int(air.sum()), 1),
+            "central_airway_ml": float(central.sum()) * vol.voxel_volume_ml,
+            "airway_as_lung_pct": 100.0 * float(np.count_nonzero((lungs > 0) & central)) / max(int(central.sum()), 1),
+            "all_airways_as_lung_pct": 100.0 * float(np.count_nonzero((lungs > 0) & air)) / max(int(air.sum()), 1),
             "dice_vs_silver": dice(lungs > 0, silver > 0),
             "dice_right": dice(lungs == 1, silver == 1), "dice_left": dice(lungs == 2, silver == 2),
             "z_range": [int(z_ours[0]), int(z_ours[-1])] if z_ours.size else None,
@@ -102,22 +103,27 @@ def infection_fp(data: Path, case: str, versions: dict[str, str], cache: dict) -
             "ml": float(inf.sum()) * vol.voxel_volume_ml, "slices_over_100mm2": int((per_slice > SLICE_MM2).sum())}
 
 
-def covid_slices(data: Path, case: str, versions: dict[str, str], cache: dict) -> dict:
+def covid_slices(data: Path, case: str, versions: dict[str, str], cache: dict,
+                 instances: tuple[int, int] | None = None) -> dict:
+    """Slice-level figures on the slices whose InstanceNumber lies in ``instances`` (all by default)."""
     labels = json.loads((data / case / "labels.json").read_text())
     vol, res = segment_case(data, case, versions, ["lungs", "infection"], cache)
     inst = instance_numbers_by_z(data / case / "dicom", vol.shape[0])
+    lo, hi = instances or (min(inst), max(inst))
+    keep = np.array([lo <= i <= hi for i in inst])
     truth = np.array([i in set(labels["infected_instances"]) for i in inst])
     inf = res.masks["infection"] > 0
     area = inf.reshape(inf.shape[0], -1).sum(axis=1) * vol.spacing[1] * vol.spacing[2]
     pred = area > SLICE_MM2
+    truth, pred, area_k = truth[keep], pred[keep], np.where(keep, area, -1.0)
     tp, fn = int((pred & truth).sum()), int((~pred & truth).sum())
     tn, fp = int((~pred & ~truth).sum()), int((pred & ~truth).sum())
-    z_max = int(np.argmax(area))
+    z_max = int(np.argmax(area_k))
     lungs = res.masks["lungs"]
     side = {1: "right", 2: "left"}
     on = inf[z_max]
     sides = sorted({side[v] for v in np.unique(lungs[z_max][on]) if v in side}) if on.any() else []
-    return {"case": case, "versions": versions, "sensitivity": tp / max(tp + fn, 1),
+    return {"case": case, "instances": [int(lo), int(hi)], "versions": versions, "sensitivity": tp / max(tp + fn, 1),
             "specificity": tn / max(tn + fp, 1), "tp": tp, "fn": fn, "tn": tn, "fp": fp,
             "pct_of_lungs": res.lung_involvement_pct or 0.0,
             "largest_slice": {"instance": inst[z_max], "mm2": float(area[z_max]), "sides": sides,
@@ -125,8 +131,9 @@ def covid_slices(data: Path, case: str, versions: dict[str, str], cache: dict) -
 
 
 def run(data: Path, versions: list[str], trained_on: dict[str, set[str]] | None = None) -> dict:
-    from napari_ctseg.evaluation import load_split
-    from napari_ctseg.models.registry import get_card
+    """Lungs checks per version; infection checks per pair (lungs v, infection v) for each
+    version, plus the pair active by default when it is not among them."""
+    from napari_ctseg.models.registry import active_version, get_card
 
     cache: dict = {}
     out = {"lungs": [], "infection_negative": [], "infection_covid": []}
@@ -136,36 +143,61 @@ def run(data: Path, versions: list[str], trained_on: dict[str, set[str]] | None 
     for v in versions:
         for case in holdout_chest:
             out["lungs"].append(lungs_check(data, case, v, cache))
+    pairs = [{"lungs": v, "infection": v} for v in versions]
+    default = {"lungs": active_version("lungs"), "infection": active_version("infection")}
+    if default not in pairs:
+        pairs.append(default)
+    for pair in pairs:
+        v = pair["infection"]
         card = get_card("infection", v)
         trained = set(card.training.get("split", {}).get("train_hosts", []))
         for case in NON_COVID_CHESTS:
-            r = infection_fp(data, case, {"lungs": v, "infection": v}, cache)
+            r = infection_fp(data, case, pair, cache)
             r["trained_on"] = case in trained
             out["infection_negative"].append(r)
-        for case in inf_split.get("holdout_covid", ["chest_ctmd_covid_p001"]):
-            out["infection_covid"].append(covid_slices(data, case, {"lungs": v, "infection": v}, cache))
+        trained_blocks = {tuple(s["instances"]) for s in card.training.get("split", {}).get("train_pseudo", [])}
+        for spec in inf_split.get("holdout_covid", [{"case": "chest_ctmd_covid_p001"}]):
+            spec = spec if isinstance(spec, dict) else {"case": spec}
+            r = covid_slices(data, spec["case"], pair, cache, tuple(spec["instances"]) if "instances" in spec else None)
+            r["held_out"] = True
+            out["infection_covid"].append(r)
+            whole = covid_slices(data, spec["case"], pair, cache)
+            whole["held_out"] = not trained_blocks
+            out["infection_covid"].append(whole)
     return out
 
 
+def _pair(versions: dict[str, str]) -> str:
+    """'v2' for lungs v2 + infection v2, 'v1+L2' for infection v1 with lungs v2."""
+    inf, lungs = versions["infection"], versions["lungs"]
+    return inf if inf == lungs else f"{inf}+L{lungs.lstrip('v')}"
+
+
 def table(res: dict) -> str:
-    lines = ["Full chest CTs (held out unless marked; versions: lungs and infection of the same name)",
+    lines = ["Full chest CTs (held out unless marked; infection rows: infection and lungs of the same "
+             "version, or vN+LM = infection vN with lungs vM)",
              f"{'check':<44} {'version':<8} {'figure':>10}  goal / note"]
     for r in res["lungs"]:
         lines.append(f"{'lungs: trachea+main bronchi labelled lung':<44} {r['version']:<8} "
-                     f"{r['airway_as_lung_pct']:>9.1f}%  < 5 % ({r['case']}, airways {r['airway_ml']:.0f} mL)")
+                     f"{r['airway_as_lung_pct']:>9.1f}%  < 5 % ({r['case']}, {r['central_airway_ml']:.0f} mL "
+                     "outside the lungs' outline)")
+        lines.append(f"{'lungs: all airways found labelled lung':<44} {r['version']:<8} "
+                     f"{r['all_airways_as_lung_pct']:>9.1f}%  incl. bronchi inside the lungs ({r['airway_ml']:.0f} mL)")
         lines.append(f"{'lungs: Dice vs silver (airways removed)':<44} {r['version']:<8} {r['dice_vs_silver']:>10.3f}  "
                      f"right {r['dice_right']:.3f}, left {r['dice_left']:.3f}; lung slices z {r['z_range']} "
                      f"(silver {r['z_range_silver']})")
     for r in res["infection_negative"]:
-        lines.append(f"{'infection on a chest without COVID-19':<44} {r['versions']['infection']:<8} "
+        lines.append(f"{'infection on a chest without COVID-19':<44} {_pair(r['versions']):<8} "
                      f"{r['pct_of_lungs']:>9.2f}%  <= 0.5 % of lungs ({r['case']}"
                      f"{', trained on' if r['trained_on'] else ', held out'}; {r['ml']:.1f} mL, "
                      f"{r['slices_over_100mm2']} slices > 100 mm2)")
     for r in res["infection_covid"]:
         ls = r["largest_slice"]
-        lines.append(f"{'infection: COVID-19 slice sensitivity':<44} {r['versions']['infection']:<8} "
-                     f"{r['sensitivity']:>10.3f}  >= 0.90 (TP {r['tp']}, FN {r['fn']}; {r['case']})")
-        lines.append(f"{'infection: COVID-19 slice specificity':<44} {r['versions']['infection']:<8} "
+        block = f"instances {r['instances'][0]}-{r['instances'][1]}, " + ("held out" if r["held_out"] else
+                                                                            "partly trained on")
+        lines.append(f"{'infection: COVID-19 slice sensitivity':<44} {_pair(r['versions']):<8} "
+                     f"{r['sensitivity']:>10.3f}  >= 0.90 (TP {r['tp']}, FN {r['fn']}; {r['case']} {block})")
+        lines.append(f"{'infection: COVID-19 slice specificity':<44} {_pair(r['versions']):<8} "
                      f"{r['specificity']:>10.3f}  >= 0.90 (TN {r['tn']}, FP {r['fp']}); {r['pct_of_lungs']:.1f} % "
                      f"of lungs; largest slice: instance {ls['instance']} ({ls['mm2']:.0f} mm2, "
                      f"{'/'.join(ls['sides']) or '-'} lung; radiologists: {', '.join(ls['radiologists']) or 'clean'})")
@@ -175,15 +207,17 @@ def table(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--versions", default=None, help="comma-separated (default: v1 and the active version)")
+    ap.add_argument("--versions", default=None, help="comma-separated (default: every bundled version)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true",
                     help="write each bundled version's figures into its card (validation.holdout_chest)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
-    from napari_ctseg.models.registry import active_version
+    from napari_ctseg.models.registry import list_versions, version_source
 
-    versions = args.versions.split(",") if args.versions else list(dict.fromkeys(["v1", active_version("infection")]))
+    versions = (args.versions.split(",") if args.versions else
+                sorted({c.version for t in ("lungs", "infection") for c in list_versions(t)
+                        if version_source(c) == "bundled"}))
     t0 = time.perf_counter()
     res = run(Path(args.data), versions)
     print(table(res))

@@ -173,4 +173,17 @@ def test_bundled_weights_load_and_run(target):
     with torch.inference_mode():
         out = model(x)
     assert out.shape == (1, card.n_classes, *prep.size)
-    assert set(card.labels.values()) == set(range(1, card.n_classes))
+    extra = card.training.get("extra_classes", {})  # training-only classes, background in the output
+    assert set(card.labels.values()) | set(extra.values()) == set(range(1, card.n_classes))
+    assert not set(card.labels) & set(extra)
+
+
+@pytest.mark.parametrize("target", BUNDLED)
+def test_every_bundled_version_defines_its_output(target):
+    from napari_ctseg.models.definition import check_postprocess, colors
+
+    for card in list_versions(target):
+        assert card.display["colors"] and set(colors(card)) == set(card.labels.values())
+        check_postprocess(card.postprocess)
+        assert set(card.requires) <= set(BUNDLED) and target not in card.requires
+        assert card.validation.get("holdout_chest") or target == "liver"

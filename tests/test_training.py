@@ -260,3 +260,25 @@ def test_infection_with_hosts_synthetic_lesions_and_a_negative_case(tmp_path):
     assert any(y.any() for y in ys)
     lung_any = np.logical_or.reduce(hosts.lungs[0], axis=0)
     assert all(not (y.numpy() > 0)[~lung_any].any() for y in ys)
+
+
+def test_instance_numbers_follow_the_display_order(tmp_path):
+    from synthetic import write_dicom_series
+
+    from napari_ctseg.io import read_scan
+    from napari_ctseg.training import instance_numbers_by_z
+
+    hu = np.zeros((5, 8, 8), np.int16)
+    for k in range(5):
+        hu[k] = 100 * k  # slice k (at increasing patient z, towards the head) is brighter
+    write_dicom_series(tmp_path / "s", hu)
+    (tmp_path / "s" / "notes.txt").write_text("not DICOM")
+    vol = read_scan(tmp_path / "s")
+    inst = instance_numbers_by_z(tmp_path / "s", vol.shape[0])
+    import pydicom
+
+    by_inst = {int(ds.InstanceNumber): float(ds.pixel_array.mean()) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+               for ds in (pydicom.dcmread(p) for p in (tmp_path / "s").iterdir() if p.name.startswith("IM"))}
+    for z, i in enumerate(inst):  # display z 0 is the head end: the same pixels as its instance
+        assert float(np.asarray(vol.hu[z]).mean()) == pytest.approx(by_inst[i])
+    assert float(np.asarray(vol.hu[0]).mean()) == pytest.approx(400)  # the head end

@@ -336,6 +336,76 @@ class Case:
     spacing: tuple[float, ...] | None = None
     lungs: np.ndarray | None = None  # lung mask on the volume's grid (infection hosts and negatives)
     negative: bool = False  # a scan without the target: scored by what it wrongly marks
+    slices: np.ndarray | None = None  # (z,) bool: the slices that carry labels (None: all)
+
+
+PSEUDO_METHOD = (
+    "pseudo-labels from the radiologists' slice-level labels: on a slice labelled clean, no infection; "
+    "on a slice labelled infected, the infection of the named model version kept only inside the lungs "
+    "(lungs version named) on the side(s) of the lobes the radiologists named, 2D islands under 20 mm2 "
+    "dropped; only the named block of InstanceNumbers is used (the rest of the scan stays held out)"
+)
+
+
+def load_pseudo_case(data_dir, spec: dict[str, Any]) -> Case:
+    """A COVID-19 scan with slice-level labels (``labels.json``) as a pseudo-labelled case.
+
+    ``spec``: ``{"case": folder, "instances": [first, last], "lungs": version, "infection": version}``.
+    """
+    from .inference import ModelSet, segment
+    from .io import read_scan
+
+    folder = Path(data_dir) / spec["case"]
+    vol = read_scan(folder / "dicom")
+    info = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    inst = instance_numbers_by_z(folder / "dicom", vol.shape[0])
+    first, last = (int(v) for v in spec["instances"])
+    res = segment(vol, ["lungs", "infection"], "cpu",
+                  models=ModelSet({"lungs": spec["lungs"], "infection": spec["infection"]}))
+    lungs, inf = res.masks["lungs"], res.masks["infection"] > 0
+    infected = {int(i) for i in info["infected_instances"]}
+    lobes = info.get("lobes_by_instance", {})
+    px_mm2 = vol.spacing[1] * vol.spacing[2]
+    labels = np.zeros(vol.shape, np.uint8)
+    slices = np.zeros(vol.shape[0], bool)
+    from scipy import ndimage
+
+    for z, i in enumerate(inst):
+        if not first <= i <= last:
+            continue
+        slices[z] = True
+        if i not in infected:
+            continue
+        sides = {1 if "right" in lobe else 2 for lobe in lobes.get(str(i), ["right", "left"])}
+        m = inf[z] & np.isin(lungs[z], list(sides))
+        lab, n = ndimage.label(m)
+        if n:
+            keep = np.bincount(lab.ravel()) * px_mm2 >= 20.0
+            keep[0] = False
+            m = keep[lab]
+        labels[z] = m
+    return Case(name=f"{spec['case']}[{first}-{last}]", labels=labels, hu=np.asarray(vol.hu),
+                spacing=tuple(vol.spacing), slices=slices)
+
+
+def instance_numbers_by_z(dicom_dir: Path, n_slices: int) -> list[int]:
+    """InstanceNumber of each display slice z (0 = the head end), from the slice positions."""
+    import pydicom
+
+    rows = []
+    for f in sorted(Path(dicom_dir).iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - other files in the folder
+            continue
+        if "ImagePositionPatient" in ds and "InstanceNumber" in ds:
+            rows.append((float(ds.ImagePositionPatient[2]), int(ds.InstanceNumber)))
+    rows.sort(key=lambda r: -r[0])  # patient z (LPS) grows towards the head: the head end first
+    if len(rows) != n_slices:
+        raise TrainingError(f"{dicom_dir}: {len(rows)} slices with positions, the volume has {n_slices}")
+    return [r[1] for r in rows]
 
 
 def load_host_case(data_dir, name: str) -> Case:
@@ -515,6 +585,8 @@ def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weig
             targets.append(labels_to_target(case.labels, crop, prep, n_classes))
         has_fg = targets[-1].flatten(1).amax(dim=1).numpy() > 0
         for z in range(targets[-1].shape[0]):
+            if case.slices is not None and not case.slices[z]:
+                continue  # not labelled (outside a pseudo-labelled block): context only
             index.append((ci, z))
             weights.append(fg_weight if has_fg[z] else 1.0)
     w = np.asarray(weights, dtype=float)
@@ -786,6 +858,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     train_names, val_names = list(split.get("train", [])), list(split.get("validation", []))
     silver_names = list(split.get("train_silver", []))
     host_names = list(split.get("train_hosts", [])) if cfg.synthetic else []
+    pseudo_specs = list(split.get("train_pseudo", []))
     neg_val_names = list(split.get("validation_negative", []))
     if not train_names or not val_names:
         raise TrainingError(f"the {target} split needs training and validation cases")
@@ -808,6 +881,8 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     train_cases = [load_case(target, data_dir, n) for n in train_names]
     train_cases += [load_case(target, data_dir, n, silver=True, airway_label=extra.get("airway"))
                     for n in silver_names]
+    train_cases += [load_pseudo_case(data_dir, spec) for spec in pseudo_specs]
+    pseudo_names = [c.name for c in train_cases[len(train_cases) - len(pseudo_specs):]]
     val_cases = [load_case(target, data_dir, n) for n in val_names]
     val_cases += [load_host_case(data_dir, n) for n in neg_val_names]
     cache = _build_cache(train_cases, prep, n_classes, cfg.foreground_weight)
@@ -887,10 +962,12 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         target=target, version=version, labels=dict(labels),
         architecture=dict(cfg.architecture), preprocessing=prep.to_dict(),
         training={
-            "data": _data_record(train_names + silver_names + host_names + val_names + neg_val_names),
+            "data": _data_record(train_names + silver_names + host_names + [s["case"] for s in pseudo_specs]
+                                 + val_names + neg_val_names),
             "split": {"train": train_names, "validation": val_names,
                       **({"train_silver": silver_names} if silver_names else {}),
                       **({"train_hosts": host_names} if host_names else {}),
+                      **({"train_pseudo": pseudo_specs} if pseudo_specs else {}),
                       **({"validation_negative": neg_val_names} if neg_val_names else {})},
             "labels_source": {**{n: "expert" for n in train_names + val_names},
                               **{n: f"silver-standard ({SILVER_LUNGS_METHOD})" for n in silver_names},
@@ -898,7 +975,8 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                                     "its lungs (expert lung mask where the folder has one, else silver-standard)"
                                  for n in host_names},
                               **{n: "no infection (negative validation: scored by the false-positive % of "
-                                    "the lung)" for n in neg_val_names}},
+                                    "the lung)" for n in neg_val_names},
+                              **{n: PSEUDO_METHOD for n in pseudo_names}},
             **({"hard_negative_slices": hosts.hard} if hosts is not None else {}),
             **({"extra_classes": extra, "extra_classes_note": "training-only classes learnt from the "
                 "silver labels (airway: the trachea and main bronchi found by the classical method); "
@@ -918,7 +996,8 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                          "python": platform.python_version()},
         },
         license=LICENSE_NOTE,
-        cite=_citations(train_names + silver_names + host_names + val_names + neg_val_names),
+        cite=_citations(train_names + silver_names + host_names + [s["case"] for s in pseudo_specs]
+                        + val_names + neg_val_names),
         notes=TARGET_NOTES[target] if notes is None else notes,
         **starter_definition(target, labels),
     )

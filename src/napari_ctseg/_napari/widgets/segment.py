@@ -148,7 +148,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status)
         self.results_label = QLabel("")
         self.results_label.setWordWrap(True)
-        self.results_label.setMinimumHeight(5 * self.results_label.fontMetrics().lineSpacing())
+        self.results_label.setMinimumHeight(9 * self.results_label.fontMetrics().lineSpacing())
         layout.addWidget(self.results_label)
         self.copy_button = QPushButton("Copy results")
         self.copy_button.setEnabled(False)
