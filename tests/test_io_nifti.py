@@ -146,3 +146,29 @@ def test_large_labels_use_wider_integer(tmp_path):
     back = nib.load(write_mask(tmp_path / "m.nii", mask, volume.geometry))
     assert back.get_data_dtype() == np.int16
     assert int(np.asanyarray(back.dataobj).max()) == 300
+
+
+def test_mask_on_a_nifti2_scan_keeps_its_geometry(tmp_path):
+    """A NIfTI-2 source: the mask is written on its geometry (once 'data code 0 not supported')."""
+    import nibabel as nib
+
+    from napari_ctseg.io import read_nifti, write_mask
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1000, 400, size=(12, 10, 6)).astype(np.int16)
+    affine = np.array([[-0.8, 0, 0, 40.0], [0, 0.9, 0, -30.0], [0, 0, 2.5, 10.0], [0, 0, 0, 1]])
+    img = nib.Nifti2Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=2)
+    src = tmp_path / "scan.nii.gz"
+    nib.save(img, src)
+    vol = read_nifti(src)
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[1, 2, 3] = 1
+    out = write_mask(tmp_path / "mask.nii.gz", mask, vol.geometry)
+    back = nib.load(out)
+    assert isinstance(back, nib.Nifti2Image)
+    assert back.shape == data.shape and np.allclose(back.affine, affine)
+    assert int(back.header["sform_code"]) == 2 and int(back.header["qform_code"]) == 1
+    # The marked voxel lands where the display grid put it.
+    assert np.array_equal(vol.geometry.to_display(np.asarray(back.dataobj)), mask)

@@ -168,12 +168,17 @@ def write_mask(path, mask: np.ndarray, geometry: Geometry) -> Path:
     data = np.ascontiguousarray(source_mask, dtype=dtype)
 
     if geometry.nifti_header is not None:
-        header = nib.Nifti1Header.from_fileobj(io.BytesIO(geometry.nifti_header))
+        # The source's own header class: NIfTI-2 (540 bytes) or NIfTI-1 (348 bytes).
+        raw = bytes(geometry.nifti_header)
+        nifti2 = len(raw) >= 540 and 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+        header_cls, image_cls = ((nib.Nifti2Header, nib.Nifti2Image) if nifti2 else
+                                 (nib.Nifti1Header, nib.Nifti1Image))
+        header = header_cls.from_fileobj(io.BytesIO(raw))
         if tuple(int(s) for s in header.get_data_shape()[:3]) != tuple(geometry.source_shape) \
                 or len(header.get_data_shape()) != 3:
             header.set_data_shape(geometry.source_shape)
         # affine=None keeps the header's qform and sform, codes included, exactly.
-        img = nib.Nifti1Image(data, None, header=header)
+        img = image_cls(data, None, header=header)
     else:
         img = nib.Nifti1Image(data, geometry.affine)
         img.set_qform(geometry.affine, code=1)
