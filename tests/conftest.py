@@ -34,3 +34,14 @@ def tiny_weights(tmp_path, monkeypatch):
     monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
     monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
     return root
+
+
+@pytest.fixture
+def screenshots(tmp_path):
+    """Where screenshot tests save their PNGs for people: $CTSEG_SCREENSHOTS (made if missing),
+    else a temporary folder, never the repository."""
+    import os
+
+    folder = Path(os.environ["CTSEG_SCREENSHOTS"]) if os.environ.get("CTSEG_SCREENSHOTS") else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

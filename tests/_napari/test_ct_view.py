@@ -25,7 +25,6 @@ from napari_ctseg.volume import WINDOW_PRESETS
 SHAPE = (40, 100, 140)
 SPACING = (3.0, 0.7, 0.7)
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "screenshots"
 
 # Marker boxes in display voxels (z, y, x) slices; x index 0 is the patient's right.
 RIGHT_ROD = (slice(None), slice(45, 60), slice(5, 20))
@@ -416,30 +415,29 @@ def test_triplanar_dock_close_button_turns_it_off(make_napari_viewer, qtbot, pha
     assert widget.triplanar is not None and len(viewer.layers) == 2
 
 
-def test_screenshots_of_the_docked_widget(make_napari_viewer, qtbot):
-    """PNGs for people (screenshots/, git-ignored): normal and tri-planar mode on the sample."""
+def test_screenshots_of_the_docked_widget(make_napari_viewer, qtbot, screenshots):
+    """PNGs for people (in $CTSEG_SCREENSHOTS, else a temporary folder): normal and tri-planar mode on the sample."""
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
     viewer.open_sample("napari-ctseg", "sample_ct")
     dock, widget = viewer.window.add_plugin_dock_widget("napari-ctseg", "CT view")
     assert isinstance(widget, CTViewWidget)  # the manifest's widget, built by napari
     qtbot.wait(50)
-    SCREENSHOTS.mkdir(exist_ok=True)
     window = viewer.window._qt_window
 
     widget.show_plane("axial")
     qtbot.wait(20)
-    window.grab().save(str(SCREENSHOTS / "ct_view_axial.png"))
+    window.grab().save(str(screenshots / "ct_view_axial.png"))
     widget.show_plane("coronal")
     widget.apply_window("lung")
     qtbot.wait(20)
-    window.grab().save(str(SCREENSHOTS / "ct_view_coronal_lung.png"))
+    window.grab().save(str(screenshots / "ct_view_coronal_lung.png"))
 
     widget.apply_window("abdomen")
     qtbot.mouseClick(widget.triplanar_button, Qt.MouseButton.LeftButton)
     assert widget.triplanar is not None
     qtbot.wait(100)
-    window.grab().save(str(SCREENSHOTS / "ct_view_triplanar.png"))
+    window.grab().save(str(screenshots / "ct_view_triplanar.png"))
     for view, qt_viewer in widget.triplanar.qt_viewers.items():
         shot = qt_viewer.screenshot(flash=False)
         assert is_gray(shot).mean() > 0.1, f"{view} view shows nothing"

@@ -21,7 +21,6 @@ from napari_ctseg.models import registry
 from napari_ctseg.models.registry import active_version, list_versions, sha256_file, user_weights_dir
 
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "screenshots"
 
 
 def click(qtbot, button):
@@ -205,8 +204,8 @@ def _colour_pixels(image, colour, tol=40) -> int:
     return int((np.abs(arr.astype(int) - want).max(axis=2) <= tol).sum())
 
 
-def test_screenshot_fine_tune_mid_run_with_live_plot(make_napari_viewer, qtbot, tmp_path):
-    """screenshots/fine_tune.png (git-ignored): the sample, its corrected liver, Fine-tune mid-run
+def test_screenshot_fine_tune_mid_run_with_live_plot(make_napari_viewer, qtbot, tmp_path, screenshots):
+    """fine_tune.png (in $CTSEG_SCREENSHOTS, else a temporary folder): the sample, its corrected liver, Fine-tune mid-run
     with the live plot, and the Models list; the plot's curves are checked on its pixels."""
     from napari_ctseg.inference import segment
     from napari_ctseg.io import read_scan, write_mask
@@ -240,8 +239,7 @@ def test_screenshot_fine_tune_mid_run_with_live_plot(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: len(epochs) >= 4, timeout=120_000)
     viewer.reset_view()
     qtbot.wait(200)
-    SCREENSHOTS.mkdir(exist_ok=True)
-    viewer.window._qt_window.grab().save(str(SCREENSHOTS / "fine_tune.png"))
+    viewer.window._qt_window.grab().save(str(screenshots / "fine_tune.png"))
     plot = tune.plot.grab().toImage()
     for key in ("loss", "corrections", "validation"):
         assert _colour_pixels(plot, TrainingPlot.COLORS[key], tol=30) > 30, key

@@ -24,7 +24,6 @@ from napari_ctseg._napari.widgets.mask_tools import PREVIEW_KEY, MaskToolsWidget
 AFFINE = np.diag([-0.8, -0.9, 2.0, 1.0])
 SPACING = (2.0, 0.9, 0.8)
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "screenshots"
 LUNG = (-1024.0, -200.0)
 
 
@@ -406,8 +405,8 @@ def test_widget_is_released(make_napari_viewer, tmp_path):
 
 
 # --- screenshot --------------------------------------------------------------------------
-def test_screenshot_of_the_docked_widget(make_napari_viewer, qtbot):
-    """A PNG for people (screenshots/, git-ignored): the sample CT with a mask and the widget."""
+def test_screenshot_of_the_docked_widget(make_napari_viewer, qtbot, screenshots):
+    """A PNG for people (in $CTSEG_SCREENSHOTS, else a temporary folder): the sample CT with a mask and the widget."""
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1400, 950)
     viewer.open_sample("napari-ctseg", "sample_ct")
@@ -432,6 +431,5 @@ def test_screenshot_of_the_docked_widget(make_napari_viewer, qtbot):
     qtbot.wait(50)
     viewer.reset_view()
     qtbot.wait(100)
-    SCREENSHOTS.mkdir(exist_ok=True)
-    viewer.window._qt_window.grab().save(str(SCREENSHOTS / "mask_tools.png"))
+    viewer.window._qt_window.grab().save(str(screenshots / "mask_tools.png"))
     assert "mL" in widget.volume_label.text()
