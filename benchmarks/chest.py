@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ctseg.training import instance_numbers_by_z
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SLICE_MM2 = 100.0
@@ -40,12 +42,6 @@ NON_COVID_CHESTS = ("chest_ctmd_normal001", "chest_itk00", "chest_lungdx_a0001")
 def scan_path(data: Path, case: str) -> Path:
     folder = data / case
     return folder / "ct.nii.gz" if (folder / "ct.nii.gz").is_file() else folder / "dicom"
-
-
-def instance_numbers_by_z(dicom_dir: Path, n_slices: int) -> list[int]:
-    from napari_ctseg.training import instance_numbers_by_z as by_z
-
-    return by_z(dicom_dir, n_slices)
 
 
 def segment_case(data: Path, case: str, versions: dict[str, str], targets, cache: dict):

@@ -145,6 +145,7 @@ def test_chest_sample_is_a_full_chest(make_napari_viewer):
     layer = viewer.layers[0]
     assert layer.data.shape == (64, 192, 192)
     assert np.allclose(layer.scale, (5.0, 2.245, 2.245), atol=0.01)
+    assert tuple(layer.contrast_limits) == (-1200, 200)  # the lung window
     hu = np.asarray(layer.data)
     # Apex to base: a trachea at the top, both lungs, and lung-free upper abdomen at the bottom.
     assert airway_mask(hu, layer.scale).any()

@@ -20,9 +20,6 @@ def main(argv=None) -> None:
 
     viewer = napari.Viewer(title="napari-ctseg demo")
     viewer.open_sample("napari-ctseg", "chest_ct")
-    from ..volume import WINDOW_PRESETS
-
-    viewer.layers[0].contrast_limits = WINDOW_PRESETS["lung"].limits  # a chest: the lung window
     widgets = {}
     for name in _DEMO_WIDGETS:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from importlib.resources import as_file, files
 
 from ..io import read_nifti
+from ..volume import WINDOW_PRESETS
 from ._layers import image_layer_data
 
 SAMPLE = "sample_ct.nii.gz"
@@ -15,20 +16,25 @@ def sample_path():
     return files("napari_ctseg") / "data" / SAMPLE
 
 
-def sample_ct():
-    with as_file(sample_path()) as path:
-        volume = read_nifti(path)
-    volume.name = "sample CT"
-    return [image_layer_data(volume)]
-
-
 def chest_path():
     """Path of the bundled full chest CT (Lung-PET-CT-Dx A0001, TCIA, CC BY 4.0; downsampled)."""
     return files("napari_ctseg") / "data" / CHEST
 
 
-def chest_ct():
-    with as_file(chest_path()) as path:
+def _open(resource, name: str, window: str | None = None):
+    with as_file(resource) as path:
         volume = read_nifti(path)
-    volume.name = "chest CT (Lung-PET-CT-Dx A0001)"
-    return [image_layer_data(volume)]
+    volume.name = name
+    data, kwargs, kind = image_layer_data(volume)
+    if window is not None:
+        kwargs["contrast_limits"] = WINDOW_PRESETS[window].limits
+    return [(data, kwargs, kind)]
+
+
+def sample_ct():
+    return _open(sample_path(), "sample CT")
+
+
+def chest_ct():
+    """The full chest, shown in the lung window."""
+    return _open(chest_path(), "chest CT (Lung-PET-CT-Dx A0001)", window="lung")

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import ModelError
 
@@ -98,15 +97,11 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
             inside = np.asarray(other) > 0
             parts = {v: m & inside for v, m in parts.items()}
         elif op == "remove_small":
+            from skimage.morphology import remove_small_objects
+
             vox = float(np.prod(spacing)) if spacing is not None else 1.0
-            min_vox = float(step.get("min_mm3", 0.0)) / vox
-            for v, m in parts.items():
-                lab, n = ndimage.label(m)
-                if n:
-                    sizes = np.bincount(lab.ravel())
-                    keep = sizes >= min_vox
-                    keep[0] = False
-                    parts[v] = keep[lab]
+            min_vox = int(np.ceil(float(step.get("min_mm3", 0.0)) / vox))
+            parts = {v: remove_small_objects(m, max_size=min_vox - 1) for v, m in parts.items()}
     out = np.zeros(raw.shape, dtype=np.uint8)
     for v, m in parts.items():
         out[m & (out == 0)] = v
@@ -142,10 +137,6 @@ def starter_definition(target: str, labels: Mapping[str, int]) -> dict[str, Any]
 
 
 def upgrade_legacy_card(card) -> None:
-    legacy = STARTER_DEFINITIONS.get(card.target)
-    if legacy is None:
-        return
-    card.display = {**legacy["display"], "colors": {k: v for k, v in legacy["display"]["colors"].items()
-                                                    if k in card.labels}}
-    card.postprocess = [dict(s) for s in legacy["postprocess"]]
-    card.requires = list(legacy["requires"])
+    """Give a card written before cards carried a definition its target's starter definition."""
+    d = starter_definition(card.target, card.labels)
+    card.display, card.postprocess, card.requires = d["display"], d["postprocess"], d["requires"]
