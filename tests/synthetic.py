@@ -181,8 +181,13 @@ def sitk_series_as_nifti(folder, out_path):
     return nib.load(str(out_path))
 
 
-def write_tiny_weights(root, targets=("lungs", "liver", "infection"), version="t1", seed=0, size=32):
-    """Tiny untrained U-Nets with cards under ``root/<target>/<version>/`` (for engine and GUI tests)."""
+def write_tiny_weights(root, targets=("lungs", "liver", "infection"), version="t1", seed=0, size=32,
+                       constant: dict | None = None):
+    """Tiny untrained U-Nets with cards under ``root/<target>/<version>/`` (for engine and GUI tests).
+
+    ``constant``: {target: class}: that target's model outputs this class everywhere (its head
+    ignores the features and favours the class), for tests whose result must not be empty.
+    """
     import torch
 
     from napari_ctseg.models.definition import starter_definition
@@ -195,9 +200,36 @@ def write_tiny_weights(root, targets=("lungs", "liver", "infection"), version="t
         torch.manual_seed(seed)
         arch = {"name": "unet2d", "in_channels": 3, "n_classes": len(labels[target]) + 1, "base": 4, "depth": 2}
         model = build_model(arch)
+        if constant and target in constant:
+            with torch.no_grad():
+                model.head.weight.zero_()
+                model.head.bias.fill_(-10.0)
+                model.head.bias[int(constant[target])] = 10.0
         prep = {"window": [-1024, 600], "context": 1, "size": [size, size], "crop": "body"}
         card = ModelCard(target=target, version=version, labels=labels[target], architecture=arch,
                          preprocessing=prep, notes="untrained test model",
                          **starter_definition(target, labels[target]))
         cards[target] = write_version(Path(root) / target / version, model.state_dict(), card)
     return cards
+
+
+# --- jobs for napari_ctseg.jobs tests (imported by name in a child process) ------------------
+def counting_job(n, fail_at=None, crash_at=None, marker=None):
+    """Yields 0..n-1 and returns "done"; raises ValueError at ``fail_at``; the process dies at
+    ``crash_at``; on being closed early writes ``marker`` (the job's clean-up ran)."""
+    import os
+    import time
+
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"bad value at {i}")
+            if i == crash_at:
+                os._exit(3)
+            yield i
+            time.sleep(0.05)
+    except GeneratorExit:
+        if marker:
+            Path(marker).write_text("cleaned up")
+        raise
+    return "done"

@@ -133,3 +133,68 @@ def test_oblique_nifti_warns(tmp_path):
     affine = np.array([[1, 0, 0, 0], [0, np.cos(a), -np.sin(a), 0], [0, np.sin(a), np.cos(a), 0], [0, 0, 0, 1]])
     v = read_scan(write_nifti(tmp_path / "s.nii.gz", make_hu_volume((10, 12, 5)), affine))
     assert any("oblique" in w for w in v.warnings)
+
+
+def _set_in_file(path, **values):
+    """Rewrite DICOM values as raw strings (to make malformed files as exported by real devices)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for key, value in values.items():
+        if key in ds:
+            del ds[key]
+        ds.add_new(key, "LO", value)  # stored as text, as a broken exporter would
+    ds.save_as(path)
+
+
+def _non_image_object(path, modality, pixels=True, frames=3):
+    """An RT Dose / SEG (pixel data, several frames) or RT Struct (none) DICOM object."""
+    from synthetic import _base_dataset  # a CT slice's common header
+    from pydicom.uid import generate_uid
+
+    ds = _base_dataset(path, generate_uid(), generate_uid(), generate_uid(), modality, modality.lower())
+    if pixels:
+        ds.Rows, ds.Columns, ds.NumberOfFrames = 8, 8, frames
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.zeros((frames, 8, 8), np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["NumberOfFrames 1A", "PixelSpacing text", "RescaleSlope text"])
+def test_malformed_dicom_value_is_one_line(tmp_path, kind):
+    files = write_dicom_series(tmp_path / "series", make_hu_volume((16, 16, 4)).transpose(2, 1, 0))
+    key = kind.split()[0]
+    bad = {"NumberOfFrames": "1A", "PixelSpacing": "abc\\0.7", "RescaleSlope": "x1"}[key]
+    for f in files:
+        _set_in_file(f, **{key: bad})
+    with pytest.raises(ScanReadError) as info:
+        read_scan(tmp_path / "series")
+    message = str(info.value)
+    assert "series" in message and "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("modality,pixels", [("RTDOSE", True), ("SEG", True), ("RTSTRUCT", False), ("SR", False)])
+def test_non_image_objects_are_named_not_opened(tmp_path, modality, pixels):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    _non_image_object(folder / "obj1", modality, pixels)
+    with pytest.raises(NotAScanError) as info:
+        read_scan(folder)
+    message = str(info.value)
+    assert f"1 {modality}" in message and "\n" not in message and "export" in message
+    # beside a CT series, the CT opens and the object is mentioned
+    write_dicom_series(folder, make_hu_volume((16, 16, 4)).transpose(2, 1, 0))
+    vol = read_scan(folder)
+    assert vol.shape == (4, 16, 16)
+    assert any(modality in w for w in vol.warnings)
+
+
+def test_multi_frame_ct_is_one_line(tmp_path):
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    _non_image_object(folder / "ct_mf", "CT", True, frames=5)
+    with pytest.raises(ScanReadError) as info:
+        read_scan(folder)
+    assert "multi-frame" in str(info.value) and "\n" not in str(info.value)

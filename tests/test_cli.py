@@ -71,3 +71,38 @@ def test_segment_bad_input_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "x.nii.gz" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    scan = write_nifti(tmp_path / "ct.nii.gz", make_hu_volume((20, 20, 6)), np.eye(4))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr("napari_ctseg.io.read_scan", broken)
+    assert main(["info", str(scan)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError: boom second line" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--debug", "info", str(scan)])
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["info", str(scan), "--debug"])
+
+
+def test_malformed_dicom_through_the_cli_is_one_line(tmp_path):
+    import pydicom
+
+    files = write_dicom_series(tmp_path / "dcm", make_hu_volume((16, 16, 4)).transpose(2, 1, 0))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds["PixelSpacing"]
+        ds.add_new("PixelSpacing", "LO", "0,7\\0,7")  # a decimal comma
+        ds.save_as(f)
+    r = subprocess.run([sys.executable, "-m", "napari_ctseg.cli", "info", str(tmp_path / "dcm")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run([sys.executable, "-m", "napari_ctseg.cli", "info", str(tmp_path / "dcm"), "--debug"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr

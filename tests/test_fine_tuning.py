@@ -17,6 +17,7 @@ from napari_ctseg.models.registry import (
     user_weights_dir,
     version_source,
 )
+from napari_ctseg.cli import main
 from napari_ctseg.training import run_to_end
 
 FAST = {"epochs": 3, "steps_per_epoch": 8, "batch_size": 4, "lr": 3e-3, "anchor_weight": 0.0,
@@ -186,8 +187,29 @@ def test_replay_and_base_validation_cases(tiny_weights, tmp_path):
     assert again.training["base_training"]["split"]["train"] == ["case_a"]
     # the validation case was never a correction, and a correction scan is never validated on
     corr_b = CorrectionCase(str(data / "case_b" / "ct.nii.gz"), str(data / "case_b" / "liver.nii.gz"))
-    with pytest.raises(TrainingError, match="nothing to check the new model against"):
-        run_to_end(fine_tune("liver", [corr_b], data_dir=data, config={**FAST, "epochs": 1}))
+    third = run_to_end(fine_tune("liver", [corr_b], data_dir=data, config={**FAST, "epochs": 1}))
+    assert "case_b" not in (third.validation["cases"] or {})
+    assert third.extra["status"] == "candidate"
+
+
+def test_whole_expert_mask_without_data_runs_as_a_candidate(tiny_weights, tmp_path, private_user_data, capsys):
+    """An expert mask of a whole scan and no data folder: held-aside blocks spread along the scan,
+    L2-SP, kept as a candidate, and one line says how to make it active."""
+    scan, mask = write_corrected_case(tmp_path / "scan", seed=3, lesion_hu=40, n_slices=24)
+    assert main(["finetune", "--target", "liver", "--scans", str(scan), "--masks", str(mask),
+                 "--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "kept as a candidate" in out and "ctseg models use liver b1-ft1" in out
+    card = registry.get_card("liver", "b1-ft1")
+    assert card.extra["status"] == "candidate" and registry.active_version("liver") == "b1"
+    assert card.training["forgetting_guard"].startswith("L2-SP")
+    held = card.training["corrections"][0]["held_aside_slices"]
+    changed = card.training["corrections"][0]["changed_slices"]
+    # held aside in blocks spread along the labelled slices: some in each third, not only the end
+    lo, hi = min(changed), max(changed)
+    thirds = {min(2, (z - lo) * 3 // (hi - lo + 1)) for z in held}
+    assert thirds == {0, 1, 2}, (held, changed)
+    assert card.validation["what"].startswith("none")
 
 
 def test_bad_input_is_refused_before_any_work(tiny_weights, case, tmp_path):

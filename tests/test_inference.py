@@ -200,3 +200,21 @@ def test_fused_model_gives_the_same_output(tiny_weights):
     x = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
         assert torch.allclose(model(x), fuse_for_inference(model)(x), atol=1e-4)
+
+
+def test_segment_gives_torch_threads_back(tiny_weights):
+    import torch
+    from synthetic import make_hu_volume
+
+    from napari_ctseg.inference import segment
+    from napari_ctseg.io._common import build_volume
+
+    vol = build_volume(make_hu_volume((24, 24, 6)), np.diag([0.8, 0.8, 2.0, 1.0]), name="t",
+                       source_path="", source_kind="nifti")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        segment(vol, "liver", "cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

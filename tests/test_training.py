@@ -22,7 +22,10 @@ from napari_ctseg.training import (
 
 TINY = {
     "architecture": {"base": 8, "depth": 2, "max_channels": 16},
-    "preprocessing": {"size": [32, 32]},
+    "preprocessing": {"size": [32, 32], "crop": "body"},
+    "stages": [],  # one network (the coarse-to-fine liver v2 has its own test)
+    "organ_lesions": {"p_lesion": 0.0},
+    "bn_recalibration_batches": 0,
     "steps_per_epoch": 6,
     "batch_size": 4,
     "lr": 1e-2,
@@ -282,3 +285,18 @@ def test_instance_numbers_follow_the_display_order(tmp_path):
     for z, i in enumerate(inst):  # display z 0 is the head end: the same pixels as its instance
         assert float(np.asarray(vol.hu[z]).mean()) == pytest.approx(by_inst[i])
     assert float(np.asarray(vol.hu[0]).mean()) == pytest.approx(400)  # the head end
+
+
+def test_batchnorm_recalibration_sets_exact_averages():
+    from napari_ctseg.training import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    bn = torch.nn.BatchNorm2d(3)
+    model = torch.nn.Sequential(conv, bn)
+    batches = [torch.randn(4, 2, 8, 8) * (i + 1) + i for i in range(3)]
+    with torch.no_grad():
+        feats = torch.cat([conv(x) for x in batches])
+    recalibrate_batchnorm(model, iter(batches), "cpu")
+    assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1 and model.training

@@ -258,6 +258,8 @@ def _cmd_finetune(args) -> int:
         print(f"    {name}: {_f(b['validation_cases'].get(name))} -> {_f(v)}")
     print(f"  {'promoted: now the active version' if ft['promoted'] else 'kept as a candidate'} "
           f"({ft['reason'].split(';')[0]})")
+    if not ft["promoted"]:
+        print(f"  to make it the active version: ctseg models use {card.target} {card.version}")
     return 0
 
 
@@ -310,7 +312,8 @@ def _cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctseg", description="napari-ctseg from the command line")
+    parser = argparse.ArgumentParser(prog="ctseg", description="napari-ctseg from the command line",
+                                     epilog="--debug (anywhere): show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="print a scan's shape, spacing, orientation and HU range")
     p.add_argument("scans", nargs="+", help="NIfTI file, DICOM file or DICOM folder")
@@ -401,16 +404,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run a command. A user's error prints one line (exit 2); anything else prints one line
+    naming it (exit 1) unless ``--debug`` (anywhere on the line) asks for the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except CTSegError as exc:
+        if debug:
+            raise
         print(f"ctseg: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the user named: missing, not writable, disk full
+        if debug:
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"ctseg: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ctseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback with --debug
+        if debug:
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"ctseg: unexpected error ({type(exc).__name__}: {text}); run again with --debug "
+              "for the traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -61,6 +61,11 @@ class Correction:
         return data
 
 
+BASELINE_KEY = "ctseg_baseline_digests"
+"""``layer.metadata`` key of a mask layer's slice fingerprints when it was made (by Segment
+volume) or first seen (by Mask tools): the baseline that 'changed slices' is measured against."""
+
+
 def slice_digests(mask: np.ndarray) -> list[int]:
     """A fingerprint (CRC-32) of each z slice (axis 0) of a (z, y, x) mask."""
     mask = np.asarray(mask)

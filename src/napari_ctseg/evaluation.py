@@ -351,8 +351,10 @@ def source_spacing(affine: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
 
-def read_reference_volume(path: Path, geometry, target: str) -> np.ndarray:
+def read_reference_volume(path: Path, geometry, target: str, labels: dict[str, int] | None = None) -> np.ndarray:
     """An expert mask (NIfTI) as integer labels on the source grid of the scan ``geometry``.
+
+    ``labels`` (name -> value) are the values allowed; default: the active model card's.
 
     Raises ``EvaluationError`` when it is unreadable, does not share the scan's shape and
     affine, or holds labels that are not the target's.
@@ -380,12 +382,13 @@ def read_reference_volume(path: Path, geometry, target: str) -> np.ndarray:
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
             raise EvaluationError(f"{path}: holds non-integer values; an expert mask holds labels")
-    labels = data.astype(np.int32)
-    return _check_labels(labels, path, target)
+    values = data.astype(np.int32)
+    return _check_labels(values, path, target, labels)
 
 
-def _check_labels(labels: np.ndarray, path: Path, target: str) -> np.ndarray:
-    allowed = set(_label_names(target).values())
+def _check_labels(labels: np.ndarray, path: Path, target: str, names: dict[str, int] | None = None
+                  ) -> np.ndarray:
+    allowed = set((names if names is not None else _label_names(target)).values())
     values = set(np.unique(labels).tolist()) - {0}
     if values <= allowed:
         return labels.astype(np.uint8)

@@ -46,7 +46,6 @@ from . import __version__
 from .errors import CTSegError, ModelError, TrainingError
 from .models.preprocess import (
     Preprocessing,
-    find_crop,
     labels_from_probs,
     slices_to_input,
 )
@@ -66,6 +65,7 @@ from .training import (
     TARGET_LABELS,
     Case,
     TrainingReport,
+    case_crop,
     _build_cache,
     _Cache,
     _check_target,
@@ -76,6 +76,7 @@ from .training import (
     default_config,
     dice_ce_loss,
     load_case,
+    read_mask,
     validate,
 )
 
@@ -160,8 +161,7 @@ class _Loaded:
     train_set: set = field(default_factory=set)
 
 
-def _read_correction(corr: CorrectionCase, target: str) -> Case:
-    from .evaluation import EvaluationError, read_reference_volume
+def _read_correction(corr: CorrectionCase, target: str, labels: dict[str, int] | None = None) -> Case:
     from .io import read_scan
 
     for what, p in (("scan", corr.scan), ("corrected mask", corr.mask)):
@@ -170,13 +170,10 @@ def _read_correction(corr: CorrectionCase, target: str) -> Case:
                                 "it may have been moved or deleted")
     try:
         volume = read_scan(corr.scan)
-        labels = read_reference_volume(Path(corr.mask), volume.geometry, target)
-    except EvaluationError as exc:
-        raise TrainingError(str(exc)) from None
     except CTSegError as exc:
         raise TrainingError(f"{corr.scan}: {exc}") from None
-    labels = np.ascontiguousarray(volume.geometry.to_display(labels))
-    return Case(name=Path(corr.mask).name, labels=labels, hu=np.asarray(volume.hu),
+    mask = read_mask(Path(corr.mask), volume, target, labels)
+    return Case(name=Path(corr.mask).name, labels=mask, hu=np.asarray(volume.hu),
                 spacing=tuple(volume.spacing))
 
 
@@ -218,6 +215,28 @@ def _split_slices(changed: list[int], n_slices: int, fraction: float, context: i
     changed_set = set(changed)
     accepted = [z for z in range(n_slices) if labelled[z] and z not in changed_set and z not in blocked]
     return held, train, accepted
+
+
+def _spread_blocks(changed: list[int], n_slices: int, fraction: float, context: int,
+                   n_blocks: int = 3) -> tuple[list[int], list[int]]:
+    """(held aside, trainable) for a whole expert mask: ``fraction`` of the changed slices held
+    aside as ``n_blocks`` contiguous blocks spread along the scan (one in each third: the
+    apex, the middle and the base of an organ look different), each with ``context`` slices
+    around it never trained on."""
+    changed = sorted(set(int(z) for z in changed if 0 <= z < n_slices))
+    n_hold = int(round(fraction * len(changed)))
+    n_blocks = max(1, min(n_blocks, n_hold))
+    held: list[int] = []
+    if n_hold:
+        parts = np.array_split(np.asarray(changed), n_blocks)
+        sizes = [len(a) for a in np.array_split(np.arange(n_hold), n_blocks)]
+        for part, size in zip(parts, sizes):
+            start = (len(part) - size) // 2  # the middle of its part
+            held += [int(z) for z in part[start:start + size]]
+    blocked = set()
+    for z in held:
+        blocked.update(range(z - context, z + context + 1))
+    return held, [z for z in range(n_slices) if z not in blocked]
 
 
 def _slices_dice(model, item: _Loaded, zs: list[int], prep, labels, device) -> float | None:
@@ -336,15 +355,22 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     items: list[_Loaded] = []
     for i, corr in enumerate(corrections, 1):
         yield report("prepare", message=f"reading correction {i}/{len(corrections)}: {corr.name}")
-        case = _read_correction(corr, target)
-        crop = find_crop(case.hu, prep)
+        case = _read_correction(corr, target, labels)
+        # A second-stage base (crop "mask") sees the corrected organ's square on its slices,
+        # as training does with expert masks; other slices are not its to learn.
+        crop, z_box = case_crop(case, prep)
         n = case.hu.shape[0]
+        seen = np.ones(n, bool) if z_box is None else np.isin(np.arange(n), z_box)
         if corr.changed_slices is None:
-            base_pred = predict_slices(base_model, case.hu, list(range(n)), prep, crop, dev)
+            base_pred = np.zeros(case.labels.shape, np.uint8)
+            zs = np.flatnonzero(seen).tolist()
+            if zs:
+                base_pred[zs] = predict_slices(base_model, case.hu, zs, prep, crop, dev)
             changed = _disagreeing_slices(base_pred, case.labels)
         else:
             changed = sorted({int(z) for z in corr.changed_slices if 0 <= int(z) < n})
-        labelled = case.labels.reshape(n, -1).any(axis=1)
+        changed = [z for z in changed if seen[z]]
+        labelled = case.labels.reshape(n, -1).any(axis=1) & seen
         held, train_z, accepted = _split_slices(changed, n, cfg.held_aside_fraction, prep.context, labelled)
         items.append(_Loaded(corr, case, crop, changed, held, train_z, accepted,
                              changed_train=set(changed) - set(held), train_set=set(train_z)))
@@ -374,10 +400,20 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
             raise TrainingError(f"{exc} (the base model's data, for replay and validation)") from None
     replay = bool(replay_cases) and cfg.replay_fraction > 0
     accepted_validation = not val_cases
-    if accepted_validation and not any(it.accepted for it in items):
-        raise TrainingError("there is nothing to check the new model against: no validation data "
-                            "(pass the base model's data folder) and no unchanged labelled slices "
-                            "in the corrected masks")
+    # Whole expert masks and no data folder: nothing the user accepted, nothing to validate
+    # on. The run still goes (the training data is not shipped, so refusing leaves no way):
+    # blocks spread along each scan are held aside, L2-SP guards against forgetting, and the
+    # result is only ever a candidate.
+    expert_only = accepted_validation and not any(it.accepted for it in items)
+    if expert_only:
+        for it in items:
+            it.held, it.train = _spread_blocks(it.changed, it.case.hu.shape[0], cfg.held_aside_fraction,
+                                               prep.context)
+            it.changed_train, it.train_set, it.accepted = set(it.changed) - set(it.held), set(it.train), []
+        if not any(it.held for it in items):
+            raise TrainingError("the corrected masks label too few slices to hold any aside for checking "
+                                "the new model; label more slices")
+        promote = False
 
     def evaluate(model) -> dict[str, Any]:
         model.eval()
@@ -481,17 +517,22 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
         model.load_state_dict(state)
         after = evaluate(model)
         promoted, reason = _decide(before, after, cfg)
+        if expert_only:
+            reason = ("whole expert masks and no data folder: nothing independent to validate on, so "
+                      "only a candidate (check it on your scans); " + reason.split("; ", 1)[-1])
         card.validation = {
             "mean_dice": after["validation"],
             "cases": after["validation_cases"],
-            "what": ("the unchanged labelled slices of the corrected scans (no validation data given)"
+            "what": ("none: whole expert masks and no data folder (the held-aside blocks are the only "
+                     "check)" if expert_only else
+                     "the unchanged labelled slices of the corrected scans (no validation data given)"
                      if accepted_validation else "the base model's validation cases"),
             "note": "raw network output (no post-processing), on each case's original grid",
         }
         card.extra["status"] = "promoted" if promoted and promote else "candidate"
         card.extra["fine_tune"].update({
             "before": _rounded(before), "after": _rounded(after), "promoted": bool(promoted and promote),
-            "reason": reason if promote else f"{reason} (promotion was not asked for)",
+            "reason": reason if promote or expert_only else f"{reason} (promotion was not asked for)",
             "rule": PROMOTION_RULE.format(drop=cfg.max_validation_drop),
         })
         card.training["time_s"] = round(time.perf_counter() - t0, 1)
@@ -505,11 +546,12 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     if promoted and promote:
         set_active_version(target, version, roots=[out_root, *weight_roots(roots)])
     verdict = "now the active version" if promoted and promote else "kept as a candidate"
+    how = "" if promoted and promote else f"; to use it: ctseg models use {target} {version}"
     yield TrainingReport(
         "done", cfg.epochs, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch,
         val_dice=after["validation"], corrections_dice=after["corrections"],
         elapsed_s=time.perf_counter() - t0, card=card, promoted=bool(promoted and promote),
-        message=f"{target} {version}: {verdict}; {card.extra['fine_tune']['reason']}",
+        message=f"{target} {version}: {verdict}; {card.extra['fine_tune']['reason']}{how}",
     )
     return card
 
@@ -572,7 +614,8 @@ def _card(target, version, base_card: ModelCard, prep, labels, cfg, items, data_
         },
         license=LICENSE_NOTE, cite=list(base_card.cite),
         display=dict(base_card.display), postprocess=[dict(p) for p in base_card.postprocess],
-        requires=list(base_card.requires),
+        requires=list(base_card.requires), stages=[dict(st) for st in base_card.stages],
+        inputs=list(base_card.inputs),
         notes=(f"Fine-tuned from {target} {base_card.version} on the user's corrected masks. "
                + (base_card.notes or "")).strip(),
         extra={"status": "incomplete", "fine_tune": {"base": base_card.version,

@@ -21,8 +21,8 @@ import torch
 from scipy import ndimage
 
 from .errors import CTSegError
-from .models.preprocess import Preprocessing, find_crop, labels_from_probs, slices_to_input
-from .models.definition import apply_postprocess, label_display_name
+from .models.preprocess import Preprocessing, find_crop, labels_from_probs, mask_crop, slices_to_input
+from .models.definition import apply_postprocess, label_display_name, locate_stage
 from .models.registry import TARGETS, ModelCard, get_card, load_model
 from .volume import CTVolume
 
@@ -57,6 +57,8 @@ class SegmentResult:
     # axial slices (display z, 0 = the head end) that hold infection: (first, last, count).
     infection_by_lung: dict[str, dict[str, float]] | None = None
     infection_slices: tuple[int, int, int] | None = None
+    # An 8-bit slice (segment_image8): pixels per target and % of the image; no volumes.
+    pixels: dict[str, tuple[int, float]] | None = None
 
     def report(self) -> str:
         """Volumes and lung involvement as plain text, one line per figure."""
@@ -73,6 +75,8 @@ class SegmentResult:
         for lung, fig in (self.infection_by_lung or {}).items():
             pct = "n/a" if fig["pct"] is None else f"{fig['pct']:.1f} %"
             lines.append(f"  {lung}: {fig['ml']:.1f} mL infected ({pct} of that lung)")
+        for target, (n, pct) in (self.pixels or {}).items():
+            lines.append(f"{target}: {n} pixels ({pct:.1f} % of the image; a 2D slice has no volume)")
         if self.infection_slices is not None:
             first, last, count = self.infection_slices
             lines.append(f"infection on {count} axial slices, z {first}-{last}" if count else
@@ -88,6 +92,7 @@ class SegmentResult:
             "seconds": self.seconds,
             "notes": self.notes,
             "infection_by_lung": self.infection_by_lung,
+            "pixels": self.pixels,
             "infection_slices": None if self.infection_slices is None else
             dict(zip(("first", "last", "count"), self.infection_slices)),
         }
@@ -115,10 +120,12 @@ class ModelSet:
         self._cache: dict[tuple, tuple[torch.nn.Module, ModelCard]] = {}
         self._lock = threading.Lock()
 
-    def get(self, target: str, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
+    def get(self, target: str, device: torch.device, version: str | None = None
+            ) -> tuple[torch.nn.Module, ModelCard]:
+        """The model and card of ``version`` (default: this set's choice for ``target``)."""
         # Keyed by the version resolved now and its checksum: the active version changes when
         # a fine-tuned one is promoted, and a removed version's name may come back.
-        card = get_card(target, self.versions.get(target))
+        card = get_card(target, version or self.versions.get(target))
         key = (target, card.version, card.sha256, str(device))
         with self._lock:
             if key not in self._cache:
@@ -163,6 +170,21 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
                   models: ModelSet | None = None, versions: dict[str, str] | None = None,
                   lungs: np.ndarray | None = None, batch_size: int | None = None,
                   ) -> Generator[Progress, None, SegmentResult]:
+    """Segment ``volume`` for ``targets``; yields ``Progress``, returns ``SegmentResult`` (see
+    ``_segment_steps``). On the CPU it uses every core while it runs and then gives torch's
+    thread count back as it was (a process-wide setting)."""
+    threads = torch.get_num_threads()
+    try:
+        return (yield from _segment_steps(volume, targets, device, models=models, versions=versions,
+                                          lungs=lungs, batch_size=batch_size))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,
+                   models: ModelSet | None = None, versions: dict[str, str] | None = None,
+                   lungs: np.ndarray | None = None, batch_size: int | None = None,
+                   ) -> Generator[Progress, None, SegmentResult]:
     """Segment ``volume`` for ``targets``; yields ``Progress``, returns ``SegmentResult``.
 
     ``lungs`` (a lung mask on the volume's grid, e.g. from an edited layer) is used where
@@ -186,9 +208,34 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
     cards: dict[str, ModelCard] = {}
     seconds: dict[str, float] = {}
     used_versions: dict[str, str] = {}
+    state = {"dev": dev, "models": models}
+
+    def run_network(target, version, z_list, crop, prep, offset, span, out, at):
+        """``version``'s labels of the slices ``z_list`` into ``out[at]`` (yields Progress)."""
+        model, _ = state["models"].get(target, state["dev"], version)
+        bs = batch_size or default_batch_size(state["dev"])
+        i = 0
+        while i < len(z_list):
+            z = z_list[i:i + bs]
+            try:
+                out[at[i:i + len(z)]] = _predict(model, hu, z, prep, crop, state["dev"])
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if bs > 1:
+                    bs = max(1, bs // 2)
+                    continue
+                state["dev"] = torch.device("cpu")
+                notes.append("the GPU ran out of memory: finished on the CPU")
+                state["models"] = ModelSet(state["models"].versions)
+                model, _ = state["models"].get(target, state["dev"], version)
+                continue
+            i += len(z)
+            yield Progress(offset + int(i * span / max(len(z_list), 1)), total,
+                           f"{target}: slice {i}/{len(z_list)}", target)
+
     for target in runs:
         t0 = time.perf_counter()
-        model, card = models.get(target, dev)
+        _, card = state["models"].get(target, state["dev"])
         used_versions[target] = card.version
         cards[target] = card
         prep = Preprocessing.from_dict(card.preprocessing)
@@ -201,32 +248,41 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
         else:
             z_list = np.arange(n)
         raw = np.zeros(hu.shape, dtype=np.uint8)
-        if len(z_list):
+        stage = locate_stage(card)
+        if stage is not None and len(z_list):
+            # Coarse-to-fine: the locate version, one slice every ``every_mm``, finds the organ;
+            # this version's network then sees the organ's square on the organ's slices.
+            _, loc_card = state["models"].get(target, state["dev"], stage["version"])
+            loc_prep = Preprocessing.from_dict(loc_card.preprocessing)
+            step = max(1, int(round(float(stage["every_mm"]) / float(volume.spacing[0]))))
+            loc_z = z_list[::step]
+            if loc_z[-1] != z_list[-1]:
+                loc_z = np.append(loc_z, z_list[-1])
+            coarse = np.zeros((len(loc_z),) + hu.shape[1:], dtype=np.uint8)
+            yield from run_network(target, loc_card.version, loc_z, find_crop(hu, loc_prep), loc_prep,
+                                   done, n // 3, coarse, np.arange(len(loc_z)))
+            coarse = apply_postprocess(loc_card, coarse, context,
+                                       (volume.spacing[0] * step,) + tuple(volume.spacing[1:]))
+            found = mask_crop(coarse, volume.spacing, prep, z_positions=loc_z, n_slices=n)
+            del coarse
+            if found is None:
+                notes.append(f"{target}: not found in this scan")
+                z_list = z_list[:0]
+            else:
+                crop, z_box = found
+                z_list = np.intersect1d(z_list, z_box)
+            offset, span = done + n // 3, n - n // 3
+        elif len(z_list):
             crop = find_crop(hu, prep)
-            bs = batch_size or default_batch_size(dev)
-            i = 0
-            while i < len(z_list):
-                z = z_list[i:i + bs]
-                try:
-                    raw[z] = _predict(model, hu, z, prep, crop, dev)
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    if bs > 1:
-                        bs = max(1, bs // 2)
-                        continue
-                    dev = torch.device("cpu")
-                    notes.append("the GPU ran out of memory: finished on the CPU")
-                    models = ModelSet(models.versions)
-                    model, card = models.get(target, dev)
-                    continue
-                i += len(z)
-                yield Progress(done + int(i * n / max(len(z_list), 1)), total, f"{target}: slice {i}/{len(z_list)}",
-                               target)
+            offset, span = done, n
+        if len(z_list):
+            yield from run_network(target, card.version, z_list, crop, prep, offset, span, raw, z_list)
         done += n
         yield Progress(done, total, f"{target}: post-processing", target)
         masks[target] = apply_postprocess(card, raw, context, volume.spacing)
         del raw  # before the next target allocates its own
         seconds[target] = time.perf_counter() - t0
+    dev = state["dev"]
     volumes = {t: volumes_ml(masks[t], cards[t], volume.voxel_volume_ml) for t in targets}
     result = SegmentResult(masks={t: masks[t] for t in targets}, volumes_ml=volumes,
                            lung_involvement_pct=None, device=str(dev), versions=used_versions,
@@ -240,6 +296,78 @@ def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = 
                                                           volume.voxel_volume_ml)
         result.infection_slices = slices_with(masks["infection"])
     return result
+
+
+def image8_assumption(card: ModelCard) -> str:
+    """What an 8-bit slice is taken to be for ``card``: one line for the user."""
+    lo, hi = (float(v) for v in Preprocessing.from_dict(card.preprocessing).window)
+    return (f"8-bit image read as a CT slice in the window {lo:g}..{hi:g} HU (value v = {lo:g} + "
+            f"v/255 x {hi - lo:g} HU, the window of {card.target} {card.version}'s training images), "
+            "already cropped to the body; no lung mask on a lone slice, so opacities outside the "
+            "lungs may be marked too")
+
+
+def check_image8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """A 2D 8-bit grey (or RGB(A) export of a grey) image as (y, x) uint8; ``CTSegError`` otherwise."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        img = img[..., :3].astype(np.float32).mean(axis=-1)
+    if img.ndim != 2:
+        raise CTSegError(f"'{name}' is not a 2D image (shape {np.asarray(image).shape})")
+    if img.size and (float(img.min()) < 0 or float(img.max()) > 255):
+        raise CTSegError(f"'{name}' holds values {float(img.min()):g}..{float(img.max()):g}, not an 8-bit "
+                         "export (0..255); open the CT scan itself (NIfTI or DICOM) to use HU")
+    return np.rint(img).astype(np.uint8)
+
+
+def segment_image8(image: np.ndarray, targets: str | Iterable[str], device: str = "auto", *,
+                   models: ModelSet | None = None, versions: dict[str, str] | None = None,
+                   name: str = "image") -> SegmentResult:
+    """Segment one 8-bit slice (a JPG/PNG export in a model's window) with the targets whose
+    card accepts ``"image8"`` input; the others are skipped with a note saying why.
+
+    Masks are (y, x) uint8 on the image's grid; a card's ``restrict_to`` steps are not applied
+    (a lone slice has no lung mask), which the notes say. ``CTSegError`` when no target can run.
+    """
+    targets = parse_targets(targets)
+    img = check_image8(image, name)
+    dev, note = choose_device(device)
+    notes = [note] if note else []
+    models = models or ModelSet(versions)
+    masks, cards, seconds, used = {}, {}, {}, {}
+    skipped = []
+    for target in targets:
+        card = get_card(target, models.versions.get(target))
+        if "image8" not in card.inputs:
+            skipped.append(target)
+            continue
+        t0 = time.perf_counter()
+        model, card = models.get(target, dev)
+        from .models.predict import predict_image8
+
+        raw = predict_image8(model, img, card.preprocessing, device=dev)
+        steps = [st for st in card.postprocess if st.get("op") != "restrict_to"]
+        masks[target] = apply_postprocess(_with_steps(card, steps), raw[None], {}, None)[0]
+        cards[target], used[target] = card, card.version
+        seconds[target] = time.perf_counter() - t0
+        notes.append(image8_assumption(card))
+    if skipped:
+        why = (f"{', '.join(skipped)} need{'s' if len(skipped) == 1 else ''} a CT in Hounsfield units "
+               f"(a 3D scan): '{name}' is an 8-bit 2D image, whose grey values are not HU")
+        if not masks:
+            raise CTSegError(why)
+        notes.append(f"skipped {why}")
+    pixels = {t: int(np.count_nonzero(m)) for t, m in masks.items()}
+    result = SegmentResult(masks=masks, volumes_ml={}, lung_involvement_pct=None, device=str(dev),
+                           versions=used, seconds=seconds, notes=notes, cards=cards)
+    result.pixels = {t: (n, 100.0 * n / max(img.size, 1)) for t, n in pixels.items()}
+    return result
+
+
+def _with_steps(card: ModelCard, steps: list[dict]) -> ModelCard:
+    from dataclasses import replace
+
+    return replace(card, postprocess=steps)
 
 
 def _run_order(targets: list[str], models: ModelSet, given: dict[str, np.ndarray]) -> list[str]:

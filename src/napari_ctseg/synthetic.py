@@ -117,3 +117,76 @@ def add_lesions(x: np.ndarray, lung: np.ndarray, window: tuple[float, float], rn
             if ch == centre:
                 mask_c |= m
     return out, mask_c
+
+
+# --- lesions inside an organ, the organ's mask unchanged ---------------------------------
+# Hu et al., *Label-free liver tumor segmentation* (CVPR 2023): tumours painted into healthy
+# livers. Here they teach the liver model that a liver with tumours is still liver: the
+# expert liver masks include the tumours, so a lesion changes the image, never the label.
+
+DEFAULT_ORGAN_LESIONS: dict[str, Any] = {
+    "p_lesion": 0.4,             # chance that a sample whose centre slice holds the organ gets lesions
+    "n_lesions": [1, 3],
+    "radius_px": [3.0, 18.0],    # on the network grid (log-uniform)
+    "hypo_delta_hu": [-110.0, -30.0],  # relative to the organ's median (metastases, cysts)
+    "hyper_delta_hu": [20.0, 60.0],    # (hypervascular lesions in an arterial phase)
+    "p_hyper": 0.25,
+    "texture_hu": 12.0,
+    "rim_p": 0.3,                # chance of a brighter enhancing rim
+}
+
+
+def add_organ_lesions(x: np.ndarray, organ: np.ndarray, window: tuple[float, float],
+                      rng: np.random.Generator, settings: dict[str, Any] | None = None) -> np.ndarray:
+    """Paint tumour-like blobs into a windowed stack ``x`` (C, H, W) inside ``organ`` (C, H, W bool).
+
+    A lesion's HU is the organ's median on the centre slice plus a hypo- or hyperdense
+    offset, with a fine texture, a soft edge and sometimes a brighter rim; it is kept
+    inside the organ and smaller on the neighbouring slices. Returns the new stack (the
+    organ's mask does not change).
+    """
+    s = {**DEFAULT_ORGAN_LESIONS, **(settings or {})}
+    x = np.asarray(x, dtype=np.float32)
+    organ = np.asarray(organ, dtype=bool)
+    c, h, w = x.shape
+    centre = c // 2
+    inner = ndimage.binary_erosion(organ[centre], iterations=2)
+    if inner.sum() < 100:
+        return x
+    lo, hi = window
+    width = hi - lo
+    median_hu = float(np.median(x[centre][inner])) * width + lo
+    out = x.copy()
+    cand = np.flatnonzero(inner.ravel())
+    dist = ndimage.distance_transform_edt(organ[centre])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    n = int(rng.integers(int(s["n_lesions"][0]), int(s["n_lesions"][1]) + 1))
+    for _ in range(n):
+        k = int(cand[rng.integers(cand.size)])
+        cy, cx = divmod(k, w)
+        r_max = max(float(s["radius_px"][0]), float(dist[cy, cx]) * 1.3)  # mostly inside the organ
+        r = float(np.exp(rng.uniform(np.log(s["radius_px"][0]), np.log(min(s["radius_px"][1], r_max)))))
+        hyper = rng.random() < float(s["p_hyper"])
+        delta = rng.uniform(*(s["hyper_delta_hu"] if hyper else s["hypo_delta_hu"]))
+        noise = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), max(1.0, r / 3.0))
+        noise /= noise.std() + 1e-6
+        rough = rng.uniform(0.1, 0.35)
+        texture = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 0.8)
+        texture *= float(s["texture_hu"]) / (texture.std() + 1e-6)
+        target = (median_hu + delta + texture - lo) / width
+        rim = rng.random() < float(s["rim_p"])
+        blur = rng.uniform(0.5, 1.5)
+        shrink = rng.uniform(0.05, 0.4)
+        for ch in range(c):
+            rc = r * max(0.2, 1.0 - shrink * abs(ch - centre))
+            env = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * rc * rc))
+            m = ((env + rough * noise * env ** 0.5) > 0.5) & organ[ch]
+            if not m.any():
+                continue
+            soft = ndimage.gaussian_filter(m.astype(np.float32), blur) * organ[ch]
+            out[ch] = out[ch] * (1.0 - soft) + target * soft
+            if rim:
+                ring = ndimage.binary_dilation(m, iterations=2) & ~m & organ[ch]
+                out[ch][ring] += 25.0 / width
+        out[:] = np.clip(out, 0.0, 1.0)
+    return out

@@ -38,8 +38,10 @@ from .metrics import compare, dice
 from .models.predict import predict_image8, predict_volume
 from .models.preprocess import (
     Preprocessing,
+    SliceCrop,
     context_indices,
     find_crop,
+    mask_crop,
     image8_to_input,
     labels_to_target,
     window_and_resize,
@@ -54,7 +56,7 @@ from .models.registry import (
 )
 from .models.unet import build_model, count_parameters
 from .silver import SILVER_LUNGS_METHOD, silver_lung_labels, silver_lungs_and_airways  # noqa: F401
-from .synthetic import DEFAULT_SYNTHETIC
+from .synthetic import DEFAULT_ORGAN_LESIONS, DEFAULT_SYNTHETIC
 from .models.definition import starter_definition
 
 SPLITS_FILE = Path(__file__).resolve().parent / "models" / "splits.json"
@@ -128,7 +130,10 @@ TARGET_NOTES: dict[str, str] = {
              "(3D-IRCADb-01 patients 1 and 7); validated on a healthy donor's portal-phase CT from "
              "another centre (CHAOS CT set 3, whose bottom slice cuts off the tip of the right lobe) "
              "and a 3-slice scan (dcmqi). Thin data: expect errors on unusual livers, other contrast "
-             "phases and fields of view unlike the training scans.",
+             "phases and fields of view unlike the training scans. A version with a locate stage "
+             "(coarse-to-fine) finds the liver with that version and sees only the liver's square "
+             "(plus 20 mm) on its slices (plus 15 mm): a liver the locate version misses entirely is "
+             "not found. Its training livers carry synthetic tumour-like lesions (labels unchanged).",
     "infection": "Trained on 40 axial 8-bit JPG slices of COVID-19 patients (COVID-SemiSeg) that carry no "
                  "HU; validated on the 10 held-out slices of the same set (not the published test set). "
                  "On HU scans the input is the lung window estimated from those JPGs (see "
@@ -180,6 +185,18 @@ class TrainingConfig:
     # Training-only classes (name -> value after the card's labels), e.g. {"airway": 3}: the
     # network learns them from silver labels, and the output counts them as background.
     extra_classes: dict[str, int] = field(default_factory=dict)
+    # Second stage (coarse-to-fine): the card's ``stages`` (a "locate" version of the same
+    # target whose mask gives the crop; preprocessing crop "mask"). Validation cases are
+    # seen through the locate version's crop, as at inference.
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    # Tumour-like lesions painted inside the labelled organ, its label unchanged
+    # (napari_ctseg.synthetic.DEFAULT_ORGAN_LESIONS); empty = none.
+    organ_lesions: dict[str, Any] = field(default_factory=dict)
+    # Before each validation, re-estimate the BatchNorm statistics on this many training
+    # batches (exact averages for the current weights: "precise BN"); 0 = the running
+    # averages. Running averages lag the weights at a high learning rate, and the liver's
+    # second stage then swung between 0.0 and 0.84 validation Dice from epoch to epoch.
+    bn_recalibration_batches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,16 +229,27 @@ def default_config(target: str) -> TrainingConfig:
             extra_classes={"airway": 3},
         )
     if target == "liver":
+        # v2, coarse-to-fine: v1 (the whole body at 128 x 128, about 3 mm a pixel) locates
+        # the liver on one slice every 4 mm; this network sees the liver's square plus 20 mm
+        # at 192 x 192 (about 1.1 mm a pixel on a typical liver) on its slices plus 15 mm.
+        # Trained through squares around the expert livers; scale and shift augmentation
+        # stands in for the locate stage's errors. Tumour-like lesions are painted into the
+        # livers (labels unchanged): the expert livers include their tumours.
         return TrainingConfig(
             architecture={**unet, "in_channels": 3, "n_classes": 2},
-            preprocessing={"input": "hu", "window": [-200.0, 300.0], "context": 1, "crop": "body",
-                           "body_threshold_hu": -500.0, "crop_margin": 0.04, "pad_hu": -1024.0,
-                           "size": [128, 128]},
-            # The liver lies on the patient's right: no left-right flips. Brightness +-0.14
-            # of the 500 HU window is +-70 HU: training livers enhance to ~115 HU, others
-            # range from ~45 (plain) to ~145 HU (portal phase).
-            augmentation={**_ORGAN_AUG, "brightness": 0.14, "contrast": 0.15},
+            preprocessing={"input": "hu", "window": [-200.0, 300.0], "context": 1, "crop": "mask",
+                           "crop_margin_mm": 20.0, "z_margin_mm": 15.0, "body_threshold_hu": -500.0,
+                           "crop_margin": 0.04, "pad_hu": -1024.0, "size": [192, 192]},
+            # HU shift +-0.2 of the 500 HU window = +-100 HU: the training livers enhance to
+            # 112-120 HU, a plain CT's liver is 40-65 HU (a first v2 run with v1's +-70 HU
+            # segmented the plain-CT validation scan, liver 45 HU, at 0.64-0.84 Dice from epoch
+            # to epoch: a change made after seeing validation, see the card's notes).
+            augmentation={**_ORGAN_AUG, "scale": [0.85, 1.2], "translate": 0.1, "brightness": 0.2,
+                          "contrast": 0.15},
             steps_per_epoch=25,
+            bn_recalibration_batches=10,
+            stages=[{"name": "locate", "version": "v1", "every_mm": 4.0}],
+            organ_lesions=dict(DEFAULT_ORGAN_LESIONS),
         )
     # Infection v2 (v1: one slice, the 40 JPG slices only, 60 epochs of batch 8): the slice and
     # its neighbours in HU (a partial-volume diaphragm dome is obvious across slices), the JPG
@@ -337,6 +365,27 @@ class Case:
     lungs: np.ndarray | None = None  # lung mask on the volume's grid (infection hosts and negatives)
     negative: bool = False  # a scan without the target: scored by what it wrongly marks
     slices: np.ndarray | None = None  # (z,) bool: the slices that carry labels (None: all)
+    # "mask"-crop models (a second stage): the square and the slices the network sees. None:
+    # from the case's own labels (training), see ``case_crop``.
+    crop: SliceCrop | None = None
+    z_box: np.ndarray | None = None
+
+
+def case_crop(case: Case, prep: Preprocessing) -> tuple[SliceCrop, np.ndarray | None]:
+    """The square a case is seen through and, for a ``"mask"`` crop, the slices it is seen on.
+
+    A body or whole-slice crop comes from the CT (``find_crop``); a mask crop from
+    ``case.crop``/``case.z_box`` when a first stage set them, else from the case's own
+    labels (training: the expert organ, widened by the preprocessing's margins).
+    """
+    if prep.crop != "mask":
+        return find_crop(case.hu, prep), None
+    if case.crop is not None:
+        return case.crop, case.z_box
+    found = mask_crop(case.labels > 0, case.spacing, prep)
+    if found is None:  # no organ: the whole slice, no slice
+        return find_crop(case.hu, replace(prep, crop="none")), np.arange(0)
+    return found
 
 
 PSEUDO_METHOD = (
@@ -416,12 +465,7 @@ def load_host_case(data_dir, name: str) -> Case:
     hu = np.asarray(ct.hu)
     lung_path = folder / "lungs.nii.gz"
     if lung_path.is_file():
-        from .io.nifti import read_nifti
-
-        m = read_nifti(lung_path)
-        if m.shape != ct.shape:
-            raise TrainingError(f"{lung_path}: shape {m.shape} does not match the CT's {ct.shape}")
-        lungs = np.asarray(m.hu) > 0.5
+        lungs = read_mask(lung_path, ct, "lungs") > 0
     else:
         lungs = silver_lung_labels(hu, ct.spacing) > 0
     return Case(name=name, labels=np.zeros(hu.shape, np.uint8), hu=hu, spacing=tuple(ct.spacing),
@@ -453,15 +497,23 @@ def load_case(target: str, data_dir, name: str, silver: bool = False, airway_lab
     for p in (ct_path, mask_path):
         if not p.is_file():
             raise TrainingError(f"{p}: missing; case {name!r} needs ct.nii.gz and {MASK_FILES[target]}")
-    ct, mask = read_nifti(ct_path), read_nifti(mask_path)
-    if ct.shape != mask.shape:
-        raise TrainingError(f"{mask_path}: shape {mask.shape} does not match the CT's {ct.shape}")
-    labels = np.rint(np.asarray(mask.hu)).astype(np.uint8)
-    allowed = set(TARGET_LABELS[target].values()) | {0}
-    extra = sorted(set(np.unique(labels).tolist()) - allowed)
-    if extra:
-        raise TrainingError(f"{mask_path}: labels {extra} are not {target} labels {sorted(allowed)}")
+    ct = read_nifti(ct_path)
+    labels = read_mask(mask_path, ct, target)
     return Case(name=name, labels=labels, hu=np.asarray(ct.hu), spacing=tuple(ct.spacing))
+
+
+def read_mask(path: Path, ct, target: str, labels: dict[str, int] | None = None) -> np.ndarray:
+    """An expert or corrected mask (NIfTI) on the CT's display grid, uint8: the one mask reader
+    of training, fine-tuning and evaluation (same shape *and* affine as the scan, only the
+    ``labels`` values, default the target's training labels; ``TrainingError`` otherwise)."""
+    from .evaluation import EvaluationError, read_reference_volume
+
+    try:
+        labels = read_reference_volume(Path(path), ct.geometry, target,
+                                       labels if labels is not None else TARGET_LABELS[target])
+    except EvaluationError as exc:
+        raise TrainingError(str(exc)) from None
+    return np.ascontiguousarray(ct.geometry.to_display(labels)).astype(np.uint8)
 
 
 def _read_case_scan(folder: Path, name: str):
@@ -571,8 +623,9 @@ def _sample_hosts(hosts: _Hosts, prep: Preprocessing, n: int, rng: np.random.Gen
 def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float) -> _Cache:
     images, targets, index, weights = [], [], [], []
     for ci, case in enumerate(cases):
+        z_box = None
         if case.hu is not None:
-            crop = find_crop(case.hu, prep)
+            crop, z_box = case_crop(case, prep)
             # In chunks of slices: a whole-volume array operation would hold the GIL for a
             # long time and freeze the GUI when this runs in a napari worker.
             chunks = range(0, case.hu.shape[0], _CHUNK)
@@ -587,6 +640,8 @@ def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weig
         for z in range(targets[-1].shape[0]):
             if case.slices is not None and not case.slices[z]:
                 continue  # not labelled (outside a pseudo-labelled block): context only
+            if z_box is not None and not (len(z_box) and z_box[0] <= z <= z_box[-1]):
+                continue  # a second stage never sees slices away from the organ
             index.append((ci, z))
             weights.append(fg_weight if has_fg[z] else 1.0)
     w = np.asarray(weights, dtype=float)
@@ -595,9 +650,11 @@ def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weig
 
 def _sample_batch(cache: _Cache, prep: Preprocessing, batch_size: int,
                   rng: np.random.Generator, hosts: _Hosts | None = None,
-                  synthetic=None) -> tuple[torch.Tensor, torch.Tensor]:
+                  synthetic=None, organ_lesions: dict[str, Any] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of (x, y): from the labelled cases and, with ``hosts``, a share
-    (``synthetic.host_fraction``) of host slices, some with synthetic lesions."""
+    (``synthetic.host_fraction``) of host slices, some with synthetic lesions; with
+    ``organ_lesions``, some organ slices get tumour-like lesions (labels unchanged)."""
     n_hosts = 0
     if hosts is not None and len(hosts.index):
         n_hosts = int(rng.binomial(batch_size, synthetic.host_fraction))
@@ -611,7 +668,16 @@ def _sample_batch(cache: _Cache, prep: Preprocessing, batch_size: int,
         if stack.shape[0] == 1:  # a single slice: its context is itself
             xs.append(stack[[0] * prep.channels])
         else:
-            xs.append(stack[torch.as_tensor(context_indices([z], stack.shape[0], prep.context)[0])])
+            idx = torch.as_tensor(context_indices([z], stack.shape[0], prep.context)[0])
+            x = stack[idx]
+            p_lesion = float((organ_lesions or {}).get("p_lesion", 0.0))
+            if p_lesion > 0 and rng.random() < p_lesion:
+                from .synthetic import add_organ_lesions
+
+                organ = (cache.targets[ci][idx] > 0).numpy()
+                if organ[prep.context].any():
+                    x = torch.from_numpy(add_organ_lesions(x.numpy(), organ, prep.window, rng, organ_lesions))
+            xs.append(x)
         ys.append(cache.targets[ci][z])
     return torch.stack(xs), torch.stack(ys)
 
@@ -695,6 +761,16 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float 
 
 
 def _predict_case(model, case: Case, prep: Preprocessing, device) -> np.ndarray:
+    if case.hu is not None and prep.crop == "mask":
+        crop, z_box = case_crop(case, prep)
+        out = np.zeros(case.hu.shape, np.uint8)
+        if len(z_box):
+            # context at the box's ends: the slices beyond it, as at inference
+            lo, hi = max(z_box[0] - prep.context, 0), min(z_box[-1] + 1 + prep.context, case.hu.shape[0])
+            sub = case.hu[lo:hi]
+            pred = predict_volume(model, sub, prep, crop=crop, device=device)
+            out[z_box[0]:z_box[-1] + 1] = pred[z_box[0] - lo:z_box[0] - lo + len(z_box)]
+        return out
     if case.hu is not None:
         return predict_volume(model, case.hu, prep, device=device)
     return predict_image8(model, case.image8, prep, device=device)
@@ -885,6 +961,14 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     pseudo_names = [c.name for c in train_cases[len(train_cases) - len(pseudo_specs):]]
     val_cases = [load_case(target, data_dir, n) for n in val_names]
     val_cases += [load_host_case(data_dir, n) for n in neg_val_names]
+    if cfg.stages:
+        if prep.crop != "mask":
+            raise TrainingError("a version with stages sees its organ's square: preprocessing crop "
+                                "must be 'mask'")
+        yield TrainingReport("start", 0, cfg.epochs, steps=cfg.steps_per_epoch,
+                             message=f"locating the {target} in the validation cases with "
+                                     f"{target} {cfg.stages[0].get('version')}")
+        _locate_cases(target, cfg.stages, val_cases, prep)
     cache = _build_cache(train_cases, prep, n_classes, cfg.foreground_weight)
     hosts, lesion_settings = None, None
     if host_names:
@@ -917,7 +1001,8 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
             for step in range(1, cfg.steps_per_epoch + 1):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(global_step)
-                x, y = _sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings)
+                x, y = _sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
+                                     cfg.organ_lesions)
                 x, y = augment(x, y, cfg.augmentation, prep.pad_value, gen)
                 logits = model(x.to(dev))
                 loss = dice_ce_loss(logits, y.to(dev), cfg.dice_weight)
@@ -931,6 +1016,11 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                                      best_epoch=best_epoch or None, elapsed_s=time.perf_counter() - t0)
             val = None
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                if cfg.bn_recalibration_batches:
+                    recalibrate_batchnorm(model, (
+                        augment(*_sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
+                                               cfg.organ_lesions), cfg.augmentation, prep.pad_value, gen)[0]
+                        for _ in range(cfg.bn_recalibration_batches)), dev)
                 val = validate(model, val_cases, prep, labels, dev)
                 if val["selection"] > best_dice:
                     best_dice, best_epoch = val["selection"], epoch
@@ -1000,6 +1090,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                         + val_names + neg_val_names),
         notes=TARGET_NOTES[target] if notes is None else notes,
         **starter_definition(target, labels),
+        stages=[dict(st) for st in cfg.stages],
     )
     if not stopped:
         full = validate(model, val_cases, prep, labels, dev, full=True)
@@ -1023,6 +1114,47 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                          message=f"wrote {out_dir / WEIGHTS_FILE} (best epoch {best_epoch}, "
                                  f"validation Dice {card.validation['mean_dice']:.4f})")
     return card
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, batches, device) -> None:
+    """Set every BatchNorm's running statistics to the exact average over ``batches`` (inputs
+    only) for the model's current weights. The model is left in training mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x.to(device))
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
+
+
+def _locate_cases(target: str, stages: list[dict[str, Any]], cases: list[Case], prep: Preprocessing) -> None:
+    """Set each volume case's crop and slices from the locate stage's mask, as at inference."""
+    from .models.definition import apply_postprocess
+    from .models.registry import load_model
+
+    version = stages[0].get("version")
+    try:
+        model, card = load_model(target, version, device="cpu")
+    except ModelError as exc:
+        raise TrainingError(f"the locate stage: {exc}") from None
+    model.eval()
+    loc_prep = Preprocessing.from_dict(card.preprocessing)
+    for case in cases:
+        if case.hu is None or case.negative:
+            continue
+        coarse = apply_postprocess(card, predict_volume(model, case.hu, loc_prep), {}, case.spacing)
+        found = mask_crop(coarse, case.spacing, prep)
+        if found is None:
+            case.crop, case.z_box = find_crop(case.hu, replace(prep, crop="none")), np.arange(0)
+        else:
+            case.crop, case.z_box = found
 
 
 def _reference_model(target: str, synthetic: dict[str, Any], prep: Preprocessing):

@@ -73,6 +73,12 @@ def click(qtbot, button):
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
+def save(qtbot, widget):
+    """Press Save corrected mask and wait for its worker thread."""
+    click(qtbot, widget.save_button)
+    qtbot.waitUntil(lambda: widget._save_worker is None, timeout=30_000)
+
+
 # --- tools and undo ----------------------------------------------------------------------
 def test_widget_follows_the_labels_layer_and_label(setup):
     viewer, image, layer, widget, path = setup
@@ -299,7 +305,7 @@ def test_save_round_trip_and_corrections_record(setup, qtbot, store):
     layer.paint((1, 20, 20), 1)
     click(qtbot, widget.grow_button)  # touches slices around the label too
     edited = layer.data.copy()
-    click(qtbot, widget.save_button)
+    save(qtbot, widget)
     out = path.parent / "ct_liver_corrected.nii.gz"
     assert out.is_file()
     img = nib.load(out)
@@ -326,6 +332,22 @@ def test_save_round_trip_and_corrections_record(setup, qtbot, store):
     assert Path(record.manifest_path).parent == store
 
 
+def test_save_runs_in_a_worker_on_the_mask_as_it_was_when_pressed(setup, qtbot):
+    viewer, image, layer, widget, path = setup
+    layer.data_setitem((np.array([2]), np.array([3]), np.array([4])), 2)
+    pressed = layer.data.copy()
+    click(qtbot, widget.save_button)
+    assert widget._save_worker is not None and not widget.save_button.isEnabled()
+    layer.data_setitem((np.array([6]), np.array([6]), np.array([6])), 2)  # painting on meanwhile
+    qtbot.waitUntil(lambda: widget._save_worker is None, timeout=30_000)
+    assert widget.save_button.isEnabled() and "Saved" in widget.status.text()
+    from napari_ctseg.io import read_nifti
+
+    assert np.array_equal(read_nifti(path.parent / "ct_liver_corrected.nii.gz").hu, pressed)
+    (record,) = corrections.list_corrections("liver")
+    assert record.changed_slices == [2]
+
+
 def test_save_never_overwrites_without_asking(setup, qtbot, monkeypatch):
     viewer, image, layer, widget, path = setup
     scan_bytes = path.read_bytes()
@@ -343,13 +365,13 @@ def test_save_never_overwrites_without_asking(setup, qtbot, monkeypatch):
         return question
 
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
-    click(qtbot, widget.save_button)
+    save(qtbot, widget)
     assert len(asked) == 1 and out.name in asked[0]
     assert out.read_bytes() == first_bytes and "Not saved" in widget.status.text()
     assert widget.save_corrected(overwrite=False) is None and out.read_bytes() == first_bytes
 
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
-    click(qtbot, widget.save_button)
+    save(qtbot, widget)
     assert len(asked) == 2 and out.read_bytes() != first_bytes
     assert np.asarray(nib.load(out).dataobj).max() == 2
     assert len(corrections.list_corrections()) == 1  # the same file: one record, replaced

@@ -106,20 +106,30 @@ def test_corrupt_weights_refused_with_message(make_napari_viewer, qtbot, tmp_pat
     assert not [ly for ly in viewer.layers if isinstance(ly, Labels)]
 
 
-def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path, tiny_weights):
+def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Infection is searched inside the user's lungs layer, as it was when Segment was pressed
+    (a copy: painting the layer during the run changes nothing)."""
+    from synthetic import write_tiny_weights
+
+    root = tmp_path / "weights"
+    write_tiny_weights(root, constant={"infection": 1})  # infection everywhere it is allowed
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
+    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
     viewer = make_napari_viewer()
     image = _open(viewer, tmp_path)
     lungs = np.zeros(image.data.shape, np.uint8)
-    lungs[3:8, 10:20, 5:15] = 1
-    viewer.add_labels(lungs, name="my lungs", scale=image.scale, metadata={"target": "lungs"})
+    lungs[3:8, 4:12, 16:25] = 1  # inside the square the model sees (the phantom's body crop)
+    layer = viewer.add_labels(lungs.copy(), name="my lungs", scale=image.scale, metadata={"target": "lungs"})
     widget = SegmentWidget(viewer)
     widget.device_combo.setCurrentIndex(1)
     widget.target_checks["lungs"].setChecked(False)
     widget.target_checks["liver"].setChecked(False)
     widget.start()
+    layer.data[0:2] = 2  # painted after Segment was pressed, while it runs
     _run(qtbot, widget)
-    inf = viewer.layers["infection"].data
-    assert not np.any((inf > 0) & (lungs == 0))
+    assert "lungs" not in viewer.layers  # no lungs model ran
+    inf = viewer.layers["infection"].data > 0
+    assert inf.any() and np.array_equal(inf, lungs > 0), (inf.sum(), (lungs > 0).sum(), np.argwhere(inf ^ (lungs > 0))[:5])
 
 
 def test_bundled_models_segment_the_sample(make_napari_viewer, qtbot):
@@ -213,3 +223,72 @@ def test_report_gives_infection_per_lung_and_slices(make_napari_viewer, qtbot, t
     zs = np.flatnonzero(inf.any(axis=(1, 2)))
     expected = (int(zs[0]), int(zs[-1]), zs.size) if zs.size else (0, 0, 0)
     assert widget.result.infection_slices == expected
+
+
+def test_changed_slices_are_measured_from_when_segment_made_the_layer(make_napari_viewer, qtbot, tmp_path,
+                                                                      tiny_weights, monkeypatch):
+    """A slice painted with napari's brush before Mask tools ever saw the layer still counts as changed."""
+    from napari_ctseg import corrections
+    from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    viewer = make_napari_viewer()
+    image = _open(viewer, tmp_path)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentIndex(1)
+    widget.target_checks["lungs"].setChecked(False)
+    widget.target_checks["infection"].setChecked(False)
+    widget.start()
+    _run(qtbot, widget)
+    layer = viewer.layers["liver"]
+    before = layer.data.copy()
+    layer.brush_size = 3
+    layer.paint((7, 20, 20), 1)  # napari's brush, no Mask tools yet
+    assert not np.array_equal(before[7], layer.data[7])
+    tools = MaskToolsWidget(viewer)
+    tools.layer_combo.setCurrentText("liver")
+    assert tools.layer is layer
+    assert tools.save_corrected() is not None
+    (record,) = corrections.list_corrections("liver")
+    assert record.changed_slices == [7]
+
+
+def test_an_8bit_slice_is_segmented_through_the_8bit_path(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A PNG/JPG export (2D, 8-bit, grey or RGB): infection runs on it and says what it assumed;
+    lungs and liver say why they cannot (no HU)."""
+    from PIL import Image as PILImage
+    from synthetic import write_tiny_weights
+
+    root = tmp_path / "weights"
+    write_tiny_weights(root, constant={"infection": 1})
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
+    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
+    rgb = np.zeros((48, 40, 3), np.uint8)
+    rgb[8:40, 6:34] = (120, 120, 120)
+    PILImage.fromarray(rgb).save(tmp_path / "slice.png")
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.asarray(PILImage.open(tmp_path / "slice.png")), name="slice", rgb=True)
+    widget = SegmentWidget(viewer)
+    assert widget.image_combo.currentText() == "slice"
+    widget.device_combo.setCurrentIndex(1)
+    widget.start()
+    _run(qtbot, widget)
+    inf = viewer.layers["infection"]
+    assert inf.data.shape == (48, 40) and inf.data.all()  # the constant model: everything
+    assert "lungs" not in viewer.layers and "liver" not in viewer.layers
+    status = widget.status.text()
+    assert "-1024 + v/255" in status and "Hounsfield" in status, status
+    assert "infection: 1920 pixels (100.0 % of the image" in widget.results_label.text()
+
+    # only targets that need HU: refused with the reason, nothing added
+    widget.target_checks["infection"].setChecked(False)
+    widget.start()
+    _run(qtbot, widget)
+    assert "Hounsfield" in widget.status.text() and len(viewer.layers) == 2
+
+    # a 2D layer that is not 8-bit
+    viewer.add_image(np.full((20, 20), 900.0, np.float32), name="float slice")
+    widget.image_combo.setCurrentText("float slice")
+    widget.target_checks["infection"].setChecked(True)
+    widget.start()
+    assert widget.worker is None and "not an 8-bit export" in widget.status.text()

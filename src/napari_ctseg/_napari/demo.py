@@ -18,6 +18,8 @@ def main(argv=None) -> None:
 
     import napari
 
+    from ._compat import qt_window
+
     viewer = napari.Viewer(title="napari-ctseg demo")
     viewer.open_sample("napari-ctseg", "chest_ct")
     widgets = {}
@@ -31,14 +33,14 @@ def main(argv=None) -> None:
         from qtpy.QtCore import QTimer
         from qtpy.QtWidgets import QApplication
 
-        viewer.window._qt_window.resize(1500, 950)
+        qt_window(viewer).resize(1500, 950)
         segment = widgets.get("Segment volume")
 
         def shoot():
             if segment is not None and segment.worker is not None:
                 QTimer.singleShot(500, shoot)
                 return
-            viewer.window._qt_window.grab().save(args.screenshot)
+            qt_window(viewer).grab().save(args.screenshot)
             print(f"screenshot saved to {args.screenshot}")
             if segment is not None and segment.result is not None:
                 print(segment.result.report())

@@ -28,6 +28,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
 def _geometry_from_viewer(data, meta):
     import napari
 
+    from ._compat import is_image_layer
     from ._layers import geometry_from_metadata as from_meta
 
     viewer = napari.current_viewer()
@@ -35,7 +36,7 @@ def _geometry_from_viewer(data, meta):
     if viewer is not None:
         for layer in viewer.layers:
             geometry = from_meta(layer.metadata)
-            if geometry is None or layer._type_string != "image":
+            if geometry is None or not is_image_layer(layer):
                 continue
             if tuple(layer.data.shape) == tuple(np.shape(data)) and np.allclose(
                 layer.scale, meta.get("scale", layer.scale)

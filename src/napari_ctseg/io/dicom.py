@@ -27,6 +27,10 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING_TOLERANCE_MM = 0.01
 TILT_TOLERANCE_DEG = 0.5
 MAX_FILES = 100_000
+# DICOM objects that carry no CT image even when they hold pixel data (a dose grid, a
+# segmentation, contours, reports, plans, presentation states, key objects, registrations).
+NON_IMAGE_MODALITIES = {"RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "SEG", "SR", "PR", "KO", "REG",
+                        "RWV", "PLAN", "DOC"}
 
 
 def dicom_kind(path) -> str | None:
@@ -57,12 +61,22 @@ class _Slice:
     orientation: tuple | None  # ImageOrientationPatient rounded
 
 
-def _is_image(ds: pydicom.Dataset) -> bool:
+def _non_image_kind(ds: pydicom.Dataset) -> str | None:
+    """What a DICOM object is when it is not an image we can show (None for an image)."""
     if getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", None) == DICOMDIR_UID:
-        return False
+        return "DICOMDIR"
     if "DirectoryRecordSequence" in ds:
-        return False
-    return "PixelData" in ds and "Rows" in ds and "Columns" in ds
+        return "DICOMDIR"
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in NON_IMAGE_MODALITIES:
+        return modality
+    if not ("PixelData" in ds and "Rows" in ds and "Columns" in ds):
+        return modality or "no pixel data"
+    return None
+
+
+def _is_image(ds: pydicom.Dataset) -> bool:
+    return _non_image_kind(ds) is None
 
 
 def _scan_files(root: Path) -> tuple[list[tuple[Path, str]], int]:
@@ -84,25 +98,32 @@ def _scan_files(root: Path) -> tuple[list[tuple[Path, str]], int]:
     return found, others
 
 
-def _read_all(files: list[tuple[Path, str]]) -> tuple[list[_Slice], int, list[str]]:
-    slices, non_image, unreadable = [], 0, []
+def _read_all(files: list[tuple[Path, str]]) -> tuple[list[_Slice], dict[str, int], list[str]]:
+    """The image files read (headers and pixel data, not decoded), what the other DICOM
+    objects are (kind -> count) and the files that could not be read (name and why)."""
+    slices, non_image, unreadable = [], defaultdict(int), []
     for p, kind in files:
         try:
             ds = pydicom.dcmread(p, force=kind == "bare")
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-            unreadable.append(f"{p.name} ({exc})")
-            continue
-        if not _is_image(ds):
-            non_image += 1
-            continue
-        pos = ds.get("ImagePositionPatient")
-        iop = ds.get("ImageOrientationPatient")
-        slices.append(_Slice(
-            path=p, ds=ds,
-            position=np.asarray([float(v) for v in pos]) if pos is not None and len(pos) == 3 else None,
-            orientation=tuple(round(float(v), 4) for v in iop) if iop is not None and len(iop) == 6 else None,
-        ))
-    return slices, non_image, unreadable
+            what = _non_image_kind(ds)
+            if what is not None:
+                non_image[what] += 1
+                continue
+            pos = ds.get("ImagePositionPatient")
+            iop = ds.get("ImageOrientationPatient")
+            slices.append(_Slice(
+                path=p, ds=ds,
+                position=np.asarray([float(v) for v in pos]) if pos is not None and len(pos) == 3 else None,
+                orientation=tuple(round(float(v), 4) for v in iop) if iop is not None and len(iop) == 6 else None,
+            ))
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+            unreadable.append(f"{p.name} ({_one_line(exc)})")
+    return slices, dict(non_image), unreadable
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _series_info(uid: str, group: list[_Slice]) -> SeriesInfo:
@@ -166,15 +187,34 @@ def read_dicom(path) -> CTVolume:
                             "open a NIfTI file or a folder of DICOM images")
     slices, non_image, unreadable = _read_all(files)
     if not slices:
-        what = f"{non_image} non-image DICOM file(s) (DICOMDIR, structured reports, ...)" if non_image else \
-            "no readable DICOM file"
-        raise NotAScanError(f"{folder}: no DICOM image here: {what}")
+        if non_image:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(non_image.items()))
+            what = f"only DICOM objects that are not CT images ({kinds})"
+        elif unreadable:
+            what = f"{len(unreadable)} DICOM file(s) could not be read: {unreadable[0]}"
+        else:
+            what = "no readable DICOM file"
+        name = wanted.name if wanted is not None else str(folder)
+        raise NotAScanError(f"{name}: no DICOM image here: {what}")
+    try:
+        return _volume_from(path, folder, wanted, slices, non_image, unreadable)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        # A malformed value (NumberOfFrames "1A", a text PixelSpacing, ...): say which, in one line.
+        raise ScanReadError(f"{wanted.name if wanted is not None else folder}: a DICOM value could not "
+                            f"be read ({_one_line(exc)}); the export may be damaged") from None
 
+
+def _volume_from(path: Path, folder: Path, wanted: Path | None, slices: list[_Slice],
+                 non_image: dict[str, int], unreadable: list[str]) -> CTVolume:
     groups: dict[str, list[_Slice]] = defaultdict(list)
     for s in slices:
         groups[str(s.ds.get("SeriesInstanceUID", "unknown"))].append(s)
     infos = {uid: _series_info(uid, g) for uid, g in groups.items()}
     warnings: list[str] = []
+    shown = {k: n for k, n in non_image.items() if k != "DICOMDIR"}
+    if shown:
+        warnings.append("also here, not images and not shown: "
+                        + ", ".join(f"{n} {k}" for k, n in sorted(shown.items())))
     if unreadable:
         warnings.append(f"{len(unreadable)} file(s) could not be read and were skipped: "
                         + ", ".join(unreadable[:3]) + (" ..." if len(unreadable) > 3 else ""))

@@ -13,6 +13,13 @@ Post-processing steps (``op``):
 * ``fill_holes_axial``: per label, fill holes slice by slice;
 * ``restrict_to`` (``target``): keep only voxels inside that target's mask (any label);
 * ``remove_small`` (``min_mm3``): drop 3D components smaller than this, per label.
+
+Stages (coarse-to-fine). ``stages`` lists what runs before the version's own network;
+one kind exists, ``{"name": "locate", "version": "v1", "every_mm": 4.0}``: the named version
+of the same target (its own network and post-processing) runs on one slice every
+``every_mm`` mm, and its mask gives the square and the slices that this version's network
+sees (preprocessing ``"crop": "mask"``; ``preprocess.mask_crop``). The version's own
+post-processing finishes the result. A version without ``stages`` is one network.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import numpy as np
 
 from ..errors import ModelError
 
+STAGE_KEYS = ("name", "version", "every_mm")
 OPS = ("largest_component", "fill_holes_axial", "restrict_to", "remove_small")
 STYLES = ("fill", "contour")
 
@@ -40,6 +48,23 @@ def check_postprocess(steps: Sequence[Mapping[str, Any]]) -> None:
         if op not in OPS:
             raise ModelError(f"post-processing step {step!r} is not one of {', '.join(OPS)}; "
                              "this model needs a newer napari-ctseg")
+
+
+def locate_stage(card) -> dict[str, Any] | None:
+    """The card's first stage (``{"name": "locate", "version": ..., "every_mm": ...}``), or None."""
+    stages = list(card.stages or [])
+    if not stages:
+        return None
+    if len(stages) > 1 or not isinstance(stages[0], Mapping) or stages[0].get("name") != "locate" \
+            or not stages[0].get("version"):
+        raise ModelError(f"{card.target}/{card.version}: stages {stages!r} are not understood "
+                         "(one 'locate' stage naming a version); this model needs a newer napari-ctseg")
+    if stages[0]["version"] == card.version:
+        raise ModelError(f"{card.target}/{card.version}: its locate stage names the version itself")
+    if card.preprocessing.get("crop") != "mask":
+        raise ModelError(f"{card.target}/{card.version}: a version with a locate stage must crop "
+                         "around its mask (preprocessing crop 'mask')")
+    return {"every_mm": 0.0, **stages[0]}
 
 
 def colors(card) -> dict[int, str]:
@@ -123,7 +148,7 @@ STARTER_DEFINITIONS = {
               "requires": []},
     "infection": {"display": {"colors": {"infection": "#ff1fd2"}, "style": "fill", "opacity": 0.75, "order": 2},
                   "postprocess": [{"op": "restrict_to", "target": "lungs"}],
-                  "requires": ["lungs"]},
+                  "requires": ["lungs"], "inputs": ["hu", "image8"]},
 }
 
 
@@ -131,12 +156,14 @@ def starter_definition(target: str, labels: Mapping[str, int]) -> dict[str, Any]
     """display/postprocess/requires for a new model of ``target`` (empty for an unknown target)."""
     d = STARTER_DEFINITIONS.get(target)
     if d is None:
-        return {"display": {}, "postprocess": [], "requires": []}
+        return {"display": {}, "postprocess": [], "requires": [], "inputs": ["hu"]}
     return {"display": {**d["display"], "colors": {k: v for k, v in d["display"]["colors"].items() if k in labels}},
-            "postprocess": [dict(s) for s in d["postprocess"]], "requires": list(d["requires"])}
+            "postprocess": [dict(s) for s in d["postprocess"]], "requires": list(d["requires"]),
+            "inputs": list(d.get("inputs", ["hu"]))}
 
 
 def upgrade_legacy_card(card) -> None:
     """Give a card written before cards carried a definition its target's starter definition."""
     d = starter_definition(card.target, card.labels)
     card.display, card.postprocess, card.requires = d["display"], d["postprocess"], d["requires"]
+    card.inputs = d["inputs"]

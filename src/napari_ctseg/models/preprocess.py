@@ -14,6 +14,12 @@ alike, so a model always sees its input prepared exactly as during training::
         "size": [128, 128],         # the network's in-plane size (bilinear, antialiased)
     }
 
+A second-stage model (a card with ``stages``, see ``napari_ctseg.models.definition``) uses
+``"crop": "mask"``: its square is the bounding box of the first stage's mask over the whole
+volume widened by ``crop_margin_mm`` on each side, and it runs only on the slices of that
+box widened by ``z_margin_mm`` (``mask_crop``). The square then covers the organ, not the
+body, so the same network size sees it at about three times the resolution.
+
 Axes: volumes are (z, y, x) as in ``CTVolume``; network tensors are (B, C, H, W) with
 H along y and W along x. The crop is one square per volume (so neighbouring slices
 line up); it keeps the in-plane aspect ratio, and parts of the square that fall outside
@@ -46,7 +52,7 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "pad_hu": -1024.0,
     "size": [128, 128],
 }
-CROP_KINDS = ("body", "none")
+CROP_KINDS = ("body", "none", "mask")
 # The body crop is found on a grid of about this many pixels across (fast, and exact
 # enough for a bounding box with a margin).
 _CROP_GRID = 128
@@ -65,6 +71,8 @@ class Preprocessing:
     pad_hu: float = -1024.0
     input: str = "hu"
     notes: str = ""
+    crop_margin_mm: float = 20.0  # "mask" crops: margin around the first stage's mask, in-plane
+    z_margin_mm: float = 15.0  # "mask" crops: slices above and below the mask that are also run
 
     @classmethod
     def from_dict(cls, prep: dict[str, Any] | Preprocessing) -> Preprocessing:
@@ -85,7 +93,9 @@ class Preprocessing:
             out = cls(window=window, context=int(d["context"]), size=size, crop=str(d["crop"]),
                       body_threshold_hu=float(d["body_threshold_hu"]),
                       crop_margin=float(d["crop_margin"]), pad_hu=float(d["pad_hu"]),
-                      input=str(d["input"]), notes=str(d.get("notes", "")))
+                      input=str(d["input"]), notes=str(d.get("notes", "")),
+                      crop_margin_mm=float(d.get("crop_margin_mm", 20.0)),
+                      z_margin_mm=float(d.get("z_margin_mm", 15.0)))
         except (TypeError, ValueError) as exc:
             raise ModelError(f"preprocessing settings are not valid: {exc}") from None
         if out.input != "hu":
@@ -105,6 +115,8 @@ class Preprocessing:
         d["window"], d["size"] = list(self.window), list(self.size)
         if not d["notes"]:
             del d["notes"]
+        if self.crop != "mask":  # only a mask crop reads them
+            del d["crop_margin_mm"], d["z_margin_mm"]
         return d
 
     @property
@@ -178,6 +190,9 @@ def find_crop(hu_zyx: np.ndarray, prep: dict | Preprocessing) -> SliceCrop:
     if hu_zyx.ndim == 2:
         hu_zyx = hu_zyx[np.newaxis]
     _, h, w = hu_zyx.shape
+    if prep.crop == "mask":
+        raise ModelError("this model crops around the mask of a first stage (crop 'mask'): "
+                         "use mask_crop with that mask")
     if prep.crop == "none":
         return _square(0, 0, h, w, h, w, 0.0)
     step = max(1, int(round(min(h, w) / _CROP_GRID)))
@@ -193,6 +208,41 @@ def find_crop(hu_zyx: np.ndarray, prep: dict | Preprocessing) -> SliceCrop:
     y0, y1 = ys.min() * step, min((ys.max() + 1) * step, h)
     x0, x1 = xs.min() * step, min((xs.max() + 1) * step, w)
     return _square(y0, x0, y1, x1, h, w, prep.crop_margin)
+
+
+def mask_crop(mask_zyx: np.ndarray, spacing, prep: dict | Preprocessing,
+              z_positions: np.ndarray | None = None, n_slices: int | None = None,
+              ) -> tuple[SliceCrop, np.ndarray] | None:
+    """The square and the slices a ``"mask"``-crop model sees, from a first stage's mask.
+
+    ``mask_zyx`` (z, y, x), nonzero = the organ; ``spacing`` (z, y, x) mm of the volume.
+    The square is the in-plane bounding box of the mask over all its slices, widened by
+    ``crop_margin_mm``, then squared; the slices are those of the mask's z range widened
+    by ``z_margin_mm`` on each side. When the mask holds only some slices of the volume
+    (a first stage run every few slices), ``z_positions`` gives the volume's slice index
+    of each of its slices (the gap between them is added to the margin) and ``n_slices``
+    the volume's count; ``spacing`` is then the volume's. None when the mask is empty.
+    """
+    prep = Preprocessing.from_dict(prep)
+    m = np.asarray(mask_zyx) > 0
+    zs = np.flatnonzero(m.reshape(m.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return None
+    ys = np.flatnonzero(m[zs[0]:zs[-1] + 1].any(axis=(0, 2)))
+    xs = np.flatnonzero(m[zs[0]:zs[-1] + 1].any(axis=(0, 1)))
+    h, w = m.shape[1:]
+    sz, sy, sx = (float(v) for v in spacing)
+    my, mx = prep.crop_margin_mm / sy, prep.crop_margin_mm / sx
+    y0, y1 = ys[0] - my, ys[-1] + 1 + my
+    x0, x1 = xs[0] - mx, xs[-1] + 1 + mx
+    crop = _square(y0, x0, y1, x1, h, w, 0.0)
+    positions = np.arange(m.shape[0]) if z_positions is None else np.asarray(z_positions)
+    n = m.shape[0] if n_slices is None else int(n_slices)
+    dz = int(np.ceil(prep.z_margin_mm / sz))
+    if z_positions is not None and len(positions) > 1:  # the organ may end between two run slices
+        dz += int(np.max(np.diff(positions))) - 1
+    first, last = int(positions[zs[0]]) - dz, int(positions[zs[-1]]) + dz
+    return crop, np.arange(max(first, 0), min(last, n - 1) + 1)
 
 
 def _crop_stack(stack: np.ndarray, crop: SliceCrop, pad_value: float) -> np.ndarray:

@@ -86,6 +86,11 @@ class ModelCard:
     display: dict[str, Any] = field(default_factory=dict)  # colours per label, style, opacity
     postprocess: list[dict[str, Any]] = field(default_factory=list)  # steps applied in order
     requires: list[str] = field(default_factory=list)  # targets whose masks this one needs first
+    # Stages run before this version's own network (coarse-to-fine): see definition.STAGE_KEYS.
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    # What the network can be given: "hu" (a CT in Hounsfield units) and/or "image8" (an 8-bit
+    # slice already in the preprocessing window, e.g. a JPG export: value v = low + v/255 * width).
+    inputs: list[str] = field(default_factory=lambda: ["hu"])
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -126,6 +131,10 @@ class ModelCard:
                 from .definition import upgrade_legacy_card
 
                 upgrade_legacy_card(card)
+            if "inputs" not in d:  # cards written before inputs were recorded
+                from .definition import starter_definition
+
+                card.inputs = list(starter_definition(card.target, card.labels).get("inputs", ["hu"]))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"{where}: not a valid model card ({exc})") from None
         return card
@@ -457,5 +466,7 @@ def describe(cards: Sequence[ModelCard]) -> list[str]:
     for c in cards:
         dice = c.validation.get("mean_dice") if isinstance(c.validation, dict) else None
         fig = f"validation Dice {dice:.3f}" if isinstance(dice, (int, float)) else "no validation figures"
-        out.append(f"{c.target} {c.version} ({c.created[:10] or 'undated'}): {fig}")
+        stages = "".join(f", after {st.get('name', 'stage')} by {c.target} {st.get('version')}"
+                         for st in (c.stages or []) if isinstance(st, dict))
+        out.append(f"{c.target} {c.version} ({c.created[:10] or 'undated'}): {fig}{stages}")
     return out

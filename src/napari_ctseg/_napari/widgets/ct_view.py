@@ -49,6 +49,7 @@ from ...planes import (
     snap_to_grid,
 )
 from ...volume import WINDOW_PRESETS
+from .._compat import unwrap
 
 CROSSHAIR_KEY = "ctseg_crosshair"
 """``layer.metadata`` flag of the crosshair layers this widget adds (and removes)."""
@@ -66,9 +67,6 @@ _PLANE_TIPS = {
 }
 
 
-def _unwrap(obj):
-    """The napari object behind a plugin's ``PublicOnlyProxy`` (identity checks need it)."""
-    return getattr(obj, "__wrapped__", obj)
 
 
 def _camera(model: ViewerModel):
@@ -116,7 +114,7 @@ class CTViewWidget(QWidget):
 
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
-        self.viewer = _unwrap(napari_viewer)
+        self.viewer = unwrap(napari_viewer)
         self.triplanar: TriPlanarViews | None = None
         self._triplanar_dock = None
         self._close_watcher = None

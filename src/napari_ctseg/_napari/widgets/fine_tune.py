@@ -2,15 +2,15 @@
 
 The widget gathers the choices (target, base version, which saved corrections, epochs,
 steps, learning rate, device, optional training data for replay) into a call of
-``fine_tuning.fine_tune`` run by a napari thread worker, so the viewer stays usable (you
-can keep editing). It shows a progress bar with an ETA, a live plot of the loss and of
+``fine_tuning.fine_tune`` run in a child process (``napari_ctseg.jobs``) whose reports a
+napari thread worker relays, so the viewer stays usable (you can keep editing) and an
+out-of-memory kill or a crash in training cannot take napari down. It shows a progress bar with an ETA, a live plot of the loss and of
 the Dice on the held-aside corrections and the validation per epoch, and Cancel, which
 stops after the current training step and leaves nothing behind. At the end it says
 whether the new version became active, and why.
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
 import threading
@@ -42,7 +42,8 @@ from qtpy.QtWidgets import (
 
 from ...corrections import Correction, list_corrections
 from ...errors import CTSegError
-from ...fine_tuning import CorrectionCase, FineTuneConfig, fine_tune
+from ...fine_tuning import CorrectionCase, FineTuneConfig
+from ...jobs import in_child_process
 from ...inference import choose_device
 from ...models.registry import TARGETS, active_version, list_versions
 from ._models_events import connect_models_changed, models_events
@@ -51,21 +52,11 @@ DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
 
 
 def run_fine_tune(cancel: threading.Event, *args, **kwargs):
-    """``fine_tune`` for a worker: after each report, a set ``cancel`` closes the run in this
-    thread (its partial files are deleted before the worker ends) and returns ``None``."""
-    gen = fine_tune(*args, **kwargs)
-    try:
-        while True:
-            try:
-                report = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield report
-            if cancel.is_set():
-                gen.close()
-                return None
-    finally:
-        gen.close()
+    """``fine_tune`` for a worker, in a child process (``napari_ctseg.jobs``): its reports come
+    back here; a set ``cancel`` closes the run there (its partial files are deleted) and
+    returns ``None``. An out-of-memory kill or a crash there is an error here, never a crash
+    of napari, and the run's garbage and GIL are its own."""
+    return (yield from in_child_process("napari_ctseg.fine_tuning:fine_tune", *args, cancel=cancel, **kwargs))
 
 
 def _slices_text(zs: list[int]) -> str:
@@ -401,12 +392,6 @@ class FineTuneWidget(QWidget):
         self.eta_label.setText("")
         self.status.setText(f"preparing to fine-tune {target} on {len(corrections)} correction(s) ...")
         self._progress = napari_progress(total=cfg["epochs"] * cfg["steps_per_epoch"], desc="Fine-tune")
-        # The run allocates many Python objects, which sets off full garbage collections in
-        # the worker: each walks every object napari and Qt made (about 0.2 s here) while
-        # holding the GIL, so the viewer froze. Objects alive now are long-lived: moving them
-        # out of the collector's sight (gc.freeze) makes those collections cheap. They are
-        # given back when the run ends (_on_finished).
-        gc.freeze()
         self.worker.start()
 
     def cancel(self):
@@ -461,7 +446,6 @@ class FineTuneWidget(QWidget):
         self.status.setText(f"failed: {msg}; the active version is unchanged")
 
     def _on_finished(self):
-        gc.unfreeze()
         self.worker = None
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

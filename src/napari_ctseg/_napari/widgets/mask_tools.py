@@ -58,6 +58,7 @@ from ...errors import CTSegError
 from ...io import write_mask
 from ...io.nifti import is_nifti_path, scan_name
 from ...volume import Geometry
+from .._compat import PAINT_HOOK, layer_renamed, paint_hook_available, unwrap
 from .._layers import geometry_from_metadata
 
 PREVIEW_KEY = "ctseg_preview"
@@ -67,21 +68,15 @@ AXES = (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2))
 HOLE_MODES = (("in each axial slice", "slice"), ("in 3D", "3d"))
 CUSTOM = "custom"
 
-# Digests of each Labels layer's z slices when a Mask tools widget first saw it, to tell
-# which slices the user changed. Weak keys: a layer that is gone takes its entry along.
-_FIRST_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _unwrap(obj):
-    """The napari object behind a plugin's ``PublicOnlyProxy`` (the hooks need the layer)."""
-    return getattr(obj, "__wrapped__", obj)
 
 
 def remember_first_state(layer: Labels) -> None:
-    """Fingerprint the layer's z slices, once: the baseline for 'changed slices'."""
-    layer = _unwrap(layer)
-    if layer not in _FIRST_SEEN and np.ndim(layer.data) == 3:
-        _FIRST_SEEN[layer] = corrections.slice_digests(np.asarray(layer.data))
+    """The baseline for 'changed slices', kept in the layer's metadata: Segment volume
+    writes it when it makes the layer; another layer gets it when first seen here."""
+    if corrections.BASELINE_KEY not in layer.metadata and np.ndim(layer.data) == 3:
+        layer.metadata[corrections.BASELINE_KEY] = corrections.slice_digests(np.asarray(layer.data))
 
 
 def _bundled_data_dir() -> Path | None:
@@ -122,6 +117,13 @@ def _remove_hooks(hooks: dict) -> None:
     hooks.update(target=None, names=[])
 
 
+def _save_job(path: Path, data: np.ndarray, geometry: Geometry, baseline) -> tuple[Path, list[int], dict[str, int]]:
+    """Write the mask and measure it (runs in a worker thread): (path written, changed slices,
+    voxels per label)."""
+    written = write_mask(path, data, geometry)
+    return written, corrections.changed_slices(baseline, data), _label_voxels(data)
+
+
 def _label_voxels(data: np.ndarray) -> dict[str, int]:
     """Voxels per label value (background left out)."""
     top = int(data.max()) if data.size else 0
@@ -154,6 +156,7 @@ class MaskToolsWidget(QWidget):
         self._hu_range: tuple[float, float] | None = None  # live limit, read by the hooks
         self._hu_image: Image | None = None
         self._applying = False
+        self._save_worker = None  # Save corrected mask, while it writes
         self._z_counts: np.ndarray | None = None
         self._counted: tuple | None = None
         self._recount_timer = QTimer(self)
@@ -328,6 +331,7 @@ class MaskToolsWidget(QWidget):
             (self.viewer.layers.events.inserted, "_layer_inserted"),
             (self.viewer.layers.events.removed, "_layer_removed"),
             (self.viewer.layers.events.reordered, "refresh_layers"),
+            (layer_renamed(self.viewer.layers), "refresh_layers"),
             (self.viewer.layers.selection.events.active, "_follow_active"),
         ]
         for emitter, name in self._specs:
@@ -388,7 +392,7 @@ class MaskToolsWidget(QWidget):
 
     def _layer_removed(self, event=None):
         layer = getattr(event, "value", None)
-        if layer is not None and _unwrap(layer) is _unwrap(self.preview_layer):
+        if layer is not None and unwrap(layer) is unwrap(self.preview_layer):
             self.preview_layer = None
             self._preview_for = None
         self.refresh_layers()
@@ -401,7 +405,7 @@ class MaskToolsWidget(QWidget):
     def _layer_chosen(self, index=None):
         name = self.layer_combo.currentText()
         layer = next((ly for ly in self.labels_layers() if ly.name == name), None)
-        if _unwrap(layer) is not _unwrap(self.layer):
+        if unwrap(layer) is not unwrap(self.layer):
             self._set_layer(layer)
         self._update_hu_state()
         self._update_enabled()
@@ -473,7 +477,7 @@ class MaskToolsWidget(QWidget):
     # --- undo-aware writes and hooks -------------------------------------------------------
     def _hook(self, layer: Labels):
         """Wrap napari's paint path and undo/redo on this layer instance (see the module doc)."""
-        target = _unwrap(layer)
+        target = unwrap(layer)
         me = weakref.ref(self)
         cls = type(target)
 
@@ -486,14 +490,14 @@ class MaskToolsWidget(QWidget):
             return (values >= lo) & (values <= hi)
 
         hooks = {}
-        if hasattr(cls, "_apply_mask_to_data"):
+        if paint_hook_available(target):
             def _apply_mask_to_data(data, mask, new_label, volume_slice):
                 allowed = hu_allowed(tuple(volume_slice))
                 if allowed is not None and allowed.shape == np.shape(mask):
                     mask = np.logical_and(mask, allowed)
-                return cls._apply_mask_to_data(target, data, mask, new_label, volume_slice)
+                return getattr(cls, PAINT_HOOK)(target, data, mask, new_label, volume_slice)
 
-            hooks["_apply_mask_to_data"] = _apply_mask_to_data
+            hooks[PAINT_HOOK] = _apply_mask_to_data
 
         def data_setitem(indices, value, refresh=True):
             widget = me()
@@ -639,7 +643,7 @@ class MaskToolsWidget(QWidget):
             opacity=0.8, colormap={None: "transparent", label: "yellow"},
             metadata={PREVIEW_KEY: True})
         self.preview_layer.editable = False
-        self._preview_for = (_unwrap(layer), label, axis)
+        self._preview_for = (unwrap(layer), label, axis)
         self.viewer.layers.selection.active = layer  # keep painting on the mask
         self._say(f"Fill between slices: {n:,} voxels proposed (yellow); Apply or Discard")
         self._update_enabled()
@@ -651,7 +655,7 @@ class MaskToolsWidget(QWidget):
         if not self._ready("Fill between slices"):
             return 0
         label, axis = self.label, self.axis_combo.currentData()
-        if self._preview_for is not None and self._preview_for[0] is _unwrap(self.layer):
+        if self._preview_for is not None and self._preview_for[0] is unwrap(self.layer):
             label, axis = self._preview_for[1:]
         edit = self._fill_edit(label, axis)
         self.discard_fill()
@@ -808,7 +812,37 @@ class MaskToolsWidget(QWidget):
         return Path(self.folder_edit.text().strip() or Path.home()).expanduser() / name
 
     def _save_clicked(self):
-        self.save_corrected()
+        """Save in a napari thread worker (a large mask takes seconds to compress), with a busy
+        bar; the mask is copied when the button is pressed, so painting on meanwhile is safe."""
+        if self._save_worker is not None:
+            return
+        job = self._prepare_save(None)
+        if job is None:
+            return
+        from napari.qt.threading import create_worker
+        from napari.utils import progress as napari_progress
+
+        self.save_button.setEnabled(False)
+        self._say(f"Saving {job['path'].name} ...")
+        bar = napari_progress(total=0, desc=f"Saving {job['path'].name}")
+
+        def done(out):
+            self._finish_save(job, *out)
+
+        def failed(exc):
+            message = str(exc) if isinstance(exc, CTSegError) else f"{type(exc).__name__}: {exc}"
+            show_error(f"Save corrected mask: {message}")
+            self._say(f"Not saved: {message}")
+
+        def finished():
+            bar.close()
+            self._save_worker = None
+            self._update_enabled()
+
+        self._save_worker = create_worker(_save_job, job["path"], job["data"], job["geometry"],
+                                          job["baseline"], _start_thread=False,
+                                          _connect={"returned": done, "errored": failed, "finished": finished})
+        self._save_worker.start()
 
     def _ask_overwrite(self, path: Path) -> bool:
         answer = QMessageBox.question(
@@ -817,12 +851,26 @@ class MaskToolsWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     def save_corrected(self, overwrite: bool | None = None) -> Path | None:
-        """Write the mask on the scan's geometry and record it in the corrections store.
+        """Write the mask on the scan's geometry and record it in the corrections store, here
+        and now (the button does the same in a worker thread).
 
         An existing file is replaced only when ``overwrite`` is True, or when it is None
         and the user says yes. The scan itself is never overwritten. Returns the path
         written, or None.
         """
+        job = self._prepare_save(overwrite)
+        if job is None:
+            return None
+        try:
+            out = _save_job(job["path"], job["data"], job["geometry"], job["baseline"])
+        except CTSegError as exc:
+            show_error(f"Save corrected mask: {exc}")
+            self._say(f"Not saved: {exc}")
+            return None
+        return self._finish_save(job, *out)
+
+    def _prepare_save(self, overwrite: bool | None) -> dict | None:
+        """What to write where (the mask copied now), after the checks and the overwrite question."""
         if not self._ready("Save corrected mask"):
             return None
         layer = self.layer
@@ -842,18 +890,15 @@ class MaskToolsWidget(QWidget):
             if not overwrite:
                 self._say(f"Not saved: {path.name} already exists")
                 return None
-        data = np.asarray(layer.data)
-        try:
-            written = write_mask(path, data, geometry)
-        except CTSegError as exc:
-            show_error(f"Save corrected mask: {exc}")
-            self._say(f"Not saved: {exc}")
-            return None
-        record = corrections.record_correction(
-            geometry.source_path, written, str(layer.metadata.get("target") or layer.name),
-            str(layer.metadata.get("model_version") or ""),
-            corrections.changed_slices(_FIRST_SEEN.get(_unwrap(layer)), data), _label_voxels(data))
-        n = len(record.changed_slices)
+        return {"path": path, "data": np.array(layer.data, copy=True), "geometry": geometry,
+                "baseline": layer.metadata.get(corrections.BASELINE_KEY),
+                "target": str(layer.metadata.get("target") or layer.name),
+                "version": str(layer.metadata.get("model_version") or "")}
+
+    def _finish_save(self, job: dict, written: Path, changed: list[int], voxels: dict[str, int]) -> Path:
+        corrections.record_correction(job["geometry"].source_path, written, job["target"], job["version"],
+                                      changed, voxels)
+        n = len(changed)
         self._say(f"Saved {written.name} ({n} slice{'s' if n != 1 else ''} changed); "
                   f"added to your corrections")
         show_info(f"Saved {written} on the scan's geometry; added to your corrections")
@@ -865,6 +910,8 @@ class MaskToolsWidget(QWidget):
         for w in (self.preview_button, self.apply_button, self.islands_button, self.holes_button,
                   self.smooth_button, self.grow_button, self.shrink_button, self.save_button):
             w.setEnabled(has)
+        if self._save_worker is not None:
+            self.save_button.setEnabled(False)
         self.discard_button.setEnabled(self.preview_layer is not None)
         if not has:
             self._say("Select a 3D Labels layer (Segment volume makes them; napari's New labels too)")

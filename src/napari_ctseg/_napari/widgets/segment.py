@@ -30,13 +30,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...corrections import BASELINE_KEY, slice_digests
 from ...errors import CTSegError
-from ...inference import ModelSet, SegmentResult, segment_steps
+from ...inference import ModelSet, SegmentResult, check_image8, segment_image8, segment_steps
 from ...models.definition import colors as card_colors
 from ...models.definition import label_display_name
 from ...models.definition import style as card_style
 from ...models.registry import TARGETS, active_version, get_card, list_versions
 from ...volume import METADATA_KEY, CTVolume, Geometry
+from .._compat import layer_renamed
 from .._layers import geometry_from_metadata
 from ._models_events import connect_models_changed
 
@@ -160,14 +162,16 @@ class SegmentWidget(QWidget):
         connect_models_changed(self, self.refresh_versions)
         self.refresh_images()
         events = self.viewer.layers.events
-        for ev in (events.inserted, events.removed, events.reordered):
+        for ev in (events.inserted, events.removed, events.reordered, layer_renamed(self.viewer.layers)):
             ev.connect(self.refresh_images)
         self.viewer.layers.selection.events.active.connect(self._follow_active)
         self._update_device_hint()
 
     # --- choices ---------------------------------------------------------------------
     def image_layers(self) -> list[Image]:
-        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim == 3 and not ly.rgb]
+        """3D CT images, and 2D slices (8-bit exports, grey or RGB) for the targets that take them."""
+        return [ly for ly in self.viewer.layers
+                if isinstance(ly, Image) and ((ly.ndim == 3 and not ly.rgb) or ly.ndim == 2)]
 
     def refresh_images(self, event=None):
         current = self.image_combo.currentText()
@@ -240,7 +244,7 @@ class SegmentWidget(QWidget):
         for layer in reversed(list(self.viewer.layers)):
             if isinstance(layer, Labels) and layer.metadata.get("target") == "lungs" \
                     and layer.data.shape == image.data.shape:
-                return np.asarray(layer.data)
+                return np.array(layer.data, copy=True)  # the user may paint while it runs
         return None
 
     # --- running ---------------------------------------------------------------------
@@ -254,6 +258,9 @@ class SegmentWidget(QWidget):
             return
         if not targets:
             show_error("Segment volume: tick at least one target")
+            return
+        if image.ndim == 2:
+            self._start_slice(image, targets)
             return
         try:
             volume = volume_from_layer(image)
@@ -278,6 +285,29 @@ class SegmentWidget(QWidget):
         self.status.setText(f"segmenting {image.name}: {', '.join(targets)} ...")
         self.results_label.setText("")
         self._progress = napari_progress(total=0, desc="Segment volume")
+        self.worker.start()
+
+    def _start_slice(self, image: Image, targets: list[str]):
+        """A 2D 8-bit slice: the targets whose card takes 8-bit input, through that path."""
+        try:
+            img = check_image8(np.asarray(image.data), image.name)
+        except CTSegError as exc:
+            show_error(f"Segment volume: {exc}")
+            self.status.setText(str(exc))
+            return
+        self.models.versions = self.selected_versions()
+        self._image = image
+        self._targets = targets
+        self.result = None
+        self.worker = create_worker(
+            segment_image8, img, targets, self.selected_device(), models=self.models, name=image.name,
+            _start_thread=False,
+            _connect={"returned": self._on_done, "errored": self._on_error, "finished": self._on_finished})
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)
+        self.status.setText(f"segmenting the 2D image {image.name}: {', '.join(targets)} ...")
+        self.results_label.setText("")
         self.worker.start()
 
     def cancel(self):
@@ -306,8 +336,11 @@ class SegmentWidget(QWidget):
         for target in order:
             mask = result.masks[target]
             meta = {**base_meta, "target": target, "model_version": result.versions.get(target, "")}
-            if METADATA_KEY not in meta:
-                meta[METADATA_KEY] = volume_from_layer(image).geometry.to_metadata()
+            if mask.ndim == 3:
+                # the baseline of 'changed slices' (Save corrected mask), from the moment it exists
+                meta[BASELINE_KEY] = slice_digests(mask)
+                if METADATA_KEY not in meta:
+                    meta[METADATA_KEY] = volume_from_layer(image).geometry.to_metadata()
             kwargs = labels_layer_kwargs(result.cards[target])
             contour = kwargs.pop("contour")
             layer = self.viewer.add_labels(

@@ -1,0 +1,57 @@
+"""Draw liver training samples with synthetic tumour-like lesions, to check them by eye.
+
+    python scripts/show_liver_lesions.py --data ../shared/data --out .scratch/liver_lesions.png
+
+Each pair of tiles: a training sample of liver v2 (the liver's square, liver window) as it
+is, and the same sample with lesions painted in; the liver outline (the label, which the
+lesions do not change) in orange on the second.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from napari_ctseg.models.preprocess import Preprocessing
+from napari_ctseg.synthetic import add_organ_lesions
+from napari_ctseg.training import _build_cache, default_config, load_case, load_splits
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--out", default=".scratch/liver_lesions.png")
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    cfg = default_config("liver")
+    prep = Preprocessing.from_dict(cfg.preprocessing)
+    cases = [load_case("liver", args.data, n) for n in load_splits()["liver"]["train"]]
+    cache = _build_cache(cases, prep, 2, 1.0)
+    rng = np.random.default_rng(args.seed)
+    tiles = []
+    while len(tiles) < 2 * args.n:
+        ci, z = cache.index[rng.integers(len(cache.index))]
+        stack, target = cache.images[ci], cache.targets[ci]
+        idx = np.clip(np.arange(z - prep.context, z + prep.context + 1), 0, stack.shape[0] - 1)
+        organ = (target[idx] > 0).numpy()
+        if organ[prep.context].sum() < 400:
+            continue
+        x = stack[idx].numpy()
+        painted = add_organ_lesions(x, organ, prep.window, rng, {**cfg.organ_lesions})
+        a = (x[prep.context] * 255).astype(np.uint8)
+        b = (painted[prep.context] * 255).astype(np.uint8)
+        rgb = np.stack([b] * 3, axis=-1)
+        edge = organ[prep.context] & ~ndimage.binary_erosion(organ[prep.context])
+        rgb[edge] = (255, 150, 40)
+        tiles += [np.stack([a] * 3, axis=-1), rgb]
+    rows = [np.concatenate(tiles[i:i + 6], axis=1) for i in range(0, len(tiles), 6)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
