@@ -57,14 +57,14 @@ def synthetic_volume(n_slices: int):
     return build_volume(vol, affine, name=f"synthetic x{n_slices}", source_path="", source_kind="nifti")
 
 
-def child_ours(source: str, targets: str, device: str) -> dict:
+def child_ours(source: str, targets: str, device: str, versions: str = "{}") -> dict:
     import torch
 
     from napari_ctseg.inference import ModelSet, segment
     from napari_ctseg.io import read_scan
 
     volume = synthetic_volume(int(source[1:])) if source.startswith("x") else read_scan(source)
-    models = ModelSet()
+    models = ModelSet(json.loads(versions))
     for t in targets.split(","):  # load (and check) the weights outside the timing
         models.get(t, torch.device("cuda" if device == "cuda" else "cpu"))
     t0 = time.perf_counter()
@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="x300,x600")
     parser.add_argument("--rows", default="lungs,liver,infection,all",
                         help="which timings: any of lungs, liver, infection, all (the three together)")
+    parser.add_argument("--model", action="append", default=[], metavar="TARGET=VERSION",
+                        help="a version other than the active one, e.g. --model liver=v2")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -181,7 +183,8 @@ def main() -> None:
           f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"device {args.device}")
     from napari_ctseg.models.registry import active_version
-    print("models: " + ", ".join(f"{t} {active_version(t)}" for t in TARGETS))
+    chosen = dict(m.split("=", 1) for m in args.model)
+    print("models: " + ", ".join(f"{t} {chosen.get(t) or active_version(t)}" for t in TARGETS))
     rows = []
     sources = ([str(REAL)] if REAL.is_file() else []) + args.sizes.split(",")
     for source in sources:
@@ -194,11 +197,13 @@ def main() -> None:
         for targets in wanted:
             if source.startswith("x") and targets == "infection":
                 continue  # infection alone segments the lungs first: the all-targets row covers it
-            r = run_child("ours", source, targets, args.device)
+            r = run_child("ours", source, targets, args.device, json.dumps(chosen))
             label = "all three" if "," in targets else targets
             rows.append((name, label, r))
+            per = ", ".join(f"{t} {v:.2f}" for t, v in r["per_target"].items()) if "," in targets else ""
             print(f"{name:28} {label:10} {r['seconds']:7.2f} s   peak RSS {r['peak_mib']:6.0f} MiB   "
-                  f"({r['device']}, shape {'x'.join(map(str, r['shape']))})", flush=True)
+                  f"({r['device']}, shape {'x'.join(map(str, r['shape']))}){'  ' + per if per else ''}",
+                  flush=True)
     if not args.skip_lungmask and REAL.is_file():
         lm = run_child("lungmask", str(REAL))
         ours = next(r for n, t, r in rows if t == "lungs" and n == REAL.parent.name)

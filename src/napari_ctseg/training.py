@@ -1205,15 +1205,6 @@ def _citations(names: list[str]) -> list[str]:
     return cites
 
 
-def __getattr__(name: str):
-    # ``training.fine_tune`` is the fine-tuning entry point; it lives in its own module.
-    if name in ("fine_tune", "CorrectionCase", "FineTuneConfig"):
-        from . import fine_tuning
-
-        return getattr(fine_tuning, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def run_to_end(reports) -> ModelCard | None:
     """Drive a ``train`` generator to its end without threads; return the card it wrote."""
     card = None
