@@ -89,6 +89,13 @@ def volume_from_layer(layer: Image) -> CTVolume:
     return CTVolume(hu=data, geometry=geometry, name=layer.name)
 
 
+def _segment_job(*args, **kwargs):
+    """``segment_steps`` for the worker, plus each mask's slice fingerprints (the baseline of
+    'changed slices'), computed here in the worker rather than in the GUI thread."""
+    result = yield from segment_steps(*args, **kwargs)
+    return result, {t: slice_digests(m) for t, m in result.masks.items() if m.ndim == 3}
+
+
 class SegmentWidget(QWidget):
     """Plugins > napari-ctseg > Segment volume."""
 
@@ -275,7 +282,7 @@ class SegmentWidget(QWidget):
         self._targets = targets
         self.result = None
         self.worker = create_worker(
-            segment_steps, volume, targets, self.selected_device(), models=self.models, lungs=lungs,
+            _segment_job, volume, targets, self.selected_device(), models=self.models, lungs=lungs,
             _start_thread=False,
             _connect={"yielded": self._on_progress, "returned": self._on_done, "errored": self._on_error,
                       "aborted": self._on_aborted, "finished": self._on_finished})
@@ -326,7 +333,8 @@ class SegmentWidget(QWidget):
             bar.n = report.done
             bar.set_description(report.message)
 
-    def _on_done(self, result: SegmentResult):
+    def _on_done(self, out):
+        result, digests = out if isinstance(out, tuple) else (out, {})
         self.result = result
         image = self._image
         self.added_layers = []
@@ -338,7 +346,7 @@ class SegmentWidget(QWidget):
             meta = {**base_meta, "target": target, "model_version": result.versions.get(target, "")}
             if mask.ndim == 3:
                 # the baseline of 'changed slices' (Save corrected mask), from the moment it exists
-                meta[BASELINE_KEY] = slice_digests(mask)
+                meta[BASELINE_KEY] = digests.get(target) or slice_digests(mask)
                 if METADATA_KEY not in meta:
                     meta[METADATA_KEY] = volume_from_layer(image).geometry.to_metadata()
             kwargs = labels_layer_kwargs(result.cards[target])
