@@ -74,10 +74,11 @@ from .training import (
     augment,
     case_dice,
     default_config,
-    dice_ce_loss,
     load_case,
+    optimisation_step,
     read_mask,
     validate,
+    warmup_cosine,
 )
 
 __all__ = ["CorrectionCase", "FineTuneConfig", "fine_tune", "corrections_from_store", "PROMOTION_RULE"]
@@ -438,6 +439,12 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     precision = autocast_dtype(dev) if cfg.mixed_precision else None
     card.training["precision"] = "bfloat16 autocast" if precision is not None else "float32"
     anchor = [p.detach().clone() for p in model.parameters()]
+
+    def l2sp():  # against forgetting without replay data: the squared distance from the base
+        return cfg.anchor_weight * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+
+    if replay or cfg.anchor_weight <= 0:
+        l2sp = None  # noqa: F811
     corr_cache = _correction_cache(items, prep, n_classes, cfg.correction_weight,
                                    use_accepted=not accepted_validation)
     replay_cache = _build_cache(replay_cases, prep, n_classes,
@@ -446,13 +453,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     n_replay = int(round(cfg.replay_fraction * cfg.batch_size)) if replay else 0
     n_replay = min(n_replay, cfg.batch_size - 1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, total // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        t = (step - warmup) / max(total - warmup, 1)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+    lr_at = warmup_cosine(cfg.lr, total, total // 10, floor=0.1)
 
     partial = out_root / target / f".{version}.partial"
     if partial.exists():
@@ -470,25 +471,15 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
             _freeze_batchnorm(model)
             losses = []
             for step in range(1, cfg.steps_per_epoch + 1):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(global_step)
                 x, y = _sample_batch(corr_cache, prep, cfg.batch_size - n_replay, rng)
                 if n_replay:
                     xr, yr = _sample_batch(replay_cache, prep, n_replay, rng)
                     x, y = torch.cat([x, xr]), torch.cat([y, yr])
                 x, y = augment(x, y, aug, prep.pad_value, gen)
                 x = x.to(dev).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=precision or torch.float32, enabled=precision is not None):
-                    logits = model(x)
-                loss = dice_ce_loss(logits.float(), y.to(dev))
-                if not replay and cfg.anchor_weight > 0:
-                    drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
-                    loss = loss + cfg.anchor_weight * drift
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                losses.append(optimisation_step(model, opt, x, y.to(dev), lr_at(global_step),
+                                                precision=precision, penalty=l2sp))
                 global_step += 1
-                losses.append(float(loss.detach()))
                 if not math.isfinite(losses[-1]):
                     raise TrainingError(f"the loss became {losses[-1]} at step {global_step}; "
                                         "lower the learning rate")

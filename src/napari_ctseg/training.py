@@ -757,6 +757,42 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float 
 
 
 # ---------------------------------------------------------------------------------------
+# The step and the schedule (shared by training and fine-tuning)
+
+
+def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, floor: float):
+    """The learning rate at each step (0-based): a linear warm-up over ``warmup_steps``, then a
+    cosine decay to ``floor`` x ``lr`` at the last step."""
+    warmup_steps = max(1, int(warmup_steps))
+
+    def at(step: int) -> float:
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    return at
+
+
+def optimisation_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                      lr: float, *, dice_weight: float = 1.0, precision: torch.dtype | None = None,
+                      penalty=None) -> float:
+    """One step at learning rate ``lr``: the forward pass (in ``precision`` autocast when given),
+    Dice + cross-entropy (plus ``penalty()``, e.g. L2-SP), backward, update. Returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with torch.autocast(x.device.type, dtype=precision or torch.float32, enabled=precision is not None):
+        logits = model(x)
+    loss = dice_ce_loss(logits.float(), y, dice_weight)
+    if penalty is not None:
+        loss = loss + penalty()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------------------------------
 # Validation
 
 
@@ -983,13 +1019,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
-    warmup = max(1, int(cfg.warmup_fraction * total_steps))
-
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to 1% of lr
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        t = (step - warmup) / max(total_steps - warmup, 1)
-        return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+    lr_at = warmup_cosine(cfg.lr, total_steps, int(cfg.warmup_fraction * total_steps), floor=0.01)
 
     best_state, best_dice, best_epoch = None, -1.0, 0
     history: list[dict[str, Any]] = []
@@ -999,18 +1029,12 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         for epoch in range(1, cfg.epochs + 1):
             losses = []
             for step in range(1, cfg.steps_per_epoch + 1):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(global_step)
                 x, y = _sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
                                      cfg.organ_lesions)
                 x, y = augment(x, y, cfg.augmentation, prep.pad_value, gen)
-                logits = model(x.to(dev))
-                loss = dice_ce_loss(logits, y.to(dev), cfg.dice_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                losses.append(optimisation_step(model, opt, x.to(dev), y.to(dev), lr_at(global_step),
+                                                dice_weight=cfg.dice_weight))
                 global_step += 1
-                losses.append(float(loss.detach()))
                 yield TrainingReport("step", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1],
                                      best_dice=best_dice if best_state is not None else None,
                                      best_epoch=best_epoch or None, elapsed_s=time.perf_counter() - t0)
