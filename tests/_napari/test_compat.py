@@ -49,3 +49,14 @@ def test_renaming_a_layer_refreshes_the_widgets_lists(make_napari_viewer):
     assert tools.layer_combo.findText("my liver") >= 0 and tools.layer_combo.findText("mask") < 0
     assert tools.image_combo.findText("chest") >= 0
     assert isinstance(image, Image) and isinstance(labels, Labels)
+
+
+def test_ct_view_window_label_follows_a_rename(make_napari_viewer):
+    from napari_ctseg._napari.widgets.ct_view import CTViewWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="ct")
+    widget = CTViewWidget(viewer)
+    viewer.layers.selection.active = image
+    image.name = "renamed chest"
+    assert "renamed chest" in widget.window_label.text()

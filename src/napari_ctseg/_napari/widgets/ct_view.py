@@ -49,7 +49,7 @@ from ...planes import (
     snap_to_grid,
 )
 from ...volume import WINDOW_PRESETS
-from .._compat import unwrap
+from .._compat import layer_renamed, unwrap
 
 CROSSHAIR_KEY = "ctseg_crosshair"
 """``layer.metadata`` flag of the crosshair layers this widget adds (and removes)."""
@@ -176,6 +176,7 @@ class CTViewWidget(QWidget):
             (self.viewer.layers.selection.events.active, "_update_window_label"),
             (self.viewer.layers.events.inserted, "_update_window_label"),
             (self.viewer.layers.events.removed, "_update_window_label"),
+            (layer_renamed(self.viewer.layers), "_update_window_label"),
         ]
         for emitter, name in specs:
             emitter.connect(getattr(self, name))
