@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from napari_ctseg.models.preprocess import Preprocessing
 from napari_ctseg.synthetic import add_organ_lesions
-from napari_ctseg.training import _build_cache, default_config, load_case, load_splits
+from napari_ctseg.training import build_cache, default_config, load_case, load_splits
 
 
 def main(argv=None) -> int:
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     cfg = default_config("liver")
     prep = Preprocessing.from_dict(cfg.preprocessing)
     cases = [load_case("liver", args.data, n) for n in load_splits()["liver"]["train"]]
-    cache = _build_cache(cases, prep, 2, 1.0)
+    cache = build_cache(cases, prep, 2, 1.0)
     rng = np.random.default_rng(args.seed)
     tiles = []
     while len(tiles) < 2 * args.n:

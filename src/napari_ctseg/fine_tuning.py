@@ -64,19 +64,19 @@ from .models.registry import (
 from .training import (
     TARGET_LABELS,
     Case,
+    SliceCache,
     TrainingReport,
-    case_crop,
-    _build_cache,
-    _Cache,
-    _check_target,
-    _device,
-    _sample_batch,
     augment,
+    build_cache,
+    case_crop,
     case_dice,
+    check_target,
     default_config,
     load_case,
     optimisation_step,
     read_mask,
+    sample_batch,
+    torch_device,
     validate,
     warmup_cosine,
 )
@@ -253,8 +253,8 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def _correction_cache(items: list[_Loaded], prep: Preprocessing, n_classes: int, weight: float,
-                      use_accepted: bool) -> _Cache:
-    cache = _build_cache([it.case for it in items], prep, n_classes, 1.0)
+                      use_accepted: bool) -> SliceCache:
+    cache = build_cache([it.case for it in items], prep, n_classes, 1.0)
     w = np.zeros(len(cache.index))
     for k, (ci, z) in enumerate(cache.index):
         it = items[ci]
@@ -309,7 +309,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     ``corrections_dice``, then ``"done"`` with the card, ``promoted`` and ``message``);
     returns the card, or ``None`` when cancelled.
     """
-    _check_target(target)
+    check_target(target)
     cfg = _merge(FineTuneConfig(), config)
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         raise TrainingError("epochs, steps per epoch and batch size must be at least 1")
@@ -319,7 +319,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     if not corrections:
         raise TrainingError(f"no corrections to fine-tune the {target} model on; save a corrected "
                             "mask first (Mask tools > Save corrected mask)")
-    dev = _device(device)
+    dev = torch_device(device)
     try:
         base_model, base_card = load_model(target, base_version, device=dev, roots=roots)
     except ModelError as exc:
@@ -447,7 +447,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
         l2sp = None  # noqa: F811
     corr_cache = _correction_cache(items, prep, n_classes, cfg.correction_weight,
                                    use_accepted=not accepted_validation)
-    replay_cache = _build_cache(replay_cases, prep, n_classes,
+    replay_cache = build_cache(replay_cases, prep, n_classes,
                                 float(base_card.training.get("config", {}).get("foreground_weight", 2.0))
                                 ) if replay else None
     n_replay = int(round(cfg.replay_fraction * cfg.batch_size)) if replay else 0
@@ -471,9 +471,9 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
             _freeze_batchnorm(model)
             losses = []
             for step in range(1, cfg.steps_per_epoch + 1):
-                x, y = _sample_batch(corr_cache, prep, cfg.batch_size - n_replay, rng)
+                x, y = sample_batch(corr_cache, prep, cfg.batch_size - n_replay, rng)
                 if n_replay:
-                    xr, yr = _sample_batch(replay_cache, prep, n_replay, rng)
+                    xr, yr = sample_batch(replay_cache, prep, n_replay, rng)
                     x, y = torch.cat([x, xr]), torch.cat([y, yr])
                 x, y = augment(x, y, aug, prep.pad_value, gen)
                 x = x.to(dev).contiguous(memory_format=torch.channels_last)

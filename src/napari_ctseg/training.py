@@ -210,7 +210,7 @@ _ORGAN_AUG = {"rotate_deg": 15.0, "scale": [0.8, 1.25], "translate": 0.08, "affi
 def default_config(target: str) -> TrainingConfig:
     """The settings of the newest bundled version of ``target`` (older versions' settings are in
     their cards' ``training.config``)."""
-    _check_target(target)
+    check_target(target)
     unet = {"name": "unet2d", "base": 16, "depth": 5, "max_channels": 128, "norm": "batch"}
     if target == "lungs":
         return TrainingConfig(
@@ -289,7 +289,7 @@ INFECTION_WINDOW_NOTE = (
 )
 
 
-def _check_target(target: str) -> None:
+def check_target(target: str) -> None:
     if target not in TARGETS:
         raise TrainingError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
 
@@ -548,7 +548,7 @@ def _load_infection_case(data_dir: Path, name: str) -> Case:
 
 
 @dataclass
-class _Cache:
+class SliceCache:
     """Preprocessed training slices at the network's size (kept in memory)."""
 
     images: list[torch.Tensor]  # per case: (Z, H, W) organs (one entry per slice) or (1, H, W)
@@ -620,7 +620,7 @@ def _sample_hosts(hosts: _Hosts, prep: Preprocessing, n: int, rng: np.random.Gen
     return xs, ys
 
 
-def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float) -> _Cache:
+def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float) -> SliceCache:
     images, targets, index, weights = [], [], [], []
     for ci, case in enumerate(cases):
         z_box = None
@@ -645,10 +645,10 @@ def _build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weig
             index.append((ci, z))
             weights.append(fg_weight if has_fg[z] else 1.0)
     w = np.asarray(weights, dtype=float)
-    return _Cache(images, targets, np.asarray(index, dtype=np.int64), w / w.sum())
+    return SliceCache(images, targets, np.asarray(index, dtype=np.int64), w / w.sum())
 
 
-def _sample_batch(cache: _Cache, prep: Preprocessing, batch_size: int,
+def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
                   rng: np.random.Generator, hosts: _Hosts | None = None,
                   synthetic=None, organ_lesions: dict[str, Any] | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -931,7 +931,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     ``TrainingError`` for bad input before any work; yields ``TrainingReport``s; returns
     the card.
     """
-    _check_target(target)
+    check_target(target)
     cfg = _merge_config(default_config(target), config)
     if epochs is not None:
         cfg = replace(cfg, epochs=int(epochs))
@@ -957,7 +957,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         raise TrainingError(f"{target} has {len(labels)} label(s) and {len(extra)} training-only "
                             f"class(es), so the network needs {len(labels) + 1 + len(extra)} classes "
                             f"numbered after the labels, not {n_classes}")
-    dev = _device(device)
+    dev = torch_device(device)
     out_dir = Path(out_dir)
     if (out_dir / WEIGHTS_FILE).exists() and not overwrite:
         raise TrainingError(f"{out_dir}: already holds a model; choose a new folder (a run never "
@@ -1005,7 +1005,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
                              message=f"locating the {target} in the validation cases with "
                                      f"{target} {cfg.stages[0].get('version')}")
         _locate_cases(target, cfg.stages, val_cases, prep)
-    cache = _build_cache(train_cases, prep, n_classes, cfg.foreground_weight)
+    cache = build_cache(train_cases, prep, n_classes, cfg.foreground_weight)
     hosts, lesion_settings = None, None
     if host_names:
         from .synthetic import LesionSettings
@@ -1029,7 +1029,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         for epoch in range(1, cfg.epochs + 1):
             losses = []
             for step in range(1, cfg.steps_per_epoch + 1):
-                x, y = _sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
+                x, y = sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
                                      cfg.organ_lesions)
                 x, y = augment(x, y, cfg.augmentation, prep.pad_value, gen)
                 losses.append(optimisation_step(model, opt, x.to(dev), y.to(dev), lr_at(global_step),
@@ -1042,7 +1042,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
                 if cfg.bn_recalibration_batches:
                     recalibrate_batchnorm(model, (
-                        augment(*_sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
+                        augment(*sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
                                                cfg.organ_lesions), cfg.augmentation, prep.pad_value, gen)[0]
                         for _ in range(cfg.bn_recalibration_batches)), dev)
                 val = validate(model, val_cases, prep, labels, dev)
@@ -1200,7 +1200,7 @@ def _reference_model(target: str, synthetic: dict[str, Any], prep: Preprocessing
     return model, ref.channels
 
 
-def _device(device: str) -> torch.device:
+def torch_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
@@ -1241,5 +1241,6 @@ def run_to_end(reports) -> ModelCard | None:
 __all__ = [
     "TARGET_LABELS", "TrainingConfig", "TrainingReport", "Case", "default_config", "train", "validate",
     "augment", "dice_ce_loss", "load_splits", "make_infection_split", "load_case", "run_to_end",
-    "INFECTION_WINDOW",
+    "INFECTION_WINDOW", "SliceCache", "build_cache", "sample_batch", "case_crop", "check_target",
+    "torch_device", "read_mask", "optimisation_step", "warmup_cosine", "recalibrate_batchnorm",
 ]
