@@ -443,8 +443,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     def l2sp():  # against forgetting without replay data: the squared distance from the base
         return cfg.anchor_weight * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
-    if replay or cfg.anchor_weight <= 0:
-        l2sp = None  # noqa: F811
+    penalty = l2sp if not replay and cfg.anchor_weight > 0 else None
     corr_cache = _correction_cache(items, prep, n_classes, cfg.correction_weight,
                                    use_accepted=not accepted_validation)
     replay_cache = build_cache(replay_cases, prep, n_classes,
@@ -478,7 +477,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
                 x, y = augment(x, y, aug, prep.pad_value, gen)
                 x = x.to(dev).contiguous(memory_format=torch.channels_last)
                 losses.append(optimisation_step(model, opt, x, y.to(dev), lr_at(global_step),
-                                                precision=precision, penalty=l2sp))
+                                                precision=precision, penalty=penalty))
                 global_step += 1
                 if not math.isfinite(losses[-1]):
                     raise TrainingError(f"the loss became {losses[-1]} at step {global_step}; "

@@ -14,13 +14,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from .errors import CTSegError
+from .models.predict import predict_image8
 from .models.preprocess import Preprocessing, find_crop, labels_from_probs, mask_crop, slices_to_input
 from .models.definition import apply_postprocess, label_display_name, locate_stage
 from .models.registry import TARGETS, ModelCard, get_card, load_model
@@ -343,31 +344,22 @@ def segment_image8(image: np.ndarray, targets: str | Iterable[str], device: str 
             continue
         t0 = time.perf_counter()
         model, card = models.get(target, dev)
-        from .models.predict import predict_image8
-
         raw = predict_image8(model, img, card.preprocessing, device=dev)
         steps = [st for st in card.postprocess if st.get("op") != "restrict_to"]
-        masks[target] = apply_postprocess(_with_steps(card, steps), raw[None], {}, None)[0]
+        masks[target] = apply_postprocess(replace(card, postprocess=steps), raw[None], {}, None)[0]
         cards[target], used[target] = card, card.version
         seconds[target] = time.perf_counter() - t0
         notes.append(image8_assumption(card))
     if skipped:
-        why = (f"{', '.join(skipped)} need{'s' if len(skipped) == 1 else ''} a CT in Hounsfield units "
-               f"(a 3D scan): '{name}' is an 8-bit 2D image, whose grey values are not HU")
+        why = (f"{' and '.join(skipped)} need{'s' if len(skipped) == 1 else ''} a CT in Hounsfield units "
+               f"(a 3D scan); '{name}' is an 8-bit 2D image, whose grey values are not HU")
         if not masks:
             raise CTSegError(why)
-        notes.append(f"skipped {why}")
+        notes.append(f"not run: {why}")
     pixels = {t: int(np.count_nonzero(m)) for t, m in masks.items()}
-    result = SegmentResult(masks=masks, volumes_ml={}, lung_involvement_pct=None, device=str(dev),
-                           versions=used, seconds=seconds, notes=notes, cards=cards)
-    result.pixels = {t: (n, 100.0 * n / max(img.size, 1)) for t, n in pixels.items()}
-    return result
-
-
-def _with_steps(card: ModelCard, steps: list[dict]) -> ModelCard:
-    from dataclasses import replace
-
-    return replace(card, postprocess=steps)
+    return SegmentResult(masks=masks, volumes_ml={}, lung_involvement_pct=None, device=str(dev),
+                         versions=used, seconds=seconds, notes=notes, cards=cards,
+                         pixels={t: (k, 100.0 * k / max(img.size, 1)) for t, k in pixels.items()})
 
 
 def _run_order(targets: list[str], models: ModelSet, given: dict[str, np.ndarray]) -> list[str]:

@@ -67,6 +67,20 @@ def _placement_weights(lung: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+def _blob_slices(host: np.ndarray, yy, xx, cy: float, cx: float, r: float, rough: float,
+                 noise: np.ndarray, shrink: float):
+    """A lesion's mask on each slice of a stack: a disc of radius ``r`` around (cy, cx) with an
+    outline made irregular by ``noise`` (``rough``), ``shrink`` smaller per slice away from the
+    centre slice, kept inside ``host`` (C, H, W bool). Yields (slice index, mask) where not empty."""
+    centre = host.shape[0] // 2
+    for ch in range(host.shape[0]):
+        rc = r * max(0.2, 1.0 - shrink * abs(ch - centre))
+        env = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * rc * rc))
+        m = ((env + rough * noise * env ** 0.5) > 0.5) & host[ch]
+        if m.any():
+            yield ch, m
+
+
 def add_lesions(x: np.ndarray, lung: np.ndarray, window: tuple[float, float], rng: np.random.Generator,
                 settings: LesionSettings | dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Paint lesions into a windowed stack ``x`` (C, H, W) inside ``lung`` (C, H, W bool).
@@ -105,12 +119,7 @@ def add_lesions(x: np.ndarray, lung: np.ndarray, window: tuple[float, float], rn
         target = (t_hu + texture - lo) / width
         blur = rng.uniform(0.6, 1.4)
         shrink = rng.uniform(0.0, 0.35)  # how much smaller the lesion is one slice away
-        for ch in range(c):
-            rc = r * max(0.2, 1.0 - shrink * abs(ch - centre))
-            env = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * rc * rc))
-            m = ((env + rough * noise * env ** 0.5) > 0.5) & lung[ch]
-            if not m.any():
-                continue
+        for ch, m in _blob_slices(lung, yy, xx, cy, cx, r, rough, noise, shrink):
             soft = ndimage.gaussian_filter(m.astype(np.float32), blur) * lung[ch]
             blended = out[ch] * (1.0 - alpha * soft) + target * alpha * soft
             out[ch] = np.clip(np.maximum(blended, out[ch]), 0.0, 1.0)  # brighter vessels stay
@@ -177,12 +186,7 @@ def add_organ_lesions(x: np.ndarray, organ: np.ndarray, window: tuple[float, flo
         rim = rng.random() < float(s["rim_p"])
         blur = rng.uniform(0.5, 1.5)
         shrink = rng.uniform(0.05, 0.4)
-        for ch in range(c):
-            rc = r * max(0.2, 1.0 - shrink * abs(ch - centre))
-            env = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * rc * rc))
-            m = ((env + rough * noise * env ** 0.5) > 0.5) & organ[ch]
-            if not m.any():
-                continue
+        for ch, m in _blob_slices(organ, yy, xx, cy, cx, r, rough, noise, shrink):
             soft = ndimage.gaussian_filter(m.astype(np.float32), blur) * organ[ch]
             out[ch] = out[ch] * (1.0 - soft) + target * soft
             if rim:

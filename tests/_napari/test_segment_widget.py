@@ -106,15 +106,22 @@ def test_corrupt_weights_refused_with_message(make_napari_viewer, qtbot, tmp_pat
     assert not [ly for ly in viewer.layers if isinstance(ly, Labels)]
 
 
-def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    """Infection is searched inside the user's lungs layer, as it was when Segment was pressed
-    (a copy: painting the layer during the run changes nothing)."""
+@pytest.fixture
+def infection_everywhere(tmp_path, monkeypatch):
+    """Tiny models as version t1, the infection one marking every pixel it may (so an empty
+    result fails); the bundled weights are hidden."""
     from synthetic import write_tiny_weights
 
     root = tmp_path / "weights"
-    write_tiny_weights(root, constant={"infection": 1})  # infection everywhere it is allowed
+    write_tiny_weights(root, constant={"infection": 1})
     monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
     monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
+    return root
+
+
+def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path, infection_everywhere):
+    """Infection is searched inside the user's lungs layer, as it was when Segment was pressed
+    (a copy: painting the layer during the run changes nothing)."""
     viewer = make_napari_viewer()
     image = _open(viewer, tmp_path)
     lungs = np.zeros(image.data.shape, np.uint8)
@@ -253,16 +260,12 @@ def test_changed_slices_are_measured_from_when_segment_made_the_layer(make_napar
     assert record.changed_slices == [7]
 
 
-def test_an_8bit_slice_is_segmented_through_the_8bit_path(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+def test_an_8bit_slice_is_segmented_through_the_8bit_path(make_napari_viewer, qtbot, tmp_path,
+                                                          infection_everywhere):
     """A PNG/JPG export (2D, 8-bit, grey or RGB): infection runs on it and says what it assumed;
     lungs and liver say why they cannot (no HU)."""
     from PIL import Image as PILImage
-    from synthetic import write_tiny_weights
 
-    root = tmp_path / "weights"
-    write_tiny_weights(root, constant={"infection": 1})
-    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
-    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
     rgb = np.zeros((48, 40, 3), np.uint8)
     rgb[8:40, 6:34] = (120, 120, 120)
     PILImage.fromarray(rgb).save(tmp_path / "slice.png")

@@ -71,7 +71,7 @@ def _non_image_kind(ds: pydicom.Dataset) -> str | None:
     if modality in NON_IMAGE_MODALITIES:
         return modality
     if not ("PixelData" in ds and "Rows" in ds and "Columns" in ds):
-        return modality or "no pixel data"
+        return f"{modality} without pixel data" if modality else "without pixel data"
     return None
 
 
