@@ -245,3 +245,18 @@ def test_cli_weights_option_reaches_every_model_command(tmp_path, capsys, monkey
     assert "v9" not in capsys.readouterr().out
     assert main(["models", "list", "brain"]) == 2
     assert "unknown target 'brain'" in capsys.readouterr().err
+
+
+def test_files_are_replaced_atomically_or_not_at_all(tmp_path):
+    from napari_ctseg._files import replaced_atomically, write_atomically
+
+    path = tmp_path / "sub" / "card.json"
+    write_atomically(path, "first")
+    with pytest.raises(RuntimeError):
+        with replaced_atomically(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+    assert path.read_text() == "first"  # untouched, and no temporary file left beside it
+    assert [p.name for p in path.parent.iterdir()] == ["card.json"]
+    write_atomically(path, b"second")
+    assert path.read_bytes() == b"second" and oct(path.stat().st_mode & 0o044) == oct(0o044)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -421,17 +420,13 @@ def write_png_mask(path: Path, mask: np.ndarray) -> Path:
     """A boolean (y, x) mask as an 8-bit PNG, 0/255, written to a temporary file and renamed."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
+    from ._files import replaced_atomically
+
     try:
-        Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise EvaluationError(f"{path}: could not write the prediction ({exc.strerror or exc})") from None
-        raise
+        with replaced_atomically(path, ".png") as tmp:
+            Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(tmp)
+    except OSError as exc:
+        raise EvaluationError(f"{path}: could not write the prediction ({exc.strerror or exc})") from None
     return path
 
 

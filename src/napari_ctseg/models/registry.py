@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from .._files import replaced_atomically, write_atomically
 from ..errors import ModelError
 from .unet import build_model
 
@@ -174,31 +174,9 @@ class ModelCard:
         folder = Path(folder) if folder is not None else self.path
         if folder is None:
             raise ModelError("no folder to save the model card in")
-        _atomic_write(folder / CARD_FILE, self.to_json().encode("utf-8"))
+        write_atomically(folder / CARD_FILE, self.to_json())
         self.path = folder
         return folder / CARD_FILE
-
-
-def _readable(path) -> None:
-    # mkstemp makes owner-only files; a model folder is shared like any other file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        _readable(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sha256_file(path) -> str:
@@ -382,7 +360,7 @@ class ModelRegistry:
             choice.pop(target, None)
         else:
             choice[target] = version
-        _atomic_write(self.active_file, (json.dumps(choice, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        write_atomically(self.active_file, json.dumps(choice, indent=2, sort_keys=True) + "\n")
         return self.active_version(target)
 
     # --- the user's versions ---------------------------------------------------------------
@@ -547,17 +525,9 @@ def write_version(folder, state_dict: dict[str, torch.Tensor], card: ModelCard) 
     so an interrupted write never leaves a half-written model behind.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        _readable(tmp)
+    with replaced_atomically(folder / card.weights_file) as tmp:
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
         digest = sha256_file(tmp)
-        os.replace(tmp, folder / card.weights_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     card.sha256 = digest
     if not card.created:
         card.created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
