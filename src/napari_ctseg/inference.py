@@ -21,8 +21,8 @@ import torch
 from scipy import ndimage
 
 from .errors import CTSegError
-from .models.predict import predict_image8
-from .models.preprocess import Preprocessing, find_crop, labels_from_probs, mask_crop, slices_to_input
+from .models.predict import predict_image8, predict_slices
+from .models.preprocess import Preprocessing, find_crop, mask_crop
 from .models.definition import apply_postprocess, label_display_name, locate_stage
 from .models.registry import ModelCard, ModelRegistry, as_registry
 from .volume import CTVolume
@@ -226,7 +226,7 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
         while i < len(z_list):
             z = z_list[i:i + bs]
             try:
-                out[at[i:i + len(z)]] = _predict(model, hu, z, prep, crop, state["dev"])
+                out[at[i:i + len(z)]] = predict_slices(model, hu, z, prep, crop, state["dev"], len(z))
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if bs > 1:
@@ -385,15 +385,6 @@ def _run_order(targets: list[str], models: ModelSet, given: dict[str, np.ndarray
     for t in targets:
         visit(t, ())
     return order
-
-
-def _predict(model, hu, z, prep, crop, dev) -> np.ndarray:
-    with torch.inference_mode():
-        x = slices_to_input(hu, z, prep, crop).to(dev).contiguous(memory_format=torch.channels_last)
-        if dev.type == "cuda":
-            x = x.half()
-        probs = torch.softmax(model(x).float(), dim=1).cpu()
-    return labels_from_probs(probs, crop)
 
 
 def segment(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,

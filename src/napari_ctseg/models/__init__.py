@@ -16,12 +16,12 @@ from .preprocess import (
     probs_to_grid,
     slices_to_input,
 )
-from .predict import predict_image8, predict_volume
+from .predict import predict_image8, predict_slices, predict_volume
 from .registry import TARGETS, ModelCard, ModelRegistry, active_version, get_card, list_versions, load_model
 from .unet import UNet2D, build_model
 
 __all__ = [
     "TARGETS", "ModelCard", "ModelError", "ModelRegistry", "Preprocessing", "SliceCrop", "UNet2D", "active_version",
     "build_model", "find_crop", "get_card", "image8_to_input", "labels_from_probs", "list_versions",
-    "load_model", "predict_image8", "predict_volume", "probs_to_grid", "slices_to_input",
+    "load_model", "predict_image8", "predict_slices", "predict_volume", "probs_to_grid", "slices_to_input",
 ]
