@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Generator
 
@@ -182,6 +182,27 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches, device) -> None:
         bn.momentum = m
 
 
+def merged_settings(base, overrides, what: str, epochs: int | None = None):
+    """``base`` (a settings dataclass with ``epochs``, ``steps_per_epoch``, ``batch_size``) with
+    ``overrides``: another such object replaces it, a dict changes the fields it names (a
+    nested dict key by key), then ``epochs`` when given. ``TrainingError`` for an unknown
+    field or a count below 1."""
+    if isinstance(overrides, type(base)):
+        base = overrides
+    elif overrides is not None:
+        unknown = sorted(set(overrides) - {f.name for f in fields(base)})
+        if unknown:
+            raise TrainingError(f"unknown {what} setting(s): {', '.join(unknown)}")
+        base = replace(base, **{key: {**getattr(base, key), **value}
+                                if isinstance(getattr(base, key), dict) and isinstance(value, dict) else value
+                                for key, value in overrides.items()})
+    if epochs is not None:
+        base = replace(base, epochs=int(epochs))
+    if base.epochs < 1 or base.steps_per_epoch < 1 or base.batch_size < 1:
+        raise TrainingError("epochs, steps per epoch and batch size must be at least 1")
+    return base
+
+
 def seeded(seed: int, threads: int | None = None) -> tuple[np.random.Generator, torch.Generator]:
     """Seed torch and set its thread count; the numpy and torch generators a run samples with."""
     if threads:
@@ -270,61 +291,35 @@ def run(plan: TrainingPlan) -> Generator[TrainingReport, None, ModelCard | None]
 
     Returns the card written, or None when a cancel left nothing."""
     model, epochs, steps = plan.model, plan.epochs, plan.steps_per_epoch
-    total = epochs * steps
     opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
-    lr_at = warmup_cosine(plan.lr, total, plan.warmup_steps, floor=plan.lr_floor)
+    lr_at = warmup_cosine(plan.lr, epochs * steps, plan.warmup_steps, floor=plan.lr_floor)
     partial = partial_dir(Path(plan.out_dir))
     shutil.rmtree(partial, ignore_errors=True)
-    out, best_state = Outcome(), None
-    by_best = plan.keep == "best"
-
-    def report(kind, epoch, step, **kw):
-        best = {"best_dice": out.best_score if best_state is not None else None,
-                "best_epoch": out.best_epoch or None} if by_best and kind == "step" else {}
-        return TrainingReport(kind, epoch, epochs, step, steps, elapsed_s=time.perf_counter() - plan.t0,
-                              **best, **kw)
-
+    keeper = _Keeper(plan)
+    out = keeper.outcome
     try:
         for epoch in range(1, epochs + 1):
             out.epochs_run = epoch
-            model.train()
-            if plan.freeze_batchnorm:
-                freeze_batchnorm(model)
-            losses = []
-            for step in range(1, steps + 1):
-                x, y = plan.batch()
-                losses.append(optimisation_step(model, opt, x, y, lr_at(out.steps), dice_weight=plan.dice_weight,
-                                                precision=plan.precision, penalty=plan.penalty))
-                out.steps += 1
-                if not math.isfinite(losses[-1]):
-                    raise TrainingError(f"the loss became {losses[-1]} at step {out.steps}; "
-                                        "lower the learning rate")
-                yield report("step", epoch, step, loss=losses[-1],
-                             message=f"epoch {epoch}/{epochs}, step {step}/{steps}: loss {losses[-1]:.4f}")
+            losses = yield from _epoch_steps(plan, opt, lr_at, keeper, epoch)
             ev = plan.evaluate(model, epoch)
-            if by_best and ev is not None and ev.score > out.best_score:
-                out.best_score, out.best_epoch = ev.score, epoch
-                best_state = copy.deepcopy(model.state_dict())
+            keeper.consider(ev, epoch)
             mean_loss = float(np.mean(losses))
             figures = ev.figures if ev is not None else {"val_dice": None}
             out.history.append({"epoch": epoch, "loss": round(mean_loss, 5),
                                 **{k: _round(v) for k, v in figures.items()}})
-            if plan.checkpoint is not None:
-                kept = best_state if by_best else model.state_dict()
-                if kept is not None:
-                    write_version(partial, half_state_dict(kept), plan.checkpoint(out))
-            yield report("epoch", epoch, steps, loss=mean_loss, val_dice=figures.get("val_dice"),
-                         val_cases=None if ev is None else ev.val_cases,
-                         corrections_dice=figures.get("corrections_dice"),
-                         **({"best_dice": out.best_score, "best_epoch": out.best_epoch} if by_best else {}),
-                         message=f"epoch {epoch}/{epochs}: loss {mean_loss:.4f}"
-                                 + ("" if ev is None or not ev.summary else f", {ev.summary}"))
+            if plan.checkpoint is not None and keeper.kept() is not None:
+                write_version(partial, half_state_dict(keeper.kept()), plan.checkpoint(out))
+            yield keeper.report("epoch", epoch, steps, loss=mean_loss, val_dice=figures.get("val_dice"),
+                                val_cases=None if ev is None else ev.val_cases,
+                                corrections_dice=figures.get("corrections_dice"),
+                                message=f"epoch {epoch}/{epochs}: loss {mean_loss:.4f}"
+                                        + ("" if ev is None or not ev.summary else f", {ev.summary}"))
     except GeneratorExit:
         out.stopped = True
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    kept = best_state if by_best else model.state_dict()
+    kept = keeper.kept()
     if out.stopped and (not plan.keep_on_cancel or kept is None):
         shutil.rmtree(partial, ignore_errors=True)
         return None
@@ -333,10 +328,58 @@ def run(plan: TrainingPlan) -> Generator[TrainingReport, None, ModelCard | None]
     card = _write(plan, kept, out, partial)
     if out.stopped:
         return card
-    card, fields = plan.published(card, out)
+    card, done = plan.published(card, out)
     yield TrainingReport("done", epochs, epochs, steps, steps, elapsed_s=time.perf_counter() - plan.t0,
-                         card=card, **fields)
+                         card=card, **done)
     return card
+
+
+def _epoch_steps(plan: TrainingPlan, opt, lr_at, keeper: "_Keeper", epoch: int
+                 ) -> Generator[TrainingReport, None, list[float]]:
+    """One epoch's optimisation steps, a ``"step"`` report after each; returns their losses."""
+    model, out, losses = plan.model, keeper.outcome, []
+    model.train()
+    if plan.freeze_batchnorm:
+        freeze_batchnorm(model)
+    for step in range(1, plan.steps_per_epoch + 1):
+        x, y = plan.batch()
+        losses.append(optimisation_step(model, opt, x, y, lr_at(out.steps), dice_weight=plan.dice_weight,
+                                        precision=plan.precision, penalty=plan.penalty))
+        out.steps += 1
+        if not math.isfinite(losses[-1]):
+            raise TrainingError(f"the loss became {losses[-1]} at step {out.steps}; lower the learning rate")
+        yield keeper.report("step", epoch, step, loss=losses[-1], message=f"epoch {epoch}/{plan.epochs}, "
+                            f"step {step}/{plan.steps_per_epoch}: loss {losses[-1]:.4f}")
+    return losses
+
+
+class _Keeper:
+    """Which state a run keeps: the best-scored one (a copy, taken when an evaluation beats the
+    best so far) or the model's last; and the reports that say so."""
+
+    def __init__(self, plan: TrainingPlan):
+        self.plan, self.by_best = plan, plan.keep == "best"
+        self.outcome = Outcome()
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def consider(self, ev: Evaluation | None, epoch: int) -> None:
+        out = self.outcome
+        if self.by_best and ev is not None and ev.score > out.best_score:
+            out.best_score, out.best_epoch = ev.score, epoch
+            self.best_state = copy.deepcopy(self.plan.model.state_dict())
+
+    def kept(self) -> dict[str, torch.Tensor] | None:
+        return self.best_state if self.by_best else self.plan.model.state_dict()
+
+    def report(self, kind: str, epoch: int, step: int, **kw) -> TrainingReport:
+        out, best = self.outcome, {}
+        if self.by_best and kind == "step":
+            best = {"best_dice": out.best_score if self.best_state is not None else None,
+                    "best_epoch": out.best_epoch or None}
+        elif self.by_best:
+            best = {"best_dice": out.best_score, "best_epoch": out.best_epoch}
+        return TrainingReport(kind, epoch, self.plan.epochs, step, self.plan.steps_per_epoch,
+                              elapsed_s=time.perf_counter() - self.plan.t0, **best, **kw)
 
 
 def _write(plan: TrainingPlan, kept: dict[str, torch.Tensor], out: Outcome, partial: Path) -> ModelCard:
@@ -376,5 +419,5 @@ def _round(v):
 __all__ = [
     "TrainingReport", "TrainingPlan", "Evaluation", "Outcome", "run", "partial_dir", "warmup_cosine",
     "dice_ce_loss", "optimisation_step", "autocast_dtype", "freeze_batchnorm", "recalibrate_batchnorm",
-    "seeded",
+    "seeded", "merged_settings",
 ]

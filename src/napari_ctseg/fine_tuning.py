@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterable, Sequence
 
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .engine import Evaluation, Outcome, TrainingPlan, autocast_dtype, run, seeded
+from .engine import Evaluation, Outcome, TrainingPlan, autocast_dtype, merged_settings, run, seeded
 from .errors import CTSegError, ModelError, TrainingError
 from .models.preprocess import (
     Preprocessing,
@@ -135,18 +135,6 @@ class FineTuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _merge(cfg: FineTuneConfig, overrides) -> FineTuneConfig:
-    if overrides is None:
-        return cfg
-    if isinstance(overrides, FineTuneConfig):
-        return overrides
-    known = {f.name for f in fields(FineTuneConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TrainingError(f"unknown fine-tuning setting(s): {', '.join(unknown)}")
-    return replace(cfg, **overrides)
 
 
 @dataclass
@@ -286,9 +274,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     returns the card, or ``None`` when cancelled.
     """
     check_target(target)
-    cfg = _merge(FineTuneConfig(), config)
-    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
-        raise TrainingError("epochs, steps per epoch and batch size must be at least 1")
+    cfg = merged_settings(FineTuneConfig(), config, "fine-tuning")
     if not cfg.lr >= 0 or not math.isfinite(cfg.lr):
         raise TrainingError(f"learning rate {cfg.lr} must be a finite number >= 0")
     corrections = [c if isinstance(c, CorrectionCase) else CorrectionCase(*c) for c in corrections]
@@ -309,18 +295,18 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     if data_dir is not None and not data_dir.is_dir():
         raise TrainingError(f"{data_dir}: no such data folder (the base model's training data, "
                             "for replay and validation)")
-    run_ = _FineTuning(target, version, cfg, base_model, base_card, dev, *seeded(seed, threads))
-    yield from run_.read_corrections(corrections)
-    yield from run_.read_base_data(data_dir)
-    yield run_.report("prepare", message="measuring the base model on the held-aside corrections and "
+    strategy = _FineTuning(target, version, cfg, base_model, base_card, dev, *seeded(seed, threads))
+    yield from strategy.read_corrections(corrections)
+    yield from strategy.read_base_data(data_dir)
+    yield strategy.report("prepare", message="measuring the base model on the held-aside corrections and "
                                          "the validation cases")
-    run_.before = run_.evaluate(base_model)
-    plan = run_.plan(out_root, roots, data_dir, seed, promote)
-    yield run_.report("start", message=f"fine-tuning {target} {base_card.version} -> {version}: "
-                                       f"{len(run_.items)} correction(s), "
-                                       + ("replaying the base's training data" if run_.replay else
+    strategy.before = strategy.evaluate(base_model)
+    plan = strategy.plan(out_root, roots, data_dir, seed, promote)
+    yield strategy.report("start", message=f"fine-tuning {target} {base_card.version} -> {version}: "
+                                       f"{len(strategy.items)} correction(s), "
+                                       + ("replaying the base's training data" if strategy.replay else
                                           "regularised toward the base weights"),
-                      val_dice=run_.before["validation"], corrections_dice=run_.before["corrections"])
+                      val_dice=strategy.before["validation"], corrections_dice=strategy.before["corrections"])
     return (yield from run(plan))
 
 

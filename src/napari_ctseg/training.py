@@ -29,7 +29,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generator, Sequence
 
@@ -44,6 +44,7 @@ from .engine import (  # noqa: F401 - dice_ce_loss, warmup_cosine, optimisation_
     TrainingPlan,
     TrainingReport,
     dice_ce_loss,
+    merged_settings,
     optimisation_step,
     recalibrate_batchnorm,
     run,
@@ -309,22 +310,6 @@ INFECTION_WINDOW_NOTE = (
 def check_target(target: str) -> None:
     if target not in TARGETS:
         raise TrainingError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-
-
-def _merge_config(base: TrainingConfig, overrides: TrainingConfig | dict | None) -> TrainingConfig:
-    if overrides is None:
-        return base
-    if isinstance(overrides, TrainingConfig):
-        return overrides
-    known = {f.name for f in fields(TrainingConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TrainingError(f"unknown training setting(s): {', '.join(unknown)}")
-    changes = {}
-    for key, value in overrides.items():
-        current = getattr(base, key)
-        changes[key] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
-    return replace(base, **changes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -893,28 +878,26 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         card.validation = _final_validation(model, data, outcome, prep, labels, dev)
         return card
 
-    def published(card: ModelCard, outcome: Outcome):
-        return card, {"best_dice": outcome.best_score, "best_epoch": outcome.best_epoch,
-                      "val_dice": card.validation["mean_dice"],
-                      "message": f"wrote {out_dir / WEIGHTS_FILE} (best epoch {outcome.best_epoch}, "
-                                 f"validation Dice {card.validation['mean_dice']:.4f})"}
-
     return (yield from run(TrainingPlan(
         model, dev, out_dir, cfg.epochs, cfg.steps_per_epoch, cfg.lr, cfg.weight_decay,
         int(cfg.warmup_fraction * cfg.epochs * cfg.steps_per_epoch), 0.01, batch, evaluate, finish,
-        published, keep="best", keep_on_cancel=True, dice_weight=cfg.dice_weight, save_half=cfg.save_half,
+        _written, keep="best", keep_on_cancel=True, dice_weight=cfg.dice_weight, save_half=cfg.save_half,
         t0=t0)))
+
+
+def _written(card: ModelCard, outcome: Outcome) -> tuple[ModelCard, dict[str, Any]]:
+    """The ``"done"`` report's figures and words for a trained version, once it is in place."""
+    return card, {"best_dice": outcome.best_score, "best_epoch": outcome.best_epoch,
+                  "val_dice": card.validation["mean_dice"],
+                  "message": f"wrote {card.weights_path} (best epoch {outcome.best_epoch}, "
+                             f"validation Dice {card.validation['mean_dice']:.4f})"}
 
 
 def _checked_config(target: str, config, epochs: int | None) -> tuple[TrainingConfig, Preprocessing,
                                                                        dict[str, int]]:
     """The run's settings, its preprocessing and the target's labels; ``TrainingError`` when
     the architecture, the preprocessing and the classes do not fit together."""
-    cfg = _merge_config(default_config(target), config)
-    if epochs is not None:
-        cfg = replace(cfg, epochs=int(epochs))
-    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
-        raise TrainingError("epochs, steps per epoch and batch size must be at least 1")
+    cfg = merged_settings(default_config(target), config, "training", epochs)
     try:
         prep = Preprocessing.from_dict(cfg.preprocessing)
         model = build_model({**cfg.architecture})
