@@ -298,15 +298,14 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     strategy = _FineTuning(target, version, cfg, base_model, base_card, dev, *seeded(seed, threads))
     yield from strategy.read_corrections(corrections)
     yield from strategy.read_base_data(data_dir)
-    yield strategy.report("prepare", message="measuring the base model on the held-aside corrections and "
-                                         "the validation cases")
+    yield strategy.report("prepare", message="measuring the base model on the held-aside corrections "
+                                             "and the validation cases")
     strategy.before = strategy.evaluate(base_model)
     plan = strategy.plan(out_root, roots, data_dir, seed, promote)
+    guard = "replaying the base's training data" if strategy.replay else "regularised toward the base weights"
     yield strategy.report("start", message=f"fine-tuning {target} {base_card.version} -> {version}: "
-                                       f"{len(strategy.items)} correction(s), "
-                                       + ("replaying the base's training data" if strategy.replay else
-                                          "regularised toward the base weights"),
-                      val_dice=strategy.before["validation"], corrections_dice=strategy.before["corrections"])
+                                           f"{len(strategy.items)} correction(s), {guard}",
+                          val_dice=strategy.before["validation"], corrections_dice=strategy.before["corrections"])
     return (yield from run(plan))
 
 
