@@ -455,6 +455,8 @@ class _FineTuning:
             return card
 
         total = cfg.epochs * cfg.steps_per_epoch
+        # BatchNorm frozen: a few slices of one scan would drag the running statistics away from
+        # what the base learnt on all its data; keep them, train only the weights.
         return TrainingPlan(
             model, dev, out_root / self.target / self.version, cfg.epochs, cfg.steps_per_epoch, cfg.lr,
             cfg.weight_decay, total // 10, 0.1, batch, evaluate,
