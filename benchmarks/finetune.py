@@ -42,7 +42,7 @@ def child_step(size: int, steps: int, threads: int | None, how: str) -> dict:
     channels-last, bfloat16 autocast where the CPU has it) or plainly ("plain": float32)."""
     import torch
 
-    from napari_ctseg.fine_tuning import _freeze_batchnorm, autocast_dtype
+    from napari_ctseg.engine import autocast_dtype, freeze_batchnorm
     from napari_ctseg.models.unet import build_model
     from napari_ctseg.training import dice_ce_loss, default_config
 
@@ -56,7 +56,7 @@ def child_step(size: int, steps: int, threads: int | None, how: str) -> dict:
     y = torch.randint(0, arch["n_classes"], (8, size, size), generator=g)
     precision = None
     if how == "ours":
-        _freeze_batchnorm(model)
+        freeze_batchnorm(model)
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
         precision = autocast_dtype(torch.device("cpu"))

@@ -103,6 +103,10 @@ def test_fine_tune_learns_the_correction_and_is_promoted(tiny_weights, case, pri
     kinds = [r.kind for r in reports]
     assert kinds[0] == "prepare" and "start" in kinds and kinds[-1] == "done"
     assert kinds.count("step") == 3 * 8 and kinds.count("epoch") == 3
+    # enough for a generic progress bar: steps done of the whole run, and words, for every report
+    assert all(r.message for r in reports) and {r.total for r in reports} == {3 * 8}
+    assert [r.done for r in reports] == sorted(r.done for r in reports) and reports[-1].done == 3 * 8
+    assert [r.done for r in reports if r.kind == "epoch"] == [8, 16, 24]
     done = reports[-1]
     card = done.card
     ft = card.extra["fine_tune"]
@@ -226,6 +230,8 @@ def test_bad_input_is_refused_before_any_work(tiny_weights, case, tmp_path):
         list(fine_tune("liver", [CorrectionCase(str(scan), str(other))], config=FAST))
     with pytest.raises(TrainingError, match="learning rate"):
         next(fine_tune("liver", [CorrectionCase(str(scan), str(mask))], config={"lr": float("nan")}))
+    with pytest.raises(TrainingError, match="unknown fine-tuning setting"):
+        next(fine_tune("liver", [CorrectionCase(str(scan), str(mask))], config={"epochz": 2}))
     assert not (user_weights_dir() / "liver").exists()
 
 

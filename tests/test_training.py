@@ -78,6 +78,8 @@ def test_loop_learns_and_writes_a_checked_model(data, tmp_path):
     epochs = [r for r in reports if r.kind == "epoch"]
     assert all(r.val_dice is not None and "case_b" in r.val_cases for r in epochs)
     assert reports[-1].fraction == 1.0
+    assert all(r.message for r in reports) and {r.total for r in reports} == {24}
+    assert [r.done for r in reports] == sorted(r.done for r in reports) and reports[-1].done == 24
 
     card = reports[-1].card
     stored = json.loads((out / "card.json").read_text())
@@ -131,6 +133,17 @@ def test_cancel_keeps_the_best_checkpoint_so_far(data, tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert card["training"]["stopped_early"] is True and card["training"]["epochs_run"] == 1
     assert card["sha256"] == sha256_file(out / "model.pt")
+    assert not (out.parent / ".v2.partial").exists()
+
+
+def test_cancel_before_any_validation_writes_nothing(data, tmp_path):
+    out = tmp_path / "liver" / "v3"
+    gen = train("liver", data, out, epochs=2, split=SPLIT, config={**TINY, "steps_per_epoch": 2})
+    for r in gen:
+        if r.kind == "step":
+            break
+    gen.close()
+    assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
 def test_no_left_right_flips_for_organs():

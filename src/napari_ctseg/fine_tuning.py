@@ -23,19 +23,24 @@ same code runs inline in tests and the CLI and in a napari thread worker. It
    held-aside corrections and no worse than ``max_validation_drop`` (0.005 Dice) below the
    base on the validation; otherwise the card says ``"status": "candidate"`` and why.
 
-While the run goes on, everything is written in a hidden folder ``.<version>.partial``
-(a checkpoint after every epoch, each file written to a temporary file and renamed). A
-cancel (closing the generator) or an error deletes that folder; the active version and
-the bundled weights are never touched until the finished version is renamed into place.
+The optimisation itself is the one training engine's (``napari_ctseg.engine.run``, shared
+with ``training.train``): ``fine_tune`` checks its input, and ``_FineTuning`` (the strategy)
+reads the corrections and the base's data, then fills the engine's ``TrainingPlan`` with
+what is particular to fine-tuning: the base's weights as the start, frozen BatchNorm,
+batches of corrected slices plus replay, the L2-SP penalty, the held-aside evaluation after
+every epoch, the last state kept and judged by the promotion rule (``judge``), and making
+the version active (``published``). While the run goes on, the engine writes everything
+in a hidden folder ``.<version>.partial`` (a checkpoint after every epoch, each file
+written to a temporary file and renamed). A cancel (closing the generator) or an error
+deletes that folder; the active version and the bundled weights are never touched until
+the finished version is renamed into place.
 """
 from __future__ import annotations
 
 import copy
 import math
-import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterable, Sequence
 
@@ -43,6 +48,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .engine import Evaluation, Outcome, TrainingPlan, autocast_dtype, merged_settings, run, seeded
 from .errors import CTSegError, ModelError, TrainingError
 from .models.preprocess import (
     Preprocessing,
@@ -53,13 +59,11 @@ from .models.registry import (
     LICENSE_NOTE,
     ModelCard,
     get_card,
-    half_state_dict,
     load_model,
     next_version_name,
     set_active_version,
     user_weights_dir,
     weight_roots,
-    write_version,
 )
 from .training import (
     TARGET_LABELS,
@@ -73,12 +77,10 @@ from .training import (
     check_target,
     default_config,
     load_case,
-    optimisation_step,
     read_mask,
     sample_batch,
     torch_device,
     validate,
-    warmup_cosine,
 )
 
 __all__ = ["CorrectionCase", "FineTuneConfig", "fine_tune", "corrections_from_store", "PROMOTION_RULE"]
@@ -133,18 +135,6 @@ class FineTuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _merge(cfg: FineTuneConfig, overrides) -> FineTuneConfig:
-    if overrides is None:
-        return cfg
-    if isinstance(overrides, FineTuneConfig):
-        return overrides
-    known = {f.name for f in fields(FineTuneConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TrainingError(f"unknown fine-tuning setting(s): {', '.join(unknown)}")
-    return replace(cfg, **overrides)
 
 
 @dataclass
@@ -269,32 +259,6 @@ def _correction_cache(items: list[_Loaded], prep: Preprocessing, n_classes: int,
     return cache
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The reduced precision a training step runs in on ``device``, or None for float32.
-
-    bfloat16 where the hardware does it natively: CPUs with AVX512-BF16 or AMX (about 2x
-    faster steps than float32 here, see benchmarks/finetune.py), CUDA GPUs that support it.
-    Elsewhere emulated bfloat16 would be slower, so float32.
-    """
-    try:
-        if device.type == "cpu":
-            fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-            return torch.bfloat16 if fast else None
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    except (AttributeError, RuntimeError):  # private helpers: absent in other torch builds
-        return None
-    return None
-
-
-def _freeze_batchnorm(model: torch.nn.Module) -> None:
-    # A few slices of one scan would drag the running statistics away from what the base
-    # learnt on all its data: keep them, train only the weights.
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_version: str | None = None,
               data_dir=None, config: FineTuneConfig | dict[str, Any] | None = None,
               device: str = "cpu", seed: int = 0, threads: int | None = None,
@@ -305,14 +269,12 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     See the module docstring. ``roots`` are the registry roots to read the base from
     (default: the usual ones); ``out_root`` where the new version goes (default: the user's
     weights folder). Raises ``TrainingError`` for bad input before any training; yields
-    ``TrainingReport``s (``"prepare"``, ``"step"``, ``"epoch"`` with ``val_dice`` and
-    ``corrections_dice``, then ``"done"`` with the card, ``promoted`` and ``message``);
+    ``TrainingReport``s (``"prepare"``, ``"start"``, ``"step"``, ``"epoch"`` with ``val_dice``
+    and ``corrections_dice``, then ``"done"`` with the card, ``promoted`` and ``message``);
     returns the card, or ``None`` when cancelled.
     """
     check_target(target)
-    cfg = _merge(FineTuneConfig(), config)
-    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
-        raise TrainingError("epochs, steps per epoch and batch size must be at least 1")
+    cfg = merged_settings(FineTuneConfig(), config, "fine-tuning")
     if not cfg.lr >= 0 or not math.isfinite(cfg.lr):
         raise TrainingError(f"learning rate {cfg.lr} must be a finite number >= 0")
     corrections = [c if isinstance(c, CorrectionCase) else CorrectionCase(*c) for c in corrections]
@@ -324,189 +286,191 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
         base_model, base_card = load_model(target, base_version, device=dev, roots=roots)
     except ModelError as exc:
         raise TrainingError(str(exc)) from None
-    prep = Preprocessing.from_dict(base_card.preprocessing)
-    labels = dict(base_card.labels) if base_card.labels else dict(TARGET_LABELS[target])
-    n_classes = base_card.n_classes
     out_root = Path(out_root) if out_root is not None else user_weights_dir()
     version = version or next_version_name(target, base_card.version, roots)
-    final_dir = out_root / target / version
-    if final_dir.exists():
-        raise TrainingError(f"{final_dir}: a version {version!r} already exists; choose another name")
+    if (out_root / target / version).exists():
+        raise TrainingError(f"{out_root / target / version}: a version {version!r} already exists; "
+                            "choose another name")
     data_dir = Path(data_dir) if data_dir else None
     if data_dir is not None and not data_dir.is_dir():
         raise TrainingError(f"{data_dir}: no such data folder (the base model's training data, "
                             "for replay and validation)")
-    aug = cfg.augmentation
-    if aug is None:
-        aug = dict(base_card.training.get("config", {}).get("augmentation") or
-                   default_config(target).augmentation)
-    if threads:
-        torch.set_num_threads(int(threads))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    total = cfg.epochs * cfg.steps_per_epoch
+    strategy = _FineTuning(target, version, cfg, base_model, base_card, dev, *seeded(seed, threads))
+    yield from strategy.read_corrections(corrections)
+    yield from strategy.read_base_data(data_dir)
+    yield strategy.report("prepare", message="measuring the base model on the held-aside corrections "
+                                             "and the validation cases")
+    strategy.before = strategy.evaluate(base_model)
+    plan = strategy.plan(out_root, roots, data_dir, seed, promote)
+    guard = "replaying the base's training data" if strategy.replay else "regularised toward the base weights"
+    yield strategy.report("start", message=f"fine-tuning {target} {base_card.version} -> {version}: "
+                                           f"{len(strategy.items)} correction(s), {guard}",
+                          val_dice=strategy.before["validation"], corrections_dice=strategy.before["corrections"])
+    return (yield from run(plan))
 
-    def report(kind, epoch=0, step=0, **kw):
-        return TrainingReport(kind, epoch, cfg.epochs, step, cfg.steps_per_epoch,
-                              elapsed_s=time.perf_counter() - t0, **kw)
 
-    # --- the corrections, and what the base model makes of them ---------------------
-    items: list[_Loaded] = []
-    for i, corr in enumerate(corrections, 1):
-        yield report("prepare", message=f"reading correction {i}/{len(corrections)}: {corr.name}")
-        case = _read_correction(corr, target, labels)
-        # A second-stage base (crop "mask") sees the corrected organ's square on its slices,
-        # as training does with expert masks; other slices are not its to learn.
-        crop, z_box = case_crop(case, prep)
-        n = case.hu.shape[0]
-        seen = np.ones(n, bool) if z_box is None else np.isin(np.arange(n), z_box)
-        if corr.changed_slices is None:
-            base_pred = np.zeros(case.labels.shape, np.uint8)
-            zs = np.flatnonzero(seen).tolist()
-            if zs:
-                base_pred[zs] = predict_slices(base_model, case.hu, zs, prep, crop, dev)
-            changed = _disagreeing_slices(base_pred, case.labels)
-        else:
-            changed = sorted({int(z) for z in corr.changed_slices if 0 <= int(z) < n})
-        changed = [z for z in changed if seen[z]]
-        labelled = case.labels.reshape(n, -1).any(axis=1) & seen
-        held, train_z, accepted = _split_slices(changed, n, cfg.held_aside_fraction, prep.context, labelled)
-        items.append(_Loaded(corr, case, crop, changed, held, train_z, accepted,
-                             changed_train=set(changed) - set(held), train_set=set(train_z)))
-    if not any(it.changed for it in items):
-        raise TrainingError("the corrected masks agree with the model everywhere; there is nothing to "
-                            "learn (correct the slices the model gets wrong, then save)")
+class _FineTuning:
+    """The fine-tuning strategy: what it reads, samples, evaluates and decides around the engine."""
 
-    replay_cases: list[Case] = []
-    val_cases: list[Case] = []
-    scans = {str(Path(it.corr.scan).resolve()) for it in items}
-    if data_dir is not None:
-        split = _original_training(base_card).get("split", {})
-        train_names = list(split.get("train", []))
-        silver = list(split.get("train_silver", []))
-        val_names = list(split.get("validation", []))
-        yield report("prepare", message=f"reading {len(train_names) + len(silver)} replay and "
-                                        f"{len(val_names)} validation cases from {data_dir}")
-        try:
-            replay_cases = [load_case(target, data_dir, n) for n in train_names]
-            replay_cases += [load_case(target, data_dir, n, silver=True) for n in silver]
-            for n in val_names:
-                ct = data_dir / n / "ct.nii.gz"
-                if ct.exists() and str(ct.resolve()) in scans:
-                    continue  # never validate on a scan being fine-tuned on
-                val_cases.append(load_case(target, data_dir, n))
-        except TrainingError as exc:
-            raise TrainingError(f"{exc} (the base model's data, for replay and validation)") from None
-    replay = bool(replay_cases) and cfg.replay_fraction > 0
-    accepted_validation = not val_cases
-    # Whole expert masks and no data folder: nothing the user accepted, nothing to validate
-    # on. The run still goes (the training data is not shipped, so refusing leaves no way):
-    # blocks spread along each scan are held aside, L2-SP guards against forgetting, and the
-    # result is only ever a candidate.
-    expert_only = accepted_validation and not any(it.accepted for it in items)
-    if expert_only:
-        for it in items:
-            it.held, it.train = _spread_blocks(it.changed, it.case.hu.shape[0], cfg.held_aside_fraction,
-                                               prep.context)
-            it.changed_train, it.train_set, it.accepted = set(it.changed) - set(it.held), set(it.train), []
-        if not any(it.held for it in items):
-            raise TrainingError("the corrected masks label too few slices to hold any aside for checking "
-                                "the new model; label more slices")
-        promote = False
+    def __init__(self, target: str, version: str, cfg: FineTuneConfig, base_model, base_card: ModelCard,
+                 dev: torch.device, rng: np.random.Generator, gen: torch.Generator):
+        self.target, self.version, self.cfg, self.dev, self.rng, self.gen = target, version, cfg, dev, rng, gen
+        self.base_model, self.base_card = base_model, base_card
+        self.prep = Preprocessing.from_dict(base_card.preprocessing)
+        self.labels = dict(base_card.labels) if base_card.labels else dict(TARGET_LABELS[target])
+        self.aug = cfg.augmentation
+        if self.aug is None:
+            self.aug = dict(base_card.training.get("config", {}).get("augmentation") or
+                            default_config(target).augmentation)
+        self.t0 = time.perf_counter()
+        self.items: list[_Loaded] = []
+        self.replay_cases: list[Case] = []
+        self.val_cases: list[Case] = []
+        self.replay = self.accepted_validation = self.expert_only = False
+        self.before: dict[str, Any] = {}
+        self.after: dict[str, Any] = {}
+        self.promoted = False
 
-    def evaluate(model) -> dict[str, Any]:
+    def report(self, kind: str, **kw) -> TrainingReport:
+        return TrainingReport(kind, 0, self.cfg.epochs, 0, self.cfg.steps_per_epoch,
+                              elapsed_s=time.perf_counter() - self.t0, **kw)
+
+    def read_corrections(self, corrections: list[CorrectionCase]) -> Generator[TrainingReport, None, None]:
+        """Each correction, its changed slices and which of them are held aside."""
+        prep, cfg = self.prep, self.cfg
+        for i, corr in enumerate(corrections, 1):
+            yield self.report("prepare", message=f"reading correction {i}/{len(corrections)}: {corr.name}")
+            case = _read_correction(corr, self.target, self.labels)
+            # A second-stage base (crop "mask") sees the corrected organ's square on its slices,
+            # as training does with expert masks; other slices are not its to learn.
+            crop, z_box = case_crop(case, prep)
+            n = case.hu.shape[0]
+            seen = np.ones(n, bool) if z_box is None else np.isin(np.arange(n), z_box)
+            if corr.changed_slices is None:
+                base_pred = np.zeros(case.labels.shape, np.uint8)
+                zs = np.flatnonzero(seen).tolist()
+                if zs:
+                    base_pred[zs] = predict_slices(self.base_model, case.hu, zs, prep, crop, self.dev)
+                changed = _disagreeing_slices(base_pred, case.labels)
+            else:
+                changed = sorted({int(z) for z in corr.changed_slices if 0 <= int(z) < n})
+            changed = [z for z in changed if seen[z]]
+            labelled = case.labels.reshape(n, -1).any(axis=1) & seen
+            held, train_z, accepted = _split_slices(changed, n, cfg.held_aside_fraction, prep.context, labelled)
+            self.items.append(_Loaded(corr, case, crop, changed, held, train_z, accepted,
+                                      changed_train=set(changed) - set(held), train_set=set(train_z)))
+        if not any(it.changed for it in self.items):
+            raise TrainingError("the corrected masks agree with the model everywhere; there is nothing to "
+                                "learn (correct the slices the model gets wrong, then save)")
+
+    def read_base_data(self, data_dir: Path | None) -> Generator[TrainingReport, None, None]:
+        """The base's training cases (replay) and validation cases from ``data_dir``, if given;
+        what is validated on, and how slices are held aside, follows from what is there."""
+        target, cfg = self.target, self.cfg
+        scans = {str(Path(it.corr.scan).resolve()) for it in self.items}
+        if data_dir is not None:
+            split = _original_training(self.base_card).get("split", {})
+            train_names, silver = list(split.get("train", [])), list(split.get("train_silver", []))
+            val_names = list(split.get("validation", []))
+            yield self.report("prepare", message=f"reading {len(train_names) + len(silver)} replay and "
+                                                 f"{len(val_names)} validation cases from {data_dir}")
+            try:
+                self.replay_cases = [load_case(target, data_dir, n) for n in train_names]
+                self.replay_cases += [load_case(target, data_dir, n, silver=True) for n in silver]
+                for n in val_names:
+                    ct = data_dir / n / "ct.nii.gz"
+                    if ct.exists() and str(ct.resolve()) in scans:
+                        continue  # never validate on a scan being fine-tuned on
+                    self.val_cases.append(load_case(target, data_dir, n))
+            except TrainingError as exc:
+                raise TrainingError(f"{exc} (the base model's data, for replay and validation)") from None
+        self.replay = bool(self.replay_cases) and cfg.replay_fraction > 0
+        self.accepted_validation = not self.val_cases
+        # Whole expert masks and no data folder: nothing the user accepted, nothing to validate
+        # on. The run still goes (the training data is not shipped, so refusing leaves no way):
+        # blocks spread along each scan are held aside, L2-SP guards against forgetting, and the
+        # result is only ever a candidate.
+        self.expert_only = self.accepted_validation and not any(it.accepted for it in self.items)
+        if self.expert_only:
+            for it in self.items:
+                it.held, it.train = _spread_blocks(it.changed, it.case.hu.shape[0], cfg.held_aside_fraction,
+                                                   self.prep.context)
+                it.changed_train, it.train_set, it.accepted = set(it.changed) - set(it.held), set(it.train), []
+            if not any(it.held for it in self.items):
+                raise TrainingError("the corrected masks label too few slices to hold any aside for "
+                                    "checking the new model; label more slices")
+
+    def evaluate(self, model) -> dict[str, Any]:
+        """Dice on the held-aside corrected slices and on the validation (both per case and mean)."""
+        prep, labels, dev = self.prep, self.labels, self.dev
         model.eval()
-        held = {it.case.name: _slices_dice(model, it, it.held, prep, labels, dev) for it in items}
-        if accepted_validation:
-            val = {f"{it.case.name} (unchanged slices)": _slices_dice(model, it, it.accepted, prep,
-                                                                      labels, dev) for it in items}
+        held = {it.case.name: _slices_dice(model, it, it.held, prep, labels, dev) for it in self.items}
+        if self.accepted_validation:
+            val = {f"{it.case.name} (unchanged slices)": _slices_dice(model, it, it.accepted, prep, labels, dev)
+                   for it in self.items}
             val = {k: v for k, v in val.items() if v is not None}
         else:
-            val = validate(model, val_cases, prep, labels, dev)["cases"]
+            val = validate(model, self.val_cases, prep, labels, dev)["cases"]
         return {"corrections": _mean(held.values()), "corrections_cases": held,
                 "validation": _mean(val.values()), "validation_cases": val}
 
-    yield report("prepare", message="measuring the base model on the held-aside corrections and "
-                                    "the validation cases")
-    before = evaluate(base_model)
+    def plan(self, out_root: Path, roots, data_dir, seed: int, promote: bool) -> TrainingPlan:
+        """The engine's plan: the new weights start as the base's, BatchNorm frozen, batches of
+        corrected slices (plus replay), L2-SP without replay, the last state kept."""
+        cfg, prep, dev, items = self.cfg, self.prep, self.dev, self.items
+        n_classes = self.base_card.n_classes
+        card = _card(self.target, self.version, self.base_card, prep, self.labels, cfg, items, data_dir,
+                     self.replay, self.accepted_validation, seed, dev)
+        model = copy.deepcopy(self.base_model).float().to(dev, memory_format=torch.channels_last)
+        precision = autocast_dtype(dev) if cfg.mixed_precision else None
+        card.training["precision"] = "bfloat16 autocast" if precision is not None else "float32"
+        anchor = [p.detach().clone() for p in model.parameters()]
 
-    # --- training ----------------------------------------------------------------------
-    card = _card(target, version, base_card, prep, labels, cfg, items, data_dir, replay,
-                 accepted_validation, seed, dev)
-    model = copy.deepcopy(base_model).float().to(dev, memory_format=torch.channels_last)
-    precision = autocast_dtype(dev) if cfg.mixed_precision else None
-    card.training["precision"] = "bfloat16 autocast" if precision is not None else "float32"
-    anchor = [p.detach().clone() for p in model.parameters()]
+        def l2sp():  # against forgetting without replay data: the squared distance from the base
+            return cfg.anchor_weight * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
-    def l2sp():  # against forgetting without replay data: the squared distance from the base
-        return cfg.anchor_weight * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+        corr_cache = _correction_cache(items, prep, n_classes, cfg.correction_weight,
+                                       use_accepted=not self.accepted_validation)
+        replay_cache = build_cache(self.replay_cases, prep, n_classes,
+                                   float(self.base_card.training.get("config", {}).get("foreground_weight", 2.0))
+                                   ) if self.replay else None
+        n_replay = min(int(round(cfg.replay_fraction * cfg.batch_size)) if self.replay else 0, cfg.batch_size - 1)
 
-    penalty = l2sp if not replay and cfg.anchor_weight > 0 else None
-    corr_cache = _correction_cache(items, prep, n_classes, cfg.correction_weight,
-                                   use_accepted=not accepted_validation)
-    replay_cache = build_cache(replay_cases, prep, n_classes,
-                                float(base_card.training.get("config", {}).get("foreground_weight", 2.0))
-                                ) if replay else None
-    n_replay = int(round(cfg.replay_fraction * cfg.batch_size)) if replay else 0
-    n_replay = min(n_replay, cfg.batch_size - 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_at = warmup_cosine(cfg.lr, total, total // 10, floor=0.1)
+        def batch():
+            x, y = sample_batch(corr_cache, prep, cfg.batch_size - n_replay, self.rng)
+            if n_replay:
+                xr, yr = sample_batch(replay_cache, prep, n_replay, self.rng)
+                x, y = torch.cat([x, xr]), torch.cat([y, yr])
+            x, y = augment(x, y, self.aug, prep.pad_value, self.gen)
+            return x.to(dev).contiguous(memory_format=torch.channels_last), y.to(dev)
 
-    partial = out_root / target / f".{version}.partial"
-    if partial.exists():
-        shutil.rmtree(partial, ignore_errors=True)
-    history: list[dict[str, Any]] = []
-    global_step, epoch, finished = 0, 0, False
-    try:
-        yield report("start", message=f"fine-tuning {target} {base_card.version} -> {version}: "
-                                       f"{len(items)} correction(s), "
-                                       + ("replaying the base's training data" if replay else
-                                          "regularised toward the base weights"),
-                     val_dice=before["validation"], corrections_dice=before["corrections"])
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            _freeze_batchnorm(model)
-            losses = []
-            for step in range(1, cfg.steps_per_epoch + 1):
-                x, y = sample_batch(corr_cache, prep, cfg.batch_size - n_replay, rng)
-                if n_replay:
-                    xr, yr = sample_batch(replay_cache, prep, n_replay, rng)
-                    x, y = torch.cat([x, xr]), torch.cat([y, yr])
-                x, y = augment(x, y, aug, prep.pad_value, gen)
-                x = x.to(dev).contiguous(memory_format=torch.channels_last)
-                losses.append(optimisation_step(model, opt, x, y.to(dev), lr_at(global_step),
-                                                precision=precision, penalty=penalty))
-                global_step += 1
-                if not math.isfinite(losses[-1]):
-                    raise TrainingError(f"the loss became {losses[-1]} at step {global_step}; "
-                                        "lower the learning rate")
-                yield report("step", epoch, step, loss=losses[-1])
-            now = evaluate(model)
-            mean_loss = float(np.mean(losses))
-            history.append({"epoch": epoch, "loss": round(mean_loss, 5),
-                            "corrections_dice": _round(now["corrections"]),
-                            "val_dice": _round(now["validation"])})
-            card.training["history"] = history
-            card.training["epochs_run"] = epoch
-            write_version(partial, half_state_dict(model.state_dict()), card)  # checkpoint
-            yield report("epoch", epoch, cfg.steps_per_epoch, loss=mean_loss, val_dice=now["validation"],
-                         val_cases=now["validation_cases"], corrections_dice=now["corrections"],
-                         message=f"epoch {epoch}/{cfg.epochs}: loss {mean_loss:.4f}, held-aside "
-                                 f"corrections Dice {_fmt(now['corrections'])}, validation Dice "
-                                 f"{_fmt(now['validation'])}")
-        finished = True
-    finally:
-        if not finished:  # cancelled (GeneratorExit) or failed: nothing of this run stays
-            shutil.rmtree(partial, ignore_errors=True)
+        def evaluate(model, epoch: int) -> Evaluation:
+            now = self.evaluate(model)
+            return Evaluation(None, {"corrections_dice": now["corrections"], "val_dice": now["validation"]},
+                              now["validation_cases"], f"held-aside corrections Dice {_fmt(now['corrections'])}, "
+                                                       f"validation Dice {_fmt(now['validation'])}")
 
-    # --- the weights as stored, judged against the base -------------------------------------
-    try:
-        state = half_state_dict(model.state_dict())
-        model.load_state_dict(state)
-        after = evaluate(model)
-        promoted, reason = _decide(before, after, cfg)
+        def checkpoint(outcome: Outcome) -> ModelCard:
+            card.training["history"], card.training["epochs_run"] = outcome.history, outcome.epochs_run
+            return card
+
+        total = cfg.epochs * cfg.steps_per_epoch
+        # BatchNorm frozen: a few slices of one scan would drag the running statistics away from
+        # what the base learnt on all its data; keep them, train only the weights.
+        return TrainingPlan(
+            model, dev, out_root / self.target / self.version, cfg.epochs, cfg.steps_per_epoch, cfg.lr,
+            cfg.weight_decay, total // 10, 0.1, batch, evaluate,
+            lambda model, outcome: self.judge(checkpoint(outcome), model, promote),
+            lambda card, outcome: self.published(card, out_root, roots),
+            checkpoint=checkpoint, keep="last", precision=precision, freeze_batchnorm=True,
+            penalty=l2sp if not self.replay and cfg.anchor_weight > 0 else None, t0=self.t0)
+
+    def judge(self, card: ModelCard, model, promote: bool) -> ModelCard:
+        """The new weights (as stored) against the base: the promotion rule, written in the card."""
+        cfg, expert_only = self.cfg, self.expert_only
+        promote = promote and not expert_only
+        self.after = after = self.evaluate(model)
+        promoted, reason = _decide(self.before, after, cfg)
         if expert_only:
             reason = ("whole expert masks and no data folder: nothing independent to validate on, so "
                       "only a candidate (check it on your scans); " + reason.split("; ", 1)[-1])
@@ -516,34 +480,29 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
             "what": ("none: whole expert masks and no data folder (the held-aside blocks are the only "
                      "check)" if expert_only else
                      "the unchanged labelled slices of the corrected scans (no validation data given)"
-                     if accepted_validation else "the base model's validation cases"),
+                     if self.accepted_validation else "the base model's validation cases"),
             "note": "raw network output (no post-processing), on each case's original grid",
         }
-        card.extra["status"] = "promoted" if promoted and promote else "candidate"
+        self.promoted = bool(promoted and promote)
+        card.extra["status"] = "promoted" if self.promoted else "candidate"
         card.extra["fine_tune"].update({
-            "before": _rounded(before), "after": _rounded(after), "promoted": bool(promoted and promote),
+            "before": _rounded(self.before), "after": _rounded(after), "promoted": self.promoted,
             "reason": reason if promote or expert_only else f"{reason} (promotion was not asked for)",
             "rule": PROMOTION_RULE.format(drop=cfg.max_validation_drop),
         })
-        card.training["time_s"] = round(time.perf_counter() - t0, 1)
-        write_version(partial, state, card)
-        final_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, final_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    card = get_card(target, version, roots=[out_root])
-    if promoted and promote:
-        set_active_version(target, version, roots=[out_root, *weight_roots(roots)])
-    verdict = "now the active version" if promoted and promote else "kept as a candidate"
-    how = "" if promoted and promote else f"; to use it: ctseg models use {target} {version}"
-    yield TrainingReport(
-        "done", cfg.epochs, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch,
-        val_dice=after["validation"], corrections_dice=after["corrections"],
-        elapsed_s=time.perf_counter() - t0, card=card, promoted=bool(promoted and promote),
-        message=f"{target} {version}: {verdict}; {card.extra['fine_tune']['reason']}{how}",
-    )
-    return card
+        return card
+
+    def published(self, card: ModelCard, out_root: Path, roots) -> tuple[ModelCard, dict[str, Any]]:
+        """Make the new version active when it earned it; the ``"done"`` report's fields."""
+        target, version = self.target, self.version
+        card = get_card(target, version, roots=[out_root])
+        if self.promoted:
+            set_active_version(target, version, roots=[out_root, *weight_roots(roots)])
+        verdict = "now the active version" if self.promoted else "kept as a candidate"
+        how = "" if self.promoted else f"; to use it: ctseg models use {target} {version}"
+        return card, {"val_dice": self.after["validation"], "corrections_dice": self.after["corrections"],
+                      "promoted": self.promoted,
+                      "message": f"{target} {version}: {verdict}; {card.extra['fine_tune']['reason']}{how}"}
 
 
 def _decide(before: dict, after: dict, cfg: FineTuneConfig) -> tuple[bool, str]:

@@ -1,12 +1,18 @@
 """Train a target's model from CT with expert masks: a generator of progress reports (Qt-free).
 
-``train(...)`` yields a ``TrainingReport`` after every optimisation step and after
-every epoch (with the validation Dice); at the end it writes ``model.pt`` and
-``card.json`` into ``out_dir`` (temporary file, then rename) and yields a ``"done"``
-report carrying the card. The checkpoint kept is the one with the best mean Dice on
-the validation cases only. Closing the generator early (Cancel) writes the best
-checkpoint so far, marked as stopped, when one exists; ``out_dir`` never replaces an
-existing model unless ``overwrite=True``.
+This module holds what training data is and how it is seen: the settings
+(``TrainingConfig``, ``default_config``), the splits, reading cases and masks
+(``load_case``, ``read_mask``), the cached and sampled slices (``build_cache``,
+``sample_batch``), augmentation and validation (``validate``). ``train(...)`` is the
+from-scratch strategy on the one training engine (``napari_ctseg.engine``, shared with
+fine-tuning): it reads the data, builds a fresh network and hands the engine a plan that
+samples augmented batches, validates (after re-estimating BatchNorm statistics when asked,
+through the locate stage's crops for a second stage) and keeps the checkpoint with the
+best validation score. The engine yields a ``TrainingReport`` after every step and epoch
+and writes ``model.pt`` and ``card.json`` to a hidden ``.partial`` folder renamed to
+``out_dir`` at the end (``"done"`` report with the card). Closing the generator early
+(Cancel) writes the best checkpoint so far, marked as stopped, when one exists;
+``out_dir`` never replaces an existing model unless ``overwrite=True``.
 
 Data layout (``data_dir``), as in the project's shared data folder:
 
@@ -19,12 +25,11 @@ The default splits are in ``napari_ctseg/models/splits.json``.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generator, Sequence
 
@@ -33,6 +38,19 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .engine import (  # noqa: F401 - dice_ce_loss, warmup_cosine, optimisation_step: public here too
+    Evaluation,
+    Outcome,
+    TrainingPlan,
+    TrainingReport,
+    dice_ce_loss,
+    merged_settings,
+    optimisation_step,
+    recalibrate_batchnorm,
+    run,
+    seeded,
+    warmup_cosine,
+)
 from .errors import ModelError, TrainingError
 from .metrics import compare, dice
 from .models.predict import predict_image8, predict_volume
@@ -292,22 +310,6 @@ INFECTION_WINDOW_NOTE = (
 def check_target(target: str) -> None:
     if target not in TARGETS:
         raise TrainingError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-
-
-def _merge_config(base: TrainingConfig, overrides: TrainingConfig | dict | None) -> TrainingConfig:
-    if overrides is None:
-        return base
-    if isinstance(overrides, TrainingConfig):
-        return overrides
-    known = {f.name for f in fields(TrainingConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TrainingError(f"unknown training setting(s): {', '.join(unknown)}")
-    changes = {}
-    for key, value in overrides.items():
-        current = getattr(base, key)
-        changes[key] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
-    return replace(base, **changes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -683,7 +685,7 @@ def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
 
 
 # ---------------------------------------------------------------------------------------
-# Augmentation and loss
+# Augmentation
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, aug: dict[str, Any], pad_value: float,
@@ -739,57 +741,6 @@ def augment(x: torch.Tensor, y: torch.Tensor, aug: dict[str, Any], pad_value: fl
         x = x + torch.randn(x.shape, generator=gen) * uniform(0.0, sigma).view(shape)
         x = x.clamp(0.0, 1.0)
     return x.contiguous(), y.contiguous()
-
-
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
-    """Cross-entropy plus ``dice_weight`` x (1 - soft Dice of the foreground classes, over the batch)."""
-    n_classes = logits.shape[1]
-    ce = F.cross_entropy(logits, target)
-    if dice_weight <= 0 or n_classes < 2:
-        return ce
-    probs = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    soft_dice = (2.0 * inter + 1.0) / (denom + 1.0)
-    return ce + dice_weight * (1.0 - soft_dice[1:].mean())
-
-
-# ---------------------------------------------------------------------------------------
-# The step and the schedule (shared by training and fine-tuning)
-
-
-def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, floor: float):
-    """The learning rate at each step (0-based): a linear warm-up over ``warmup_steps``, then a
-    cosine decay to ``floor`` x ``lr`` at the last step."""
-    warmup_steps = max(1, int(warmup_steps))
-
-    def at(step: int) -> float:
-        if step < warmup_steps:
-            return lr * (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-    return at
-
-
-def optimisation_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                      lr: float, *, dice_weight: float = 1.0, precision: torch.dtype | None = None,
-                      penalty=None) -> float:
-    """One step at learning rate ``lr``: the forward pass (in ``precision`` autocast when given),
-    Dice + cross-entropy (plus ``penalty()``, e.g. L2-SP), backward, update. Returns the loss."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-    with torch.autocast(x.device.type, dtype=precision or torch.float32, enabled=precision is not None):
-        logits = model(x)
-    loss = dice_ce_loss(logits.float(), y, dice_weight)
-    if penalty is not None:
-        loss = loss + penalty()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
 
 
 # ---------------------------------------------------------------------------------------
@@ -875,45 +826,7 @@ def validate(model, cases: list[Case], prep: Preprocessing, labels: dict[str, in
 
 
 # ---------------------------------------------------------------------------------------
-# The loop
-
-
-@dataclass
-class TrainingReport:
-    """Progress of a training run.
-
-    ``kind``: ``"start"``, ``"step"`` (after each optimisation step, ``loss`` is the
-    step's), ``"epoch"`` (``loss`` is the epoch's mean, ``val_dice`` the mean validation
-    Dice and ``val_cases`` per case), ``"done"`` (the model is written; ``card`` is its
-    card) or ``"stopped"`` (cancelled; ``card`` is set when a checkpoint was written).
-    Fine-tuning (``napari_ctseg.fine_tuning``) adds ``"prepare"`` (reading data, measuring
-    the base model) and fills ``corrections_dice`` and ``promoted``.
-    """
-
-    kind: str
-    epoch: int
-    epochs: int
-    step: int = 0
-    steps: int = 0
-    loss: float | None = None
-    val_dice: float | None = None
-    val_cases: dict[str, float] | None = None
-    best_dice: float | None = None
-    best_epoch: int | None = None
-    elapsed_s: float = 0.0
-    message: str = ""
-    card: ModelCard | None = None
-    corrections_dice: float | None = None  # fine-tuning: Dice on the held-aside corrected slices
-    promoted: bool | None = None  # fine-tuning, "done": whether the new version became active
-
-    @property
-    def fraction(self) -> float:
-        """How much of the run is done, 0..1."""
-        if self.kind == "done":
-            return 1.0
-        total = max(self.epochs * max(self.steps, 1), 1)
-        done = max(self.epoch - 1, 0) * max(self.steps, 1) + self.step
-        return min(done / total, 1.0)
+# Training from scratch: a strategy on the engine (napari_ctseg.engine)
 
 
 def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int = 0,
@@ -927,16 +840,64 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     ``split`` ({"train": [...], "validation": [...]}) defaults to ``splits.json``;
     ``config`` overrides ``default_config(target)`` (a dict merges into it, nested dicts
     key by key); ``epochs`` overrides the config's. ``version`` (default: ``out_dir``'s
-    name) and ``notes`` (default: ``TARGET_NOTES[target]``) go into the card. ``threads`` sets ``torch.set_num_threads``. Raises
-    ``TrainingError`` for bad input before any work; yields ``TrainingReport``s; returns
-    the card.
+    name) and ``notes`` (default: ``TARGET_NOTES[target]``) go into the card. ``threads``
+    sets ``torch.set_num_threads``. Raises ``TrainingError`` for bad input before any work;
+    yields ``TrainingReport``s; returns the card (on a cancel: the best checkpoint so far,
+    or None when none was validated yet).
     """
     check_target(target)
-    cfg = _merge_config(default_config(target), config)
-    if epochs is not None:
-        cfg = replace(cfg, epochs=int(epochs))
-    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
-        raise TrainingError("epochs, steps per epoch and batch size must be at least 1")
+    cfg, prep, labels = _checked_config(target, config, epochs)
+    dev = torch_device(device)
+    out_dir = Path(out_dir)
+    if (out_dir / WEIGHTS_FILE).exists() and not overwrite:
+        raise TrainingError(f"{out_dir}: already holds a model; choose a new folder (a run never "
+                            "overwrites a model) or pass overwrite")
+    names = _checked_split(target, data_dir, split, cfg)
+    rng, gen = seeded(seed, threads)
+    t0 = time.perf_counter()
+    data = yield from _read_training_data(target, Path(data_dir), names, cfg, prep)
+    model = build_model({**cfg.architecture}).to(dev)
+
+    def batch():
+        x, y = augment(*data.sample(cfg.batch_size, rng), cfg.augmentation, prep.pad_value, gen)
+        return x.to(dev), y.to(dev)
+
+    def evaluate(model, epoch: int) -> Evaluation | None:
+        if epoch % cfg.val_every and epoch != cfg.epochs:
+            return None
+        if cfg.bn_recalibration_batches:
+            recalibrate_batchnorm(model, (batch()[0] for _ in range(cfg.bn_recalibration_batches)), dev)
+        val = validate(model, data.val_cases, prep, labels, dev)
+        return Evaluation(val["selection"], {"val_dice": val["mean_dice"]}, val["cases"],
+                          f"validation Dice {val['mean_dice']:.4f}")
+
+    def finish(model, outcome: Outcome) -> ModelCard:
+        card = _training_card(target, version or out_dir.name, cfg, prep, labels, data, outcome, notes)
+        card.training.update({"seed": seed, "device": str(dev), "threads": torch.get_num_threads(),
+                              "parameters": count_parameters(model)})
+        card.validation = _final_validation(model, data, outcome, prep, labels, dev)
+        return card
+
+    return (yield from run(TrainingPlan(
+        model, dev, out_dir, cfg.epochs, cfg.steps_per_epoch, cfg.lr, cfg.weight_decay,
+        int(cfg.warmup_fraction * cfg.epochs * cfg.steps_per_epoch), 0.01, batch, evaluate, finish,
+        _written, keep="best", keep_on_cancel=True, dice_weight=cfg.dice_weight, save_half=cfg.save_half,
+        t0=t0)))
+
+
+def _written(card: ModelCard, outcome: Outcome) -> tuple[ModelCard, dict[str, Any]]:
+    """The ``"done"`` report's figures and words for a trained version, once it is in place."""
+    return card, {"best_dice": outcome.best_score, "best_epoch": outcome.best_epoch,
+                  "val_dice": card.validation["mean_dice"],
+                  "message": f"wrote {card.weights_path} (best epoch {outcome.best_epoch}, "
+                             f"validation Dice {card.validation['mean_dice']:.4f})"}
+
+
+def _checked_config(target: str, config, epochs: int | None) -> tuple[TrainingConfig, Preprocessing,
+                                                                       dict[str, int]]:
+    """The run's settings, its preprocessing and the target's labels; ``TrainingError`` when
+    the architecture, the preprocessing and the classes do not fit together."""
+    cfg = merged_settings(default_config(target), config, "training", epochs)
     try:
         prep = Preprocessing.from_dict(cfg.preprocessing)
         model = build_model({**cfg.architecture})
@@ -957,205 +918,159 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         raise TrainingError(f"{target} has {len(labels)} label(s) and {len(extra)} training-only "
                             f"class(es), so the network needs {len(labels) + 1 + len(extra)} classes "
                             f"numbered after the labels, not {n_classes}")
-    dev = torch_device(device)
-    out_dir = Path(out_dir)
-    if (out_dir / WEIGHTS_FILE).exists() and not overwrite:
-        raise TrainingError(f"{out_dir}: already holds a model; choose a new folder (a run never "
-                            "overwrites a model) or pass overwrite")
+    if cfg.stages and prep.crop != "mask":
+        raise TrainingError("a version with stages sees its organ's square: preprocessing crop must be 'mask'")
+    return cfg, prep, labels
+
+
+@dataclass
+class _SplitNames:
+    """The cases of a training run by role (see ``splits.json``)."""
+
+    train: list[str]
+    validation: list[str]
+    silver: list[str]
+    hosts: list[str]
+    pseudo: list[dict[str, Any]]
+    negative: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return (self.train + self.silver + self.hosts + [s["case"] for s in self.pseudo]
+                + self.validation + self.negative)
+
+    def to_card(self) -> dict[str, Any]:
+        return {"train": self.train, "validation": self.validation,
+                **({"train_silver": self.silver} if self.silver else {}),
+                **({"train_hosts": self.hosts} if self.hosts else {}),
+                **({"train_pseudo": self.pseudo} if self.pseudo else {}),
+                **({"validation_negative": self.negative} if self.negative else {})}
+
+
+def _checked_split(target: str, data_dir, split, cfg: TrainingConfig) -> _SplitNames:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise TrainingError(f"{data_dir}: no such data folder")
     if split is None:
         split = load_splits()[target]
-    train_names, val_names = list(split.get("train", [])), list(split.get("validation", []))
-    silver_names = list(split.get("train_silver", []))
-    host_names = list(split.get("train_hosts", [])) if cfg.synthetic else []
-    pseudo_specs = list(split.get("train_pseudo", []))
-    neg_val_names = list(split.get("validation_negative", []))
-    if not train_names or not val_names:
+    names = _SplitNames(list(split.get("train", [])), list(split.get("validation", [])),
+                        list(split.get("train_silver", [])),
+                        list(split.get("train_hosts", [])) if cfg.synthetic else [],
+                        list(split.get("train_pseudo", [])), list(split.get("validation_negative", [])))
+    if not names.train or not names.validation:
         raise TrainingError(f"the {target} split needs training and validation cases")
-    if (set(train_names) | set(silver_names) | set(host_names)) & set(val_names + neg_val_names):
-        overlap = sorted((set(train_names) | set(silver_names) | set(host_names)) & set(val_names + neg_val_names))
+    overlap = sorted(set(names.train + names.silver + names.hosts) & set(names.validation + names.negative))
+    if overlap:
         raise TrainingError(f"cases both in training and validation: {overlap}")
-    version = version or out_dir.name
+    return names
 
-    if threads:
-        torch.set_num_threads(int(threads))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
 
-    n_train = len(train_names) + len(silver_names) + len(host_names)
-    yield TrainingReport("start", 0, cfg.epochs, steps=cfg.steps_per_epoch,
-                         message=f"reading {n_train} training and {len(val_names) + len(neg_val_names)} "
-                                 "validation cases")
-    train_cases = [load_case(target, data_dir, n) for n in train_names]
-    train_cases += [load_case(target, data_dir, n, silver=True, airway_label=extra.get("airway"))
-                    for n in silver_names]
-    train_cases += [load_pseudo_case(data_dir, spec) for spec in pseudo_specs]
-    pseudo_names = [c.name for c in train_cases[len(train_cases) - len(pseudo_specs):]]
-    val_cases = [load_case(target, data_dir, n) for n in val_names]
-    val_cases += [load_host_case(data_dir, n) for n in neg_val_names]
+@dataclass
+class _TrainingData:
+    """A run's cases, read: the training slices (and lesion hosts) to sample, the validation cases."""
+
+    names: _SplitNames
+    prep: Preprocessing
+    train_cases: list[Case]
+    val_cases: list[Case]
+    pseudo_names: list[str]
+    cache: SliceCache
+    hosts: _Hosts | None = None
+    lesion_settings: Any = None
+    organ_lesions: dict[str, Any] | None = None
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_batch(self.cache, self.prep, n, rng, self.hosts, self.lesion_settings, self.organ_lesions)
+
+
+def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: TrainingConfig,
+                        prep: Preprocessing) -> Generator[TrainingReport, None, _TrainingData]:
+    """Read and preprocess the cases, yielding ``"start"`` reports of what it reads."""
+    n_train = len(names.train) + len(names.silver) + len(names.hosts)
+
+    def start(message: str) -> TrainingReport:
+        return TrainingReport("start", 0, cfg.epochs, steps=cfg.steps_per_epoch, message=message)
+
+    yield start(f"reading {n_train} training and {len(names.validation) + len(names.negative)} validation cases")
+    train_cases = [load_case(target, data_dir, n) for n in names.train]
+    train_cases += [load_case(target, data_dir, n, silver=True, airway_label=cfg.extra_classes.get("airway"))
+                    for n in names.silver]
+    train_cases += [load_pseudo_case(data_dir, spec) for spec in names.pseudo]
+    pseudo_names = [c.name for c in train_cases[len(train_cases) - len(names.pseudo):]]
+    val_cases = [load_case(target, data_dir, n) for n in names.validation]
+    val_cases += [load_host_case(data_dir, n) for n in names.negative]
     if cfg.stages:
-        if prep.crop != "mask":
-            raise TrainingError("a version with stages sees its organ's square: preprocessing crop "
-                                "must be 'mask'")
-        yield TrainingReport("start", 0, cfg.epochs, steps=cfg.steps_per_epoch,
-                             message=f"locating the {target} in the validation cases with "
-                                     f"{target} {cfg.stages[0].get('version')}")
+        yield start(f"locating the {target} in the validation cases with {target} "
+                    f"{cfg.stages[0].get('version')}")
         _locate_cases(target, cfg.stages, val_cases, prep)
-    cache = build_cache(train_cases, prep, n_classes, cfg.foreground_weight)
-    hosts, lesion_settings = None, None
-    if host_names:
+    n_classes = int(cfg.architecture.get("n_classes", len(TARGET_LABELS[target]) + 1))
+    data = _TrainingData(names, prep, train_cases, val_cases, pseudo_names,
+                         build_cache(train_cases, prep, n_classes, cfg.foreground_weight),
+                         organ_lesions=cfg.organ_lesions)
+    if names.hosts:
         from .synthetic import LesionSettings
 
-        lesion_settings = LesionSettings.from_dict(cfg.synthetic)
-        host_cases = [load_host_case(data_dir, n) for n in host_names]
-        hosts = _build_hosts(host_cases, prep, _reference_model(target, cfg.synthetic, prep),
-                             lesion_settings.hard_negative_weight)
-        del host_cases
-    model = build_model({**cfg.architecture}).to(dev)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * cfg.steps_per_epoch
-    lr_at = warmup_cosine(cfg.lr, total_steps, int(cfg.warmup_fraction * total_steps), floor=0.01)
+        data.lesion_settings = LesionSettings.from_dict(cfg.synthetic)
+        host_cases = [load_host_case(data_dir, n) for n in names.hosts]
+        data.hosts = _build_hosts(host_cases, prep, _reference_model(target, cfg.synthetic, prep),
+                                  data.lesion_settings.hard_negative_weight)
+    return data
 
-    best_state, best_dice, best_epoch = None, -1.0, 0
-    history: list[dict[str, Any]] = []
-    global_step, epoch = 0, 0
-    stopped = False
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            losses = []
-            for step in range(1, cfg.steps_per_epoch + 1):
-                x, y = sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
-                                     cfg.organ_lesions)
-                x, y = augment(x, y, cfg.augmentation, prep.pad_value, gen)
-                losses.append(optimisation_step(model, opt, x.to(dev), y.to(dev), lr_at(global_step),
-                                                dice_weight=cfg.dice_weight))
-                global_step += 1
-                yield TrainingReport("step", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1],
-                                     best_dice=best_dice if best_state is not None else None,
-                                     best_epoch=best_epoch or None, elapsed_s=time.perf_counter() - t0)
-            val = None
-            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                if cfg.bn_recalibration_batches:
-                    recalibrate_batchnorm(model, (
-                        augment(*sample_batch(cache, prep, cfg.batch_size, rng, hosts, lesion_settings,
-                                               cfg.organ_lesions), cfg.augmentation, prep.pad_value, gen)[0]
-                        for _ in range(cfg.bn_recalibration_batches)), dev)
-                val = validate(model, val_cases, prep, labels, dev)
-                if val["selection"] > best_dice:
-                    best_dice, best_epoch = val["selection"], epoch
-                    best_state = copy.deepcopy(model.state_dict())
-            mean_loss = float(np.mean(losses))
-            history.append({"epoch": epoch, "loss": round(mean_loss, 5),
-                            "val_dice": None if val is None else round(val["mean_dice"], 5)})
-            yield TrainingReport(
-                "epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, mean_loss,
-                val_dice=None if val is None else val["mean_dice"],
-                val_cases=None if val is None else val["cases"],
-                best_dice=best_dice, best_epoch=best_epoch, elapsed_s=time.perf_counter() - t0,
-                message=f"epoch {epoch}/{cfg.epochs}: loss {mean_loss:.4f}"
-                        + ("" if val is None else f", validation Dice {val['mean_dice']:.4f}"),
-            )
-    except GeneratorExit:
-        stopped = True
-    if best_state is None:
-        if stopped:
-            return None
-        raise TrainingError("training ended without a validated checkpoint")  # pragma: no cover
 
-    # The checkpoint as it will be stored, validated as stored.
-    state = half_state_dict(best_state) if cfg.save_half else best_state
-    model.load_state_dict(state)
-    model.eval()
-    elapsed = time.perf_counter() - t0
-    card = ModelCard(
+def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preprocessing,
+                   labels: dict[str, int], data: _TrainingData, outcome: Outcome, notes: str | None) -> ModelCard:
+    """The card of a trained version (its ``validation`` is filled by the caller)."""
+    names, extra = data.names, dict(cfg.extra_classes)
+    return ModelCard(
         target=target, version=version, labels=dict(labels),
         architecture=dict(cfg.architecture), preprocessing=prep.to_dict(),
         training={
-            "data": _data_record(train_names + silver_names + host_names + [s["case"] for s in pseudo_specs]
-                                 + val_names + neg_val_names),
-            "split": {"train": train_names, "validation": val_names,
-                      **({"train_silver": silver_names} if silver_names else {}),
-                      **({"train_hosts": host_names} if host_names else {}),
-                      **({"train_pseudo": pseudo_specs} if pseudo_specs else {}),
-                      **({"validation_negative": neg_val_names} if neg_val_names else {})},
-            "labels_source": {**{n: "expert" for n in train_names + val_names},
-                              **{n: f"silver-standard ({SILVER_LUNGS_METHOD})" for n in silver_names},
+            "data": _data_record(names.all),
+            "split": names.to_card(),
+            "labels_source": {**{n: "expert" for n in names.train + names.validation},
+                              **{n: f"silver-standard ({SILVER_LUNGS_METHOD})" for n in names.silver},
                               **{n: "no infection (negative); synthetic lesions with exact masks painted into "
                                     "its lungs (expert lung mask where the folder has one, else silver-standard)"
-                                 for n in host_names},
+                                 for n in names.hosts},
                               **{n: "no infection (negative validation: scored by the false-positive % of "
-                                    "the lung)" for n in neg_val_names},
-                              **{n: PSEUDO_METHOD for n in pseudo_names}},
-            **({"hard_negative_slices": hosts.hard} if hosts is not None else {}),
+                                    "the lung)" for n in names.negative},
+                              **{n: PSEUDO_METHOD for n in data.pseudo_names}},
+            **({"hard_negative_slices": data.hosts.hard} if data.hosts is not None else {}),
             **({"extra_classes": extra, "extra_classes_note": "training-only classes learnt from the "
                 "silver labels (airway: the trachea and main bronchi found by the classical method); "
                 "the output counts them as background"} if extra else {}),
-            "epochs": cfg.epochs, "epochs_run": epoch, "stopped_early": stopped,
-            "best_epoch": best_epoch,
+            "epochs": cfg.epochs, "epochs_run": outcome.epochs_run, "stopped_early": outcome.stopped,
+            "best_epoch": outcome.best_epoch,
             "selection": ("best mean of (mean validation Dice) and (negative score = 1 - min(1, "
                           f"false-positive % of the lung / {NEGATIVE_TOLERANCE_PCT})), checked every epoch"
-                          if neg_val_names else "best mean validation Dice (mean over cases of "
+                          if names.negative else "best mean validation Dice (mean over cases of "
                           "the mean Dice over labels), checked every epoch"),
-            "seed": seed, "device": str(dev), "threads": torch.get_num_threads(),
-            "time_s": round(elapsed, 1), "steps": global_step,
-            "config": cfg.to_dict(), "parameters": count_parameters(model),
+            "steps": outcome.steps, "config": cfg.to_dict(),
             "weights_dtype": "float16" if cfg.save_half else "float32",
-            "history": history,
+            "history": outcome.history,
             "software": {"napari-ctseg": __version__, "torch": torch.__version__,
                          "python": platform.python_version()},
         },
-        license=LICENSE_NOTE,
-        cite=_citations(train_names + silver_names + host_names + [s["case"] for s in pseudo_specs]
-                        + val_names + neg_val_names),
+        license=LICENSE_NOTE, cite=_citations(names.all),
         notes=TARGET_NOTES[target] if notes is None else notes,
         **starter_definition(target, labels),
         stages=[dict(st) for st in cfg.stages],
     )
-    if not stopped:
-        full = validate(model, val_cases, prep, labels, dev, full=True)
-        fit = validate(model, train_cases, prep, labels, dev)
-        card.validation = {
-            "mean_dice": full["mean_dice"], "pooled_dice": full["pooled_dice"], "cases": full["cases"],
+
+
+def _final_validation(model, data: _TrainingData, outcome: Outcome, prep: Preprocessing,
+                      labels: dict[str, int], dev) -> dict[str, Any]:
+    """The card's validation figures of the weights as stored: every figure on the validation
+    cases and the Dice on the training cases; a cancelled run, its best epoch's Dice only."""
+    if outcome.stopped:
+        return {"mean_dice": outcome.best_score, "note": f"stopped at epoch {outcome.epochs_run}; "
+                                                         f"figures at the best epoch {outcome.best_epoch}"}
+    full = validate(model, data.val_cases, prep, labels, dev, full=True)
+    fit = validate(model, data.train_cases, prep, labels, dev)
+    return {"mean_dice": full["mean_dice"], "pooled_dice": full["pooled_dice"], "cases": full["cases"],
             **({"negative_score": full["negative_score"]} if "negative_score" in full else {}),
             "training_cases_dice": fit["cases"],
-            "note": "raw network output (no post-processing), on each case's original grid",
-        }
-    else:
-        card.validation = {"mean_dice": best_dice, "note": f"stopped at epoch {epoch}; figures at "
-                                                           f"the best epoch {best_epoch}"}
-    card.training["time_s"] = round(time.perf_counter() - t0, 1)
-    write_version(out_dir, state, card)
-    if stopped:
-        return card
-    yield TrainingReport("done", cfg.epochs, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch,
-                         best_dice=best_dice, best_epoch=best_epoch, val_dice=card.validation["mean_dice"],
-                         elapsed_s=time.perf_counter() - t0, card=card,
-                         message=f"wrote {out_dir / WEIGHTS_FILE} (best epoch {best_epoch}, "
-                                 f"validation Dice {card.validation['mean_dice']:.4f})")
-    return card
-
-
-def recalibrate_batchnorm(model: torch.nn.Module, batches, device) -> None:
-    """Set every BatchNorm's running statistics to the exact average over ``batches`` (inputs
-    only) for the model's current weights. The model is left in training mode."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x.to(device))
-    for bn, m in zip(bns, saved):
-        bn.momentum = m
+            "note": "raw network output (no post-processing), on each case's original grid"}
 
 
 def _locate_cases(target: str, stages: list[dict[str, Any]], cases: list[Case], prep: Preprocessing) -> None:
