@@ -50,14 +50,12 @@ import torch
 from . import __version__
 from .engine import Evaluation, Outcome, TrainingPlan, autocast_dtype, merged_settings, run, seeded
 from .errors import CTSegError, ModelError, TrainingError
-from .models.preprocess import (
-    Preprocessing,
-    labels_from_probs,
-    slices_to_input,
-)
+from .models.predict import predict_slices
+from .models.preprocess import Preprocessing
 from .models.registry import (
     LICENSE_NOTE,
     ModelCard,
+    as_registry,
     get_card,
     load_model,
     next_version_name,
@@ -168,19 +166,6 @@ def _read_correction(corr: CorrectionCase, target: str, labels: dict[str, int] |
                 spacing=tuple(volume.spacing))
 
 
-def predict_slices(model, hu: np.ndarray, zs: Sequence[int], prep: Preprocessing, crop, device,
-                   batch_size: int = 16) -> np.ndarray:
-    """Labels (len(zs), y, x) of the given axial slices of a HU volume (model in eval mode)."""
-    out = np.zeros((len(zs), *hu.shape[1:]), np.uint8)
-    with torch.inference_mode():
-        for start in range(0, len(zs), batch_size):
-            z = list(zs[start:start + batch_size])
-            x = slices_to_input(hu, z, prep, crop).to(device)
-            probs = torch.softmax(model(x), dim=1).float().cpu()
-            out[start:start + len(z)] = labels_from_probs(probs, crop)
-    return out
-
-
 def _disagreeing_slices(pred: np.ndarray, ref: np.ndarray) -> list[int]:
     """Slices where prediction and mask differ by more than a few voxels (2% of the larger area, >= 10)."""
     out = []
@@ -233,7 +218,7 @@ def _spread_blocks(changed: list[int], n_slices: int, fraction: float, context: 
 def _slices_dice(model, item: _Loaded, zs: list[int], prep, labels, device) -> float | None:
     if not zs:
         return None
-    pred = predict_slices(model, item.case.hu, zs, prep, item.crop, device)
+    pred = predict_slices(model, item.case.hu, zs, prep, item.crop, device, batch_size=16)
     return case_dice(pred, item.case.labels[zs], labels)
 
 
@@ -267,7 +252,8 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
     """Fine-tune ``target``'s ``base_version`` (default: the active one) on ``corrections``.
 
     See the module docstring. ``roots`` are the registry roots to read the base from
-    (default: the usual ones); ``out_root`` where the new version goes (default: the user's
+    (a ``ModelRegistry``, folders, or None for the default one); ``out_root`` where the new
+    version goes (default: the registry's user folder, i.e. the user's
     weights folder). Raises ``TrainingError`` for bad input before any training; yields
     ``TrainingReport``s (``"prepare"``, ``"start"``, ``"step"``, ``"epoch"`` with ``val_dice``
     and ``corrections_dice``, then ``"done"`` with the card, ``promoted`` and ``message``);
@@ -286,7 +272,7 @@ def fine_tune(target: str, corrections: Sequence[CorrectionCase], *, base_versio
         base_model, base_card = load_model(target, base_version, device=dev, roots=roots)
     except ModelError as exc:
         raise TrainingError(str(exc)) from None
-    out_root = Path(out_root) if out_root is not None else user_weights_dir()
+    out_root = Path(out_root) if out_root is not None else (as_registry(roots).user_dir or user_weights_dir())
     version = version or next_version_name(target, base_card.version, roots)
     if (out_root / target / version).exists():
         raise TrainingError(f"{out_root / target / version}: a version {version!r} already exists; "
@@ -350,7 +336,7 @@ class _FineTuning:
                 base_pred = np.zeros(case.labels.shape, np.uint8)
                 zs = np.flatnonzero(seen).tolist()
                 if zs:
-                    base_pred[zs] = predict_slices(self.base_model, case.hu, zs, prep, crop, self.dev)
+                    base_pred[zs] = predict_slices(self.base_model, case.hu, zs, prep, crop, self.dev, batch_size=16)
                 changed = _disagreeing_slices(base_pred, case.labels)
             else:
                 changed = sorted({int(z) for z in corr.changed_slices if 0 <= int(z) < n})
