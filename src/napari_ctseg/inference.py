@@ -21,6 +21,7 @@ import torch
 from scipy import ndimage
 
 from .errors import CTSegError
+from .jobs import Cancelled, Progress  # the one event type and cancel of long jobs
 from .models.predict import predict_image8
 from .models.preprocess import Preprocessing, find_crop, labels_from_probs, mask_crop, slices_to_input
 from .models.definition import apply_postprocess, label_display_name, locate_stage
@@ -28,20 +29,6 @@ from .models.registry import TARGETS, ModelCard, get_card, load_model
 from .volume import CTVolume
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class Cancelled(CTSegError):
-    """The user cancelled the segmentation; nothing was produced."""
-
-
-@dataclass
-class Progress:
-    """``done`` of ``total`` slice predictions finished; ``message`` says what runs now."""
-
-    done: int
-    total: int
-    message: str
-    target: str = ""
 
 
 @dataclass

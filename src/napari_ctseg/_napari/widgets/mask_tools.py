@@ -22,8 +22,9 @@ and a new array recount all slices, once, a moment later.
 
 Save corrected mask writes ``<scan>_<target>_corrected.nii.gz`` with ``io.write_mask``
 (the scan's exact geometry; the scan itself is never overwritten, an existing file only
-after the user agrees) and records the pair in the corrections store
-(``napari_ctseg.corrections``), with the z slices changed since the mask was first seen.
+after the user agrees) as a job (``save_steps``) through the plugin's one Qt adapter
+(``_napari/_jobs.py``), off the GUI thread, and records the pair in the corrections store
+(``napari_ctseg.corrections``), with the z slices changed since the mask was made.
 """
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ from ... import corrections, editing
 from ...errors import CTSegError
 from ...io import write_mask
 from ...io.nifti import is_nifti_path, scan_name
+from ...jobs import Job, Progress, run
 from ...volume import Geometry
 from .._compat import PAINT_HOOK, layer_renamed, paint_hook_available, unwrap
+from .._jobs import run_job
 from .._layers import geometry_from_metadata
 
 PREVIEW_KEY = "ctseg_preview"
@@ -117,27 +120,13 @@ def _remove_hooks(hooks: dict) -> None:
     hooks.update(target=None, names=[])
 
 
-def _save_job(path: Path, data: np.ndarray, geometry: Geometry, baseline) -> tuple[Path, list[int], dict[str, int]]:
-    """Write the mask and measure it (runs in a worker thread): (path written, changed slices,
-    voxels per label)."""
+def save_steps(path: Path, data: np.ndarray, geometry: Geometry, baseline) -> Job:
+    """Save corrected mask as a job: write the mask on the scan's geometry, then measure it.
+    Returns (path written, changed z slices, voxels per label)."""
+    yield Progress(0, 2, f"writing {path.name}")
     written = write_mask(path, data, geometry)
-    return written, corrections.changed_slices(baseline, data), _label_voxels(data)
-
-
-def _label_voxels(data: np.ndarray) -> dict[str, int]:
-    """Voxels per label value (background left out)."""
-    top = int(data.max()) if data.size else 0
-    if np.issubdtype(data.dtype, np.integer) and 0 < top <= 16 and data.min() >= 0:
-        # a few labels (the usual case): one comparison each beats a bincount of the volume
-        counts = {str(v): int(np.count_nonzero(data == v)) for v in range(1, top + 1)}
-        return {k: c for k, c in counts.items() if c}
-    if data.size and np.issubdtype(data.dtype, np.integer) and data.min() >= 0 and top < 2**16:
-        counts = np.bincount(data.ravel())
-        values = np.flatnonzero(counts)
-        counts = counts[values]
-    else:
-        values, counts = np.unique(data, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts) if v != 0}
+    yield Progress(1, 2, "measuring the changed slices")
+    return written, corrections.changed_slices(baseline, data), editing.label_voxels(data)
 
 
 class MaskToolsWidget(QWidget):
@@ -812,37 +801,23 @@ class MaskToolsWidget(QWidget):
         return Path(self.folder_edit.text().strip() or Path.home()).expanduser() / name
 
     def _save_clicked(self):
-        """Save in a napari thread worker (a large mask takes seconds to compress), with a busy
-        bar; the mask is copied when the button is pressed, so painting on meanwhile is safe."""
+        """Save through the job adapter (a large mask takes seconds to compress); the mask is
+        copied when the button is pressed, so painting on meanwhile is safe."""
         if self._save_worker is not None:
             return
         job = self._prepare_save(None)
         if job is None:
             return
-        from napari.qt.threading import create_worker
-        from napari.utils import progress as napari_progress
-
-        self.save_button.setEnabled(False)
         self._say(f"Saving {job['path'].name} ...")
-        bar = napari_progress(total=0, desc=f"Saving {job['path'].name}")
+        self._save_worker = run_job(
+            save_steps(job["path"], job["data"], job["geometry"], job["baseline"]),
+            title="Save corrected mask", owner=self, status=self.status, start_button=self.save_button,
+            on_done=lambda out: self._finish_save(job, *out), on_finished=self._save_finished,
+            failed_text="Not saved: {error}")
 
-        def done(out):
-            self._finish_save(job, *out)
-
-        def failed(exc):
-            message = str(exc) if isinstance(exc, CTSegError) else f"{type(exc).__name__}: {exc}"
-            show_error(f"Save corrected mask: {message}")
-            self._say(f"Not saved: {message}")
-
-        def finished():
-            bar.close()
-            self._save_worker = None
-            self._update_enabled()
-
-        self._save_worker = create_worker(_save_job, job["path"], job["data"], job["geometry"],
-                                          job["baseline"], _start_thread=False,
-                                          _connect={"returned": done, "errored": failed, "finished": finished})
-        self._save_worker.start()
+    def _save_finished(self):
+        self._save_worker = None
+        self._update_enabled()
 
     def _ask_overwrite(self, path: Path) -> bool:
         answer = QMessageBox.question(
@@ -862,7 +837,7 @@ class MaskToolsWidget(QWidget):
         if job is None:
             return None
         try:
-            out = _save_job(job["path"], job["data"], job["geometry"], job["baseline"])
+            out = run(save_steps(job["path"], job["data"], job["geometry"], job["baseline"]))
         except CTSegError as exc:
             show_error(f"Save corrected mask: {exc}")
             self._say(f"Not saved: {exc}")
