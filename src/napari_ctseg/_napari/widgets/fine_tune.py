@@ -217,6 +217,35 @@ class FineTuneWidget(QWidget):
         form.addRow("Base version", self.base_combo)
         layout.addLayout(form)
 
+        layout.addWidget(self._corrections_box())
+        layout.addWidget(self._settings_box())
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        layout.addWidget(self.progress_bar)
+        self.eta_label = QLabel("")
+        layout.addWidget(self.eta_label)
+        self.plot = TrainingPlot()
+        layout.addWidget(self.plot)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        connect_models_changed(self, self.refresh_versions)
+        self._target_changed(self.target_combo.currentText())
+
+    def _corrections_box(self) -> QGroupBox:
+        """The saved corrections of the target, each to tick or not."""
         box = QGroupBox("Saved corrections to learn from")
         vbox = QVBoxLayout(box)
         self.corrections_list = QListWidget()
@@ -226,8 +255,10 @@ class FineTuneWidget(QWidget):
         refresh = QPushButton("Refresh list")
         refresh.clicked.connect(self.refresh_corrections)
         vbox.addWidget(refresh)
-        layout.addWidget(box)
+        return box
 
+    def _settings_box(self) -> QGroupBox:
+        """Epochs, steps, learning rate, device and the optional data folder."""
         settings = QGroupBox("Settings")
         sform = QFormLayout(settings)
         defaults = FineTuneConfig()
@@ -262,31 +293,7 @@ class FineTuneWidget(QWidget):
         data_row.addWidget(self.data_edit)
         data_row.addWidget(browse)
         sform.addRow("Data folder", data_row)
-        layout.addWidget(settings)
-
-        buttons = QHBoxLayout()
-        self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        layout.addWidget(self.progress_bar)
-        self.eta_label = QLabel("")
-        layout.addWidget(self.eta_label)
-        self.plot = TrainingPlot()
-        layout.addWidget(self.plot)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
-        layout.addWidget(self.status)
-        layout.addStretch(1)
-
-        connect_models_changed(self, self.refresh_versions)
-        self._target_changed(self.target_combo.currentText())
+        return settings
 
     # --- choices ---------------------------------------------------------------------
     def _target_changed(self, target):
