@@ -118,7 +118,7 @@ def napari_path(mask, repeat):
     ``Labels.data_setitem`` (one undo step), then napari's undo of it."""
     from napari.layers import Labels
 
-    from napari_ctseg._napari.widgets.mask_tools import _label_voxels
+    from napari_ctseg.editing import label_voxels as _label_voxels
     from napari_ctseg.corrections import changed_slices, slice_digests
 
     layer = Labels(mask.copy())

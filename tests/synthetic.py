@@ -233,3 +233,22 @@ def counting_job(n, fail_at=None, crash_at=None, marker=None):
             Path(marker).write_text("cleaned up")
         raise
     return "done"
+
+
+def fine_tune_that_dies(target, corrections, **kwargs):
+    """Stands in for ``fine_tuning.fine_tune`` in a child process: reports once, then the
+    process dies as an out-of-memory kill or a crash in native code would leave it."""
+    import os
+
+    from napari_ctseg.jobs import Progress
+
+    yield Progress(0, 10, f"reading {len(corrections)} correction(s) for {target}")
+    os._exit(3)
+
+
+def fine_tune_out_of_memory(target, corrections, **kwargs):
+    """Stands in for ``fine_tuning.fine_tune``: reports once, then runs out of memory."""
+    from napari_ctseg.jobs import Progress
+
+    yield Progress(0, 10, f"reading {len(corrections)} correction(s) for {target}")
+    raise MemoryError("cannot allocate 12.5 GiB for the batch")

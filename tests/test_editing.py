@@ -277,3 +277,15 @@ def test_label_volume_ml():
     mask[:5, :4, :2] = 1  # 40 voxels
     assert editing.label_volume_ml(mask, 1, (2.0, 0.5, 0.5)) == pytest.approx(40 * 0.5 / 1000)
     assert editing.label_volume_ml(mask, 2, (1, 1, 1)) == 0
+
+
+@pytest.mark.parametrize("dtype, values", [(np.uint8, (1, 2)), (np.uint16, (3, 300)), (np.int32, (7, 70000))])
+def test_label_voxels_counts_each_label_and_leaves_out_background(dtype, values):
+    from napari_ctseg.editing import label_voxels
+
+    mask = np.zeros((4, 5, 6), dtype)
+    mask[0, :2, :3] = values[0]  # 6 voxels
+    mask[3, 4, :] = values[1]  # 6 voxels
+    mask[2, 0, 0] = values[1]
+    assert label_voxels(mask) == {str(values[0]): 6, str(values[1]): 7}
+    assert label_voxels(np.zeros((2, 2, 2), dtype)) == {}

@@ -1,11 +1,27 @@
-"""Jobs in a child process: reports in order, the return value, errors, cancel, a dying process."""
+"""Long jobs: the one event type, the driver and its cancel, the ETA, and jobs in a child
+process (events in order, the return value, errors, cancel, a dying process)."""
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 
-from napari_ctseg.errors import TrainingError
-from napari_ctseg.jobs import JobError, in_child_process
+from napari_ctseg import inference
+from napari_ctseg.errors import CTSegError, TrainingError
+from napari_ctseg.jobs import (
+    CancelToken,
+    Cancelled,
+    Eta,
+    JobError,
+    Progress,
+    as_progress,
+    duration_text,
+    error_line,
+    in_child_process,
+    run,
+    single_step,
+    steps,
+)
 
 
 def drive(gen):
@@ -42,12 +58,137 @@ def test_a_dying_process_is_reported_and_this_one_goes_on():
     assert os.getpid()  # still here
 
 
-def test_cancel_runs_the_jobs_clean_up_and_returns_none(tmp_path):
-    cancel = threading.Event()
+def test_cancel_runs_the_jobs_clean_up_and_ends_cancelled(tmp_path):
+    cancel = CancelToken()
     marker = tmp_path / "marker"
     gen = in_child_process("synthetic:counting_job", 1000, marker=str(marker), cancel=cancel)
     seen = [next(gen), next(gen)]
-    cancel.set()
-    rest, value = drive(gen)
-    assert value is None and len(seen) + len(rest) < 1000
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        seen += drive(gen)[0]
+    assert len(seen) < 1000
     assert marker.read_text() == "cleaned up"
+
+
+def test_cancel_through_the_driver_stops_a_child_job_and_cleans_up(tmp_path):
+    """The same token and driver as for a job in this thread: the child's clean-up runs."""
+    cancel = CancelToken()
+    marker = tmp_path / "marker"
+    seen = []
+
+    def on_event(i):
+        seen.append(i)
+        if i == 2:
+            cancel.cancel()
+
+    job = in_child_process("synthetic:counting_job", 1000, marker=str(marker), cancel=cancel)
+    with pytest.raises(Cancelled):
+        run(job, on_event=on_event, cancel=cancel)
+    assert seen == [0, 1, 2]
+    assert marker.read_text() == "cleaned up"
+
+
+def test_closing_a_child_job_stops_the_child_and_cleans_up(tmp_path):
+    marker = tmp_path / "marker"
+    gen = in_child_process("synthetic:counting_job", 1000, marker=str(marker))
+    assert next(gen) == 0
+    gen.close()
+    assert marker.read_text() == "cleaned up"
+
+
+# --- the driver in this thread -------------------------------------------------------------
+
+def counting(n, log):
+    try:
+        for i in range(n):
+            yield Progress(i, n, f"item {i}")
+        return "all"
+    finally:
+        log.append("cleaned up")
+
+
+def test_run_gives_every_event_and_the_result():
+    log, seen = [], []
+    assert run(counting(4, log), on_event=seen.append) == "all"
+    assert [p.done for p in seen] == [0, 1, 2, 3] and log == ["cleaned up"]
+
+
+def test_a_set_token_stops_the_job_before_its_next_event_and_runs_its_clean_up():
+    log, seen = [], []
+    cancel = CancelToken()
+
+    def on_event(p):
+        seen.append(p.done)
+        if p.done == 1:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        run(counting(100, log), on_event=on_event, cancel=cancel)
+    assert seen == [0, 1] and log == ["cleaned up"] and cancel.cancelled
+
+
+def test_closing_the_driver_closes_the_job():
+    log = []
+    driver = steps(counting(100, log), CancelToken())
+    next(driver)
+    driver.close()
+    assert log == ["cleaned up"]
+
+
+def test_a_token_is_an_event_for_code_that_takes_one():
+    token = CancelToken()
+    assert isinstance(token, threading.Event) and not token.cancelled
+    token.set()
+    assert token.cancelled
+
+
+def test_inference_uses_the_one_event_type_and_cancel():
+    assert inference.Progress is Progress and inference.Cancelled is Cancelled
+    assert Progress(3, 10, "lungs: slice 3/10", "lungs").stage == "lungs"
+
+
+def test_single_step_is_a_job_with_one_busy_event():
+    seen = []
+    assert run(single_step(divmod, 7, 2, message="dividing"), on_event=seen.append) == (3, 1)
+    assert seen == [Progress(0, 0, "dividing")] and seen[0].fraction is None
+
+
+def test_events_read_as_progress():
+    assert as_progress(Progress(1, 4, "a")) == Progress(1, 4, "a")
+    assert as_progress(SimpleNamespace(done=3, total=8, message="m")) == Progress(3, 8, "m")
+    # a training report before it carried done/total: counted in optimisation steps
+    report = SimpleNamespace(kind="step", epoch=2, epochs=3, step=4, steps=5, message="")
+    assert as_progress(report) == Progress(9, 15, "")
+    assert as_progress(SimpleNamespace(kind="done", epoch=3, epochs=3, step=0, steps=5, message="ok")) \
+        == Progress(15, 15, "ok")
+    assert as_progress(SimpleNamespace(kind="prepare", epoch=0, epochs=2, step=0, steps=0, message="reading")) \
+        == Progress(0, 2, "reading")
+    assert as_progress("anything else") == Progress(0, 0, "")
+
+
+def test_errors_read_in_one_line():
+    assert error_line(CTSegError("bad file x.nii")) == "bad file x.nii"
+    assert error_line(MemoryError()) == "MemoryError"
+    assert error_line(ValueError("first line\nsecond line")) == "ValueError: first line"
+    assert error_line(JobError("the job's process ended", "Traceback ...")) == "the job's process ended"
+
+
+# --- time left -----------------------------------------------------------------------------
+
+def test_eta_from_the_speed_since_work_began():
+    now = [100.0]
+    eta = Eta(clock=lambda: now[0])
+    assert eta.update(0, 10, now=101.0) is None and eta.text() == ""  # preparing: nothing done yet
+    assert eta.update(0, 10, now=130.0) is None  # still preparing: does not count as speed
+    assert eta.update(2, 10, now=134.0) == pytest.approx(16.0)  # 2 s per unit, 8 left
+    assert eta.text() == "about 16 s left"
+    assert eta.update(5, 10, now=140.0) == pytest.approx(10.0)  # 10 s for 5 units: 2 s each
+    assert eta.update(10, 10, now=150.0) == 0.0
+    assert eta.elapsed(now=150.0) == pytest.approx(50.0)
+    assert eta.update(3, 0, now=151.0) is None  # total unknown
+
+
+def test_durations_read_as_people_say_them():
+    assert duration_text(40.4) == "40 s"
+    assert duration_text(200) == "3 min"
+    assert duration_text(3 * 3600 + 5 * 60) == "3 h 5 min"

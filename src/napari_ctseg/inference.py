@@ -21,6 +21,7 @@ import torch
 from scipy import ndimage
 
 from .errors import CTSegError
+from .jobs import Cancelled, Progress  # the one event type and cancel of long jobs
 from .models.predict import predict_image8, predict_slices
 from .models.preprocess import Preprocessing, find_crop, mask_crop
 from .models.definition import apply_postprocess, label_display_name, locate_stage
@@ -28,20 +29,6 @@ from .models.registry import ModelCard, ModelRegistry, as_registry
 from .volume import CTVolume
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class Cancelled(CTSegError):
-    """The user cancelled the segmentation; nothing was produced."""
-
-
-@dataclass
-class Progress:
-    """``done`` of ``total`` slice predictions finished; ``message`` says what runs now."""
-
-    done: int
-    total: int
-    message: str
-    target: str = ""
 
 
 @dataclass

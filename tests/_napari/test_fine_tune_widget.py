@@ -73,6 +73,38 @@ def test_cancel_stops_within_a_step_and_leaves_the_active_version(make_napari_vi
     assert widget.start_button.isEnabled()
 
 
+@pytest.mark.parametrize("job, says", [
+    ("synthetic:fine_tune_that_dies", "ended unexpectedly (exit code 3)"),
+    ("synthetic:fine_tune_out_of_memory", "MemoryError: cannot allocate 12.5 GiB"),
+])
+def test_a_crash_in_training_leaves_napari_running(make_napari_viewer, qtbot, tiny_correction, job, says):
+    """The training's process dies (or runs out of memory): napari goes on, the widget says so
+    in one line, and Start works again."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.target_combo.setCurrentText("liver")
+    widget.job_name = job  # resolved by name in the child, like the real one
+    start = len(notification_manager.records)
+    for attempt in range(2):
+        click(qtbot, widget.start_button)
+        assert widget.worker is not None and not widget.start_button.isEnabled()
+        wait_idle(qtbot, widget, timeout=60_000)
+        status = widget.status.text()
+        assert status.startswith("failed: ") and says in status and "\n" not in status, status
+        assert "the active version is unchanged" in status
+        assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
+        assert widget.card is None and active_version("liver") == "t1"
+    errors = [n for n in notification_manager.records[start:] if n.severity == NotificationSeverity.ERROR]
+    assert len(errors) == 2 and says in errors[-1].message and "\n" not in errors[-1].message
+    # napari itself goes on: it takes a new layer and draws it
+    layer = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="after the crash")
+    assert viewer.layers[-1] is layer
+    assert viewer.screenshot(canvas_only=True).shape[-1] == 4
+
+
 def test_models_widget_switches_and_removes(make_napari_viewer, qtbot, tiny_correction):
     viewer = make_napari_viewer()
     tune = FineTuneWidget(viewer)

@@ -1,23 +1,22 @@
-"""Fine-tune dock widget: teach a model from the saved corrections, in a worker thread.
+"""Fine-tune dock widget: teach a model from the saved corrections, in a child process.
 
 The widget gathers the choices (target, base version, which saved corrections, epochs,
 steps, learning rate, device, optional training data for replay) into a call of
-``fine_tuning.fine_tune`` run in a child process (``napari_ctseg.jobs``) whose reports a
-napari thread worker relays, so the viewer stays usable (you can keep editing) and an
-out-of-memory kill or a crash in training cannot take napari down. It shows a progress bar with an ETA, a live plot of the loss and of
-the Dice on the held-aside corrections and the validation per epoch, and Cancel, which
-stops after the current training step and leaves nothing behind. At the end it says
-whether the new version became active, and why.
+``fine_tuning.fine_tune`` run in a child process (``jobs.in_child_process``, the job named by
+``FineTuneWidget.job_name``) and driven by the plugin's one Qt adapter (``_napari/_jobs.py``,
+a napari thread worker): the viewer stays usable (you can keep editing), and an
+out-of-memory kill or a crash in training cannot take napari down: the widget says so in
+one line and can start again. It shows a progress bar with the time left, a live plot of the
+loss and of the Dice on the held-aside corrections and the validation per epoch, and
+Cancel, which stops after the current training step and leaves nothing behind. At the end
+it says whether the new version became active, and why.
 """
 from __future__ import annotations
 
 import math
 import os
-import threading
 from pathlib import Path
 
-from napari.qt.threading import create_worker
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
@@ -43,20 +42,17 @@ from qtpy.QtWidgets import (
 from ...corrections import Correction, list_corrections
 from ...errors import CTSegError
 from ...fine_tuning import CorrectionCase, FineTuneConfig
-from ...jobs import in_child_process
+from ...jobs import CancelToken, in_child_process
 from ...inference import choose_device
 from ...models.registry import ModelRegistry, as_registry
+from .._jobs import run_job
 from ._models_events import connect_models_changed, models_events
 
 DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
 
 
-def run_fine_tune(cancel: threading.Event, *args, **kwargs):
-    """``fine_tune`` for a worker, in a child process (``napari_ctseg.jobs``): its reports come
-    back here; a set ``cancel`` closes the run there (its partial files are deleted) and
-    returns ``None``. An out-of-memory kill or a crash there is an error here, never a crash
-    of napari, and the run's garbage and GIL are its own."""
-    return (yield from in_child_process("napari_ctseg.fine_tuning:fine_tune", *args, cancel=cancel, **kwargs))
+FINE_TUNE_JOB = "napari_ctseg.fine_tuning:fine_tune"
+"""The job the widget runs in a child process, by name (the child imports it itself)."""
 
 
 def _slices_text(zs: list[int]) -> str:
@@ -208,8 +204,7 @@ class FineTuneWidget(QWidget):
         self.worker = None
         self.card = None
         self.last_report = None
-        self._cancel = threading.Event()
-        self._progress = None
+        self._global_step = 0
 
         self.setMinimumWidth(340)
         layout = QVBoxLayout(self)
@@ -223,6 +218,35 @@ class FineTuneWidget(QWidget):
         form.addRow("Base version", self.base_combo)
         layout.addLayout(form)
 
+        layout.addWidget(self._corrections_box())
+        layout.addWidget(self._settings_box())
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        layout.addWidget(self.progress_bar)
+        self.eta_label = QLabel("")
+        layout.addWidget(self.eta_label)
+        self.plot = TrainingPlot()
+        layout.addWidget(self.plot)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        connect_models_changed(self, self.refresh_versions)
+        self._target_changed(self.target_combo.currentText())
+
+    def _corrections_box(self) -> QGroupBox:
+        """The saved corrections of the target, each to tick or not."""
         box = QGroupBox("Saved corrections to learn from")
         vbox = QVBoxLayout(box)
         self.corrections_list = QListWidget()
@@ -232,8 +256,10 @@ class FineTuneWidget(QWidget):
         refresh = QPushButton("Refresh list")
         refresh.clicked.connect(self.refresh_corrections)
         vbox.addWidget(refresh)
-        layout.addWidget(box)
+        return box
 
+    def _settings_box(self) -> QGroupBox:
+        """Epochs, steps, learning rate, device and the optional data folder."""
         settings = QGroupBox("Settings")
         sform = QFormLayout(settings)
         defaults = FineTuneConfig()
@@ -268,31 +294,7 @@ class FineTuneWidget(QWidget):
         data_row.addWidget(self.data_edit)
         data_row.addWidget(browse)
         sform.addRow("Data folder", data_row)
-        layout.addWidget(settings)
-
-        buttons = QHBoxLayout()
-        self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        layout.addWidget(self.progress_bar)
-        self.eta_label = QLabel("")
-        layout.addWidget(self.eta_label)
-        self.plot = TrainingPlot()
-        layout.addWidget(self.plot)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
-        layout.addWidget(self.status)
-        layout.addStretch(1)
-
-        connect_models_changed(self, self.refresh_versions)
-        self._target_changed(self.target_combo.currentText())
+        return settings
 
     # --- choices ---------------------------------------------------------------------
     def _target_changed(self, target):
@@ -359,6 +361,8 @@ class FineTuneWidget(QWidget):
                 "lr": float(self.lr_spin.value())}
 
     # --- running ---------------------------------------------------------------------
+    job_name = FINE_TUNE_JOB
+
     def start(self):
         if self.worker is not None:
             return
@@ -379,81 +383,51 @@ class FineTuneWidget(QWidget):
         cfg = self.config()
         self.card = None
         self.last_report = None
-        self._cancel = threading.Event()
         self._global_step = 0
         self.plot.clear(cfg["epochs"] * cfg["steps_per_epoch"], cfg["steps_per_epoch"])
-        self.worker = create_worker(
-            run_fine_tune, self._cancel, target, corrections, base_version=self.base_combo.currentData(),
-            data_dir=data, config=cfg, device=str(device), roots=self.registry, out_root=self.registry.user_dir,
-            _start_thread=False,
-            _connect={"yielded": self._on_report, "returned": self._on_returned, "errored": self._on_error,
-                      "finished": self._on_finished})
-        self.start_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress_bar.setRange(0, 0)
-        self.eta_label.setText("")
         self.status.setText(f"preparing to fine-tune {target} on {len(corrections)} correction(s) ...")
-        self._progress = napari_progress(total=cfg["epochs"] * cfg["steps_per_epoch"], desc="Fine-tune")
-        self.worker.start()
+        # In a child process: an out-of-memory kill or a crash there is an error here, never
+        # a crash of napari, and the run's garbage and GIL are its own.
+        token = CancelToken()
+        job = in_child_process(self.job_name, target, corrections, base_version=self.base_combo.currentData(),
+                               data_dir=data, config=cfg, device=str(device), roots=self.registry,
+                               out_root=self.registry.user_dir, cancel=token)
+        self.worker = run_job(
+            job, title="Fine-tune", owner=self, token=token, on_event=self._on_report, on_done=self._on_returned,
+            on_finished=self._on_finished, progress_bar=self.progress_bar, eta_label=self.eta_label,
+            status=self.status, start_button=self.start_button, cancel_button=self.cancel_button,
+            eta_unit="step", finishing_text="evaluating the new weights ...", cancelling_text="cancelling after the current step ...",
+            cancelled_text="cancelled: nothing was written; the active version is unchanged",
+            failed_text="failed: {error}; the active version is unchanged")
 
     def cancel(self):
         if self.worker is not None:
-            self._cancel.set()
-            self.cancel_button.setEnabled(False)
-            self.status.setText("cancelling after the current step ...")
+            self.worker.cancel()
 
     def _on_report(self, report):
+        """The plot and the status line; the bar and the time left are the adapter's."""
         self.last_report = report
-        total = report.epochs * max(report.steps, 1)
-        if report.kind in ("prepare", "start"):
-            self.status.setText(report.message)
-            if report.kind == "start":
-                self.plot.set_baseline(report.corrections_dice, report.val_dice)
-            return
-        if report.kind == "step":
+        kind = getattr(report, "kind", "")
+        if kind == "start":
+            self.plot.set_baseline(report.corrections_dice, report.val_dice)
+        elif kind == "step":
             self._global_step = (report.epoch - 1) * report.steps + report.step
             self.plot.add_step(self._global_step, report.loss)
-        elif report.kind == "epoch":
+        elif kind == "epoch":
             self.plot.add_epoch(self._global_step, report.loss, report.corrections_dice, report.val_dice)
+        if kind in ("prepare", "start", "epoch"):
             self.status.setText(report.message)
-        done = min(self._global_step, total)
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(done)
-        if done:
-            left = report.elapsed_s / done * (total - done)
-            self.eta_label.setText(f"step {done}/{total}, {report.elapsed_s:.0f} s so far, "
-                                   f"about {left:.0f} s left" if done < total else
-                                   "evaluating the new weights ...")
-        bar = self._progress
-        if bar is not None:
-            bar.n = done
-            bar.refresh()
 
     def _on_returned(self, card):
-        if card is None:
+        if card is None:  # the run stopped without writing a version
             self.status.setText("cancelled: nothing was written; the active version is unchanged")
             return
         self.card = card
         ft = card.extra.get("fine_tune", {})
         verdict = "now the active version" if ft.get("promoted") else "kept as a candidate"
         self.status.setText(f"{card.target} {card.version}: {verdict}. {ft.get('reason', '')}")
-        self.progress_bar.setValue(self.progress_bar.maximum())
-        self.eta_label.setText(f"done in {card.training.get('time_s', 0):.0f} s")
         show_info(f"Fine-tune: {card.target} {card.version} {verdict}")
         models_events().changed.emit()
 
-    def _on_error(self, exc):
-        msg = str(exc) if isinstance(exc, CTSegError) else f"{type(exc).__name__}: {exc}"
-        show_error(f"Fine-tune: {msg}")
-        self.status.setText(f"failed: {msg}; the active version is unchanged")
-
     def _on_finished(self):
         self.worker = None
-        self.start_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.card is None:
-            self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(0)
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None

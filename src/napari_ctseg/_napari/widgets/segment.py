@@ -1,9 +1,10 @@
 """Segment volume dock widget: the bundled U-Nets over the chosen CT, in a worker thread.
 
-The widget gathers the choices (image layer, targets, device, model versions), hands
-``inference.segment_steps`` to a napari ``thread_worker`` and shows its progress in the
-widget and in napari's activity dock. Cancel stops the worker at the next batch of
-slices; no layer is added then. Results arrive as one new Labels layer per target, on
+The widget gathers the choices (image layer, targets, device, model versions) and runs
+``inference.segment_steps`` (a 2D 8-bit slice: ``segment_image8``) as a job through the
+plugin's one Qt adapter (``_napari/_jobs.py``: napari's thread worker, progress with the time
+left here and in napari's activity dock, errors in one line). Cancel stops the job before
+its next batch of slices; no layer is added then. Results arrive as one new Labels layer per target, on
 the image's scale/translate with the source geometry in ``metadata`` (so File > Save
 writes them onto the scan), never replacing a layer that is already there.
 """
@@ -13,8 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QApplication,
@@ -32,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from ...corrections import BASELINE_KEY, slice_digests
 from ...errors import CTSegError
+from ...jobs import single_step
 from ...inference import ModelSet, SegmentResult, check_image8, segment_image8, segment_steps
 from ...models.definition import colors as card_colors
 from ...models.definition import label_display_name
@@ -39,6 +39,7 @@ from ...models.definition import style as card_style
 from ...models.registry import ModelRegistry, as_registry
 from ...volume import METADATA_KEY, CTVolume, Geometry
 from .._compat import layer_renamed
+from .._jobs import run_job
 from .._layers import geometry_from_metadata
 from ._models_events import connect_models_changed
 
@@ -107,7 +108,6 @@ class SegmentWidget(QWidget):
         self.worker = None
         self.result: SegmentResult | None = None
         self.added_layers: list[Labels] = []
-        self._progress = None
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -267,72 +267,47 @@ class SegmentWidget(QWidget):
         if not targets:
             show_error("Segment volume: tick at least one target")
             return
-        if image.ndim == 2:
-            self._start_slice(image, targets)
+        job = self._slice_job(image, targets) if image.ndim == 2 else self._volume_job(image, targets)
+        if job is None:
             return
+        self._image = image
+        self._targets = targets
+        self.result = None
+        self.results_label.setText("")
+        what = "the 2D image " if image.ndim == 2 else ""
+        self.status.setText(f"segmenting {what}{image.name}: {', '.join(targets)} ...")
+        self.worker = run_job(
+            job, title="Segment volume", owner=self, on_done=self._on_done, on_finished=self._on_finished,
+            progress_bar=self.progress_bar, status=self.status, start_button=self.run_button,
+            cancel_button=self.cancel_button, cancelled_text="cancelled: no layer was added")
+
+    def _volume_job(self, image: Image, targets: list[str]):
         try:
             volume = volume_from_layer(image)
         except CTSegError as exc:
             show_error(str(exc))
-            return
+            return None
         lungs = None
         if "infection" in targets and "lungs" not in targets:
             lungs = self.existing_lungs(image)
         self.models.versions = self.selected_versions()
-        self._image = image
-        self._targets = targets
-        self.result = None
-        self.worker = create_worker(
-            _segment_job, volume, targets, self.selected_device(), models=self.models, lungs=lungs,
-            _start_thread=False,
-            _connect={"yielded": self._on_progress, "returned": self._on_done, "errored": self._on_error,
-                      "aborted": self._on_aborted, "finished": self._on_finished})
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress_bar.setRange(0, 0)
-        self.status.setText(f"segmenting {image.name}: {', '.join(targets)} ...")
-        self.results_label.setText("")
-        self._progress = napari_progress(total=0, desc="Segment volume")
-        self.worker.start()
+        return _segment_job(volume, targets, self.selected_device(), models=self.models, lungs=lungs)
 
-    def _start_slice(self, image: Image, targets: list[str]):
+    def _slice_job(self, image: Image, targets: list[str]):
         """A 2D 8-bit slice: the targets whose card takes 8-bit input, through that path."""
         try:
             img = check_image8(np.asarray(image.data), image.name)
         except CTSegError as exc:
             show_error(f"Segment volume: {exc}")
             self.status.setText(str(exc))
-            return
+            return None
         self.models.versions = self.selected_versions()
-        self._image = image
-        self._targets = targets
-        self.result = None
-        self.worker = create_worker(
-            segment_image8, img, targets, self.selected_device(), models=self.models, name=image.name,
-            _start_thread=False,
-            _connect={"returned": self._on_done, "errored": self._on_error, "finished": self._on_finished})
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress_bar.setRange(0, 0)
-        self.status.setText(f"segmenting the 2D image {image.name}: {', '.join(targets)} ...")
-        self.results_label.setText("")
-        self.worker.start()
+        return single_step(segment_image8, img, targets, self.selected_device(), models=self.models,
+                           name=image.name, message=f"segmenting {image.name}")
 
     def cancel(self):
         if self.worker is not None:
-            self.status.setText("cancelling ...")
-            self.worker.quit()
-
-    def _on_progress(self, report):
-        self.progress_bar.setRange(0, report.total)
-        self.progress_bar.setValue(report.done)
-        self.progress_bar.setFormat(f"{report.message} (%p%)")
-        bar = self._progress  # a local: updating it may process events that close it
-        if bar is not None:
-            if bar.total != report.total:
-                bar.total = report.total
-            bar.n = report.done
-            bar.set_description(report.message)
+            self.worker.cancel()
 
     def _on_done(self, out):
         result, digests = out if isinstance(out, tuple) else (out, {})
@@ -367,26 +342,8 @@ class SegmentWidget(QWidget):
             show_warning(note)
         show_info(f"Segment volume: {text.replace(chr(10), '; ')}")
 
-    def _on_error(self, exc):
-        if isinstance(exc, CTSegError):
-            show_error(f"Segment volume: {exc}")
-        else:
-            show_error(f"Segment volume failed: {type(exc).__name__}: {exc}")
-        self.status.setText(f"failed: {exc}")
-
-    def _on_aborted(self):
-        self.status.setText("cancelled: no layer was added")
-
     def _on_finished(self):
         self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0 if self.result is None else 1)
-        self.progress_bar.setFormat("%p%")
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
 
     def copy_results(self):
         if self.result is not None:

@@ -1,0 +1,95 @@
+"""CT tri-planar views: the main viewer's Image and Labels layers mirrored into the side views.
+
+A mirror is a layer of the same kind made from the original's data tuple, so it shares the
+array (no copy); its display properties and data follow the original's events.
+"""
+from __future__ import annotations
+
+from napari.components import ViewerModel
+from napari.layers import Image, Layer
+
+
+class LayerMirrors:
+    """Mirrors of chosen main-viewer layers in the side viewers ``models`` (view -> model)."""
+
+    def __init__(self, models: dict[str, ViewerModel]):
+        self.models = models
+        self._mirrors: dict[int, tuple[Layer, dict[str, Layer], list]] = {}
+
+    def sync(self, wanted: list[Layer]) -> None:
+        """Mirror exactly ``wanted``: drop the mirrors of other layers, add the missing ones."""
+        wanted_ids = {id(layer) for layer in wanted}
+        for key in [k for k in self._mirrors if k not in wanted_ids]:
+            _layer, mirrors, conns = self._mirrors.pop(key)
+            _disconnect(conns)
+            for view, mirror in mirrors.items():
+                if mirror in self.models[view].layers:
+                    self.models[view].layers.remove(mirror)
+        for layer in wanted:
+            if id(layer) not in self._mirrors:
+                self._add(layer)
+
+    def of(self, layer: Layer, view: str) -> Layer:
+        """The mirror of ``layer`` in ``view``."""
+        return self._mirrors[id(layer)][1][view]
+
+    def clear(self) -> None:
+        """Stop following the originals (the mirrors stay in their viewers)."""
+        for _layer, _mirrors, conns in self._mirrors.values():
+            _disconnect(conns)
+        self._mirrors.clear()
+
+    def _add(self, layer: Layer) -> None:
+        mirrors: dict[str, Layer] = {}
+        for view, model in self.models.items():
+            data, state, kind = layer.as_layer_data_tuple()
+            mirror = Layer.create(data, state, kind)  # shares the array: no copy
+            model.layers.append(mirror)
+            mirrors[view] = mirror
+        conns: list = []
+        props = ["visible", "opacity", "blending", "colormap", "name"]
+        if isinstance(layer, Image):
+            props += ["contrast_limits", "gamma", "interpolation2d"]
+        else:
+            props += ["contour", "show_selected_label", "selected_label"]
+        for name in props:
+            emitter = getattr(layer.events, name, None)
+            if emitter is None:
+                continue
+            callback = _prop_sync(layer, mirrors, name)
+            emitter.connect(callback)
+            conns.append((emitter, callback))
+        data_sync = _data_sync(layer, mirrors)
+        for name in ("data", "paint"):
+            emitter = getattr(layer.events, name, None)
+            if emitter is not None:
+                emitter.connect(data_sync)
+                conns.append((emitter, data_sync))
+        self._mirrors[id(layer)] = (layer, mirrors, conns)
+
+
+def _disconnect(conns) -> None:
+    for emitter, callback in conns:
+        emitter.disconnect(callback)
+
+
+def _prop_sync(layer: Layer, mirrors: dict[str, Layer], name: str):
+    def sync(event=None):
+        value = getattr(layer, name)
+        for mirror in mirrors.values():
+            if name == "contrast_limits":
+                mirror.contrast_limits_range = layer.contrast_limits_range
+            setattr(mirror, name, value)
+
+    return sync
+
+
+def _data_sync(layer: Layer, mirrors: dict[str, Layer]):
+    def sync(event=None):
+        for mirror in mirrors.values():
+            if mirror.data is not layer.data:
+                mirror.data = layer.data
+            else:
+                mirror.refresh()
+
+    return sync
