@@ -198,9 +198,16 @@ def run_job(job: Job, *, title: str, owner=None, token: CancelToken | None = Non
     """Start ``job`` in a napari thread worker, shown in the given widgets (see ``QtJob``).
 
     ``owner``: the widget that started it; when Qt deletes it (its dock closed), the job is
-    cancelled and none of the callbacks run any more. ``token``: the job's cancel token, when the job watches it itself (``in_child_process``);
-    ``title`` starts its notifications ("Segment volume: ...") and names it in napari's
-    activity dock.
+    cancelled and none of the callbacks run any more. ``token``: the job's cancel token,
+    when the job watches it itself (``in_child_process``). ``title`` starts its notifications
+    ("Segment volume: ...") and names it in napari's activity dock.
+
+    ``options`` (all optional): the callbacks ``on_event(event)``, ``on_done(result)``,
+    ``on_cancelled()``, ``on_error(exc)``, ``on_finished()``; the widgets it drives,
+    ``progress_bar``, ``eta_label`` (without one, the time left goes into the bar's text),
+    ``status``, ``start_button``, ``cancel_button``; the status texts ``cancelling_text``,
+    ``cancelled_text``, ``failed_text`` (with ``{error}``), and for the ETA label ``eta_unit``
+    ("step 4/12, ...") and ``finishing_text`` (once all is done but the job has not returned).
     """
     return QtJob(job, title=title, owner=owner, token=token, **options).start()
 

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QFileDialog, QGridLayout, QGroupBox, QLabel, QLineEdit, QMessageBox, QPushButton, QToolButton
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QToolButton,
+)
 
 from ... import corrections, editing
 from ...errors import CTSegError

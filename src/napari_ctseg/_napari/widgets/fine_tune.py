@@ -396,7 +396,8 @@ class FineTuneWidget(QWidget):
             job, title="Fine-tune", owner=self, token=token, on_event=self._on_report, on_done=self._on_returned,
             on_finished=self._on_finished, progress_bar=self.progress_bar, eta_label=self.eta_label,
             status=self.status, start_button=self.start_button, cancel_button=self.cancel_button,
-            eta_unit="step", finishing_text="evaluating the new weights ...", cancelling_text="cancelling after the current step ...",
+            eta_unit="step", finishing_text="evaluating the new weights ...",
+            cancelling_text="cancelling after the current step ...",
             cancelled_text="cancelled: nothing was written; the active version is unchanged",
             failed_text="failed: {error}; the active version is unchanged")
 

@@ -4,9 +4,9 @@ The widget gathers the choices (image layer, targets, device, model versions) an
 ``inference.segment_steps`` (a 2D 8-bit slice: ``segment_image8``) as a job through the
 plugin's one Qt adapter (``_napari/_jobs.py``: napari's thread worker, progress with the time
 left here and in napari's activity dock, errors in one line). Cancel stops the job before
-its next batch of slices; no layer is added then. Results arrive as one new Labels layer per target, on
-the image's scale/translate with the source geometry in ``metadata`` (so File > Save
-writes them onto the scan), never replacing a layer that is already there.
+its next batch of slices; no layer is added then. Results arrive as one new Labels layer
+per target, on the image's scale/translate with the source geometry in ``metadata`` (so
+File > Save writes them onto the scan), never replacing a layer that is already there.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from qtpy.QtWidgets import (
 
 from ...corrections import BASELINE_KEY, slice_digests
 from ...errors import CTSegError
-from ...jobs import single_step
 from ...inference import ModelSet, SegmentResult, check_image8, segment_image8, segment_steps
+from ...jobs import single_step
 from ...models.definition import colors as card_colors
 from ...models.definition import label_display_name
 from ...models.definition import style as card_style
