@@ -211,3 +211,31 @@ def test_cli_cohort_run_on_a_process_worker_and_report(weights, mixed, tmp_path,
 def test_report_without_a_table_says_so(tmp_path, capsys):
     assert main(["cohort", "report", str(tmp_path)]) == 2
     assert "no cohort table" in capsys.readouterr().err
+
+
+def test_an_existing_scheduler_is_used_and_left_running(weights, mixed, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        result = run([mixed], tmp_path / "out", scheduler=cluster.scheduler_address, workers=None)
+        ok = result.table[result.table["status"] == "ok"]
+        assert len(ok) == 2
+        assert set(ok["worker"]) == set(cluster.scheduler_info["workers"])  # its worker did the work
+        with Client(cluster.scheduler_address) as client:  # still up: the run only closed its client
+            assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_next_to_review_follows_the_score_and_skips_reviewed_scans(tmp_path):
+    rows = [{"scan_id": "a", "status": "ok", "review_score": 0.1},
+            {"scan_id": "b", "status": "ok", "review_score": 0.7},
+            {"scan_id": "c", "status": "failed", "review_score": None, "error": "bad"},
+            {"scan_id": "d", "status": "ok", "review_score": 0.4}]
+    cohort.write_table(tmp_path, rows)
+    order = []
+    while (scan := cohort.next_to_review(tmp_path)) is not None:
+        order.append(scan)
+        cohort.mark_reviewed(tmp_path, scan)
+    assert order == ["b", "d", "a"]
+    assert set(cohort.reviewed(tmp_path)) == {"a", "b", "d"}
+    cohort.mark_reviewed(tmp_path, "d", done=False)
+    assert cohort.next_to_review(tmp_path) == "d"

@@ -669,6 +669,8 @@ def cohort_report(out_dir) -> tuple[str, object, Path]:
 
 
 def _plot(table, path: Path) -> None:
+    """% of lungs involved per scan (sorted bars), then one box plot (with the scans as dots)
+    per target's volume in mL: each on its own axis, their scales differ."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -676,33 +678,112 @@ def _plot(table, path: Path) -> None:
     import pandas as pd
 
     ok = table[table["status"] == "ok"] if "status" in table else table
-    vol_cols = [c for c in ok.columns if c in ("lungs_ml", "liver_ml", "infection_ml")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
-    ax = axes[0]
-    if "lung_involvement_pct" in ok and ok["lung_involvement_pct"].notna().any():
-        pct = pd.to_numeric(ok["lung_involvement_pct"], errors="coerce").dropna().sort_values()
-        ax.bar(range(len(pct)), pct.to_numpy(), color="#c0504d")
+    vol_cols = [c for c in ("lungs_ml", "liver_ml", "infection_ml") if c in ok]
+    fig, axes = plt.subplots(1, 1 + len(vol_cols), figsize=(4.2 + 2.4 * len(vol_cols), 4.2), dpi=100,
+                             gridspec_kw={"width_ratios": [2.2] + [1] * len(vol_cols)}, squeeze=False)
+    ax = axes[0, 0]
+    pct = pd.to_numeric(ok.get("lung_involvement_pct", pd.Series(dtype=float)), errors="coerce").dropna()
+    if len(pct):
+        pct = pct.sort_values()
+        ax.bar(range(len(pct)), pct.to_numpy(), color="#c0504d", width=0.9)
         ax.set_xlabel(f"scans, sorted ({len(pct)})")
-        ax.set_ylabel("lung involved by infection (%)")
+        ax.set_xticks([])
     else:
         ax.text(0.5, 0.5, "no infection figures", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("% of lungs involved per scan")
-    ax = axes[1]
-    data = [pd.to_numeric(ok[c], errors="coerce").dropna().to_numpy() for c in vol_cols]
-    if vol_cols and any(len(d) for d in data):
-        ax.boxplot(data, showfliers=True)
-        ax.set_xticks(range(1, len(vol_cols) + 1), [c.removesuffix("_ml") for c in vol_cols])
-        for i, d in enumerate(data, start=1):
-            ax.scatter(np.full(len(d), i) + np.random.default_rng(i).uniform(-0.08, 0.08, len(d)), d,
-                       s=8, alpha=0.6, color="#1f77b4")
-        ax.set_ylabel("volume (mL)")
-    ax.set_title("volumes across the cohort")
+    ax.set_ylabel("lung involved by infection (%)")
+    ax.set_title("% of lungs involved")
+    for ax, col in zip(axes[0, 1:], vol_cols):
+        d = pd.to_numeric(ok[col], errors="coerce").dropna().to_numpy()
+        if len(d):
+            ax.boxplot([d], widths=0.5, showfliers=False)
+            ax.scatter(1 + np.random.default_rng(0).uniform(-0.12, 0.12, len(d)), d, s=10, alpha=0.6,
+                       color="#1f77b4", zorder=3)
+        ax.set_xticks([1], [col.removesuffix("_ml")])
+        ax.set_ylabel("mL")
+        ax.set_title(f"{col.removesuffix('_ml')} volume")
     fig.suptitle(f"cohort: {len(table)} scans, {len(ok)} segmented")
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
 
 
+# --- review ----------------------------------------------------------------------------------------
+
+REVIEWED_FILE = "reviewed.json"
+
+
+def reviewed(out_dir) -> dict[str, str]:
+    """The scans of a cohort a person has reviewed: {scan id: when (ISO time, UTC)}."""
+    path = Path(out_dir) / REVIEWED_FILE
+    if not path.is_file():
+        return {}
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def mark_reviewed(out_dir, scan_id: str, done: bool = True) -> dict[str, str]:
+    """Record (or, ``done=False``, forget) that ``scan_id`` was reviewed; the new record."""
+    import json
+    from datetime import datetime, timezone
+
+    record = reviewed(out_dir)
+    if done:
+        record[scan_id] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    else:
+        record.pop(scan_id, None)
+    text = json.dumps(record, indent=1, sort_keys=True)
+    _atomic(Path(out_dir) / REVIEWED_FILE, lambda p: p.write_text(text))
+    return record
+
+
+def next_to_review(out_dir, table=None) -> str | None:
+    """The segmented scan with the highest review score that nobody has reviewed yet (None: all done)."""
+    table = read_table(out_dir) if table is None else table
+    if not len(table) or "review_score" not in table:
+        return None
+    done = reviewed(out_dir)
+    todo = table[(table["status"] == "ok") & ~table["scan_id"].isin(list(done))]
+    if not len(todo):
+        return None
+    return str(todo.sort_values(["review_score", "scan_id"], ascending=[False, True]).iloc[0]["scan_id"])
+
+
+def scan_masks(out_dir, scan_id: str) -> dict[str, Path]:
+    """The masks written for a scan: {target: path}."""
+    folder = Path(out_dir) / scan_id
+    return {p.name[: -len(".nii.gz")]: p for p in sorted(folder.glob("*.nii.gz"))} if folder.is_dir() else {}
+
+
+def load_scan(out_dir, scan_id: str, table=None):
+    """One cohort scan for review: (CTVolume, {target: uint8 mask (z, y, x) on its display grid},
+    the scan's row as a dict). The masks are read from ``out_dir/<scan id>/``."""
+    import nibabel as nib
+
+    from .io import read_scan
+
+    table = read_table(out_dir) if table is None else table
+    rows = _rows_of(table[table["scan_id"] == scan_id]) if len(table) else {}
+    if scan_id not in rows:
+        raise CTSegError(f"{scan_id}: not in the cohort table of {out_dir}")
+    row = rows[scan_id]
+    volume = read_scan(row["path"])
+    masks = {}
+    for target, path in scan_masks(out_dir, scan_id).items():
+        source = np.asarray(nib.load(path).dataobj)
+        if tuple(source.shape) != tuple(volume.geometry.source_shape):
+            raise CTSegError(f"{path}: shape {source.shape} is not the scan's {volume.geometry.source_shape}; "
+                             "the scan changed since the cohort ran: run it again")
+        masks[target] = np.ascontiguousarray(volume.geometry.to_display(source), dtype=np.uint8)
+    return volume, masks, row
+
+
 __all__ = ["ScanTask", "Discovery", "discover", "resolve_versions", "model_key", "segment_task",
            "run_cohort", "run_to_end", "CohortProgress", "CohortResult", "write_table", "read_table",
-           "cohort_summary", "cohort_report", "flip_disagreement", "local_cluster_size", "start_client"]
+           "cohort_summary", "cohort_report", "flip_disagreement", "local_cluster_size", "start_client",
+           "reviewed", "mark_reviewed", "next_to_review", "scan_masks",
+           "load_scan"]
