@@ -127,7 +127,7 @@ def with_dask(sources: list[Path], out: Path, workers: int) -> dict:
     run_wall = wall - (started - t0)
     return {"scans": len(table), "failed": int((table["status"] != "ok").sum()), "wall_s": wall,
             "startup_s": started - t0, "run_wall_s": run_wall, "task_mean_s": task_mean,
-            "task_sum_s": float(ok["seconds"].sum()), "per_worker": per_worker, "workers": workers,
+            "task_sum_s": float(ok["seconds"].sum()), "segment_sum_s": float(ok["segment_seconds"].sum()), "per_worker": per_worker, "workers": workers,
             "slices": int(sum(int(s.split("x")[0]) for s in ok["shape_zyx"])),
             "review_mean_s": None, "ran": result.ran,
             "out_bytes": sum(f.stat().st_size for f in out.rglob("*.nii.gz"))}
@@ -187,6 +187,8 @@ def main() -> int:
             print(f"    task (read, segment, review score, write masks) mean {r['task_mean_s']:.2f} s; Dask overhead "
                   f"per task {gap * 1000:.0f} ms = {100 * gap / r['task_mean_s']:.2f} % of a task; end to end "
                   f"(cluster start, model loading, idle tail) {e2e:.1f} %")
+            print(f"    of the tasks' time: segmenting {100 * r['segment_sum_s'] / r['task_sum_s']:.0f} %, the rest reading, "
+                  "the review score (flip TTA) and writing the masks")
             for worker, p in sorted(r["per_worker"].items()):
                 print(f"    worker {worker}: {p['tasks']} scans, busy {p['busy_s']:.1f} of {p['span_s']:.1f} s, "
                       f"peak RSS {p['peak_mb']:.0f} MB")

@@ -239,3 +239,22 @@ def test_next_to_review_follows_the_score_and_skips_reviewed_scans(tmp_path):
     assert set(cohort.reviewed(tmp_path)) == {"a", "b", "d"}
     cohort.mark_reviewed(tmp_path, "d", done=False)
     assert cohort.next_to_review(tmp_path) == "d"
+
+
+def test_a_correction_saved_after_the_run_marks_the_scan_reviewed(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from napari_ctseg.corrections import record_correction
+
+    scans = {name: tmp_path / f"{name}.nii.gz" for name in ("a", "b")}
+    for p in scans.values():
+        p.write_bytes(b"x")
+    now = datetime.now(timezone.utc)
+    rows = [{"scan_id": n, "status": "ok", "review_score": 0.5, "path": str(p), "ended_at": now.timestamp()}
+            for n, p in scans.items()]
+    cohort.write_table(tmp_path / "out", rows)
+    record_correction(scans["a"], tmp_path / "a_lungs.nii.gz", "lungs", "t1", when=now + timedelta(minutes=5))
+    record_correction(scans["b"], tmp_path / "b_lungs.nii.gz", "lungs", "t1", when=now - timedelta(days=1))
+    assert cohort.review_corrections(tmp_path / "out") == ["a"]  # b's correction is older than the run
+    assert set(cohort.reviewed(tmp_path / "out")) == {"a"}
+    assert cohort.next_to_review(tmp_path / "out") == "b"

@@ -399,6 +399,7 @@ def write_table(out_dir, rows: Iterable[dict]):
     import pandas as pd
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(list(rows))
     if len(table):
         front = [c for c in ("scan_id", "status", "review_score", "path") if c in table]
@@ -753,6 +754,33 @@ def next_to_review(out_dir, table=None) -> str | None:
     return str(todo.sort_values(["review_score", "scan_id"], ascending=[False, True]).iloc[0]["scan_id"])
 
 
+def review_corrections(out_dir, table=None) -> list[str]:
+    """Mark reviewed the scans with a correction saved (Mask tools' Save corrected mask, which
+    records it in the corrections store for Fine-tune) after the cohort segmented them; the
+    scan ids newly marked."""
+    from datetime import datetime
+
+    from .corrections import list_corrections
+
+    table = read_table(out_dir) if table is None else table
+    if not len(table) or "ended_at" not in table:
+        return []
+    done = reviewed(out_dir)
+    ended = {str(Path(p).resolve()): (i, e) for i, p, e in zip(table["scan_id"], table["path"], table["ended_at"])
+             if i not in done and e == e}
+    marked = []
+    for corr in list_corrections():
+        hit = ended.get(corr.scan_path)
+        try:
+            when = datetime.fromisoformat(corr.created).timestamp()
+        except ValueError:
+            continue
+        if hit is not None and when >= float(hit[1]) - 1 and hit[0] not in marked:
+            mark_reviewed(out_dir, hit[0])
+            marked.append(hit[0])
+    return marked
+
+
 def scan_masks(out_dir, scan_id: str) -> dict[str, Path]:
     """The masks written for a scan: {target: path}."""
     folder = Path(out_dir) / scan_id
@@ -785,5 +813,5 @@ def load_scan(out_dir, scan_id: str, table=None):
 __all__ = ["ScanTask", "Discovery", "discover", "resolve_versions", "model_key", "segment_task",
            "run_cohort", "run_to_end", "CohortProgress", "CohortResult", "write_table", "read_table",
            "cohort_summary", "cohort_report", "flip_disagreement", "local_cluster_size", "start_client",
-           "reviewed", "mark_reviewed", "next_to_review", "scan_masks",
+           "reviewed", "mark_reviewed", "next_to_review", "scan_masks", "review_corrections",
            "load_scan"]

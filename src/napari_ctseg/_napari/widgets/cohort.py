@@ -5,8 +5,8 @@ double-clicking a row opens the scan with its masks (read in a worker thread, so
 stays responsive); **Next to review** marks the open scan reviewed and opens the segmented
 scan with the highest review score not yet reviewed. The masks are ordinary Labels layers
 with the target, model version and baseline in their metadata, so Mask tools' Save corrected
-mask records a correction for Fine-tune as it does after Segment volume. Everything else is
-``napari_ctseg.cohort``.
+mask records a correction for Fine-tune as it does after Segment volume; a scan with such a
+correction counts as reviewed. Everything else is ``napari_ctseg.cohort``.
 """
 from __future__ import annotations
 
@@ -120,6 +120,8 @@ class CohortWidget(QWidget):
                             f"{len([s for s in done if s in set(table['scan_id'])])} reviewed")
 
     def refresh(self) -> None:
+        """Fill the table again; a scan with a correction saved since the run counts as reviewed."""
+        cohort.review_corrections(self.folder, self.table_data)
         table, done = self.table_data, cohort.reviewed(self.folder)
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(table))
