@@ -317,6 +317,51 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _cmd_cohort_run(args) -> int:
+    from .cohort import run_cohort
+
+    versions = {}
+    for item in args.model or []:
+        target, _, version = item.partition("=")
+        if not version:
+            raise CTSegError(f"--model {item!r}: write TARGET=VERSION, e.g. lungs=v1")
+        versions[target.strip()] = version.strip()
+    steps = run_cohort(args.sources, args.out, args.targets, scheduler=args.scheduler, workers=args.workers,
+                       device=args.device, threads=args.threads, versions=versions)
+    tty = sys.stderr.isatty()
+    try:
+        while True:
+            report = next(steps)
+            if report.done == 0:
+                print(f"ctseg cohort: {report.message}", file=sys.stderr, flush=True)
+                if report.dashboard:
+                    print(f"ctseg cohort: Dask dashboard {report.dashboard}", file=sys.stderr, flush=True)
+                continue
+            if report.row is not None and report.row.get("status") != "ok":
+                print(f"{chr(13) if tty else ''}ctseg cohort: {report.row['scan_id']} failed: "
+                      f"{report.row.get('error', '')}", file=sys.stderr, flush=True)
+            width = 30
+            filled = int(width * report.done / max(report.total, 1))
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] " if tty else ""
+            end = "\n" if not tty or report.done >= report.total else ""
+            print(f"{chr(13) if tty else ''}cohort: {bar}{report.line()}", end=end, file=sys.stderr, flush=True)
+    except StopIteration as stop:
+        result = stop.value
+    print(f"{len(result.table)} scans in {args.out}/cohort.csv (ran {result.ran}, failed {result.failures}, "
+          f"skipped {result.skipped} already done)")
+    for note in result.listed:
+        print(f"  listed: {note}")
+    return 1 if result.failures else 0
+
+
+def _cmd_cohort_report(args) -> int:
+    from .cohort import cohort_report
+
+    text, _, _ = cohort_report(args.dir)
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctseg", description="napari-ctseg from the command line",
                                      epilog="--debug (anywhere): show the traceback of an error")
@@ -412,6 +457,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?")
     p.add_argument("--json", action="store_true", help="list: one JSON object per version")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("cohort", help="segment a cohort of scans on a Dask cluster; summarise it",
+                       description="Segment many scans on a local Dask cluster or an existing one, one "
+                                   "row per scan in OUT/cohort.csv and cohort.parquet; running again "
+                                   "skips scans done with the same input and model versions.")
+    csub = p.add_subparsers(dest="cohort_command", required=True)
+    c = csub.add_parser("run", help="segment every scan of SRC (files, folders, CSV of paths) into --out")
+    c.add_argument("sources", nargs="+", metavar="SRC",
+                   help="NIfTI file, DICOM file or folder, a folder searched recursively, or a CSV of paths")
+    c.add_argument("--out", required=True, help="cohort folder: <scan id>/<target>.nii.gz, cohort.csv, cohort.parquet")
+    c.add_argument("--targets", default="lungs,liver,infection", help="comma-separated: lungs,liver,infection")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://node:8786 (default: a local cluster)")
+    c.add_argument("--workers", type=int, default=None, help="local cluster: worker processes (default: sized "
+                                                             "to the machine's cores and memory)")
+    c.add_argument("--threads", type=int, default=None, help="torch threads per scan (default: cores / workers)")
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
+    c.set_defaults(func=_cmd_cohort_run)
+    c = csub.add_parser("report", help="summary table and PNG plot of a cohort folder")
+    c.add_argument("dir", help="the --out folder of 'ctseg cohort run'")
+    c.set_defaults(func=_cmd_cohort_report)
     return parser
 
 

@@ -164,21 +164,24 @@ def default_batch_size(device: torch.device) -> int:
 def segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,
                   models: ModelSet | None = None, versions: dict[str, str] | None = None,
                   lungs: np.ndarray | None = None, batch_size: int | None = None,
+                  threads: int | None = None,
                   ) -> Generator[Progress, None, SegmentResult]:
     """Segment ``volume`` for ``targets``; yields ``Progress``, returns ``SegmentResult`` (see
-    ``_segment_steps``). On the CPU it uses every core while it runs and then gives torch's
-    thread count back as it was (a process-wide setting)."""
-    threads = torch.get_num_threads()
+    ``_segment_steps``). On the CPU it uses ``threads`` torch threads (default: every core)
+    while it runs and then gives torch's thread count back as it was (a process-wide setting);
+    several workers on one machine each pass their share of the cores."""
+    before = torch.get_num_threads()
     try:
         return (yield from _segment_steps(volume, targets, device, models=models, versions=versions,
-                                          lungs=lungs, batch_size=batch_size))
+                                          lungs=lungs, batch_size=batch_size, threads=threads))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,
                    models: ModelSet | None = None, versions: dict[str, str] | None = None,
                    lungs: np.ndarray | None = None, batch_size: int | None = None,
+                   threads: int | None = None,
                    ) -> Generator[Progress, None, SegmentResult]:
     """Segment ``volume`` for ``targets``; yields ``Progress``, returns ``SegmentResult``.
 
@@ -192,7 +195,7 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
     dev, note = choose_device(device)
     notes = [note] if note else []
     if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
     hu = volume.hu
     n = hu.shape[0]
     given = {"lungs": lungs} if lungs is not None else {}
