@@ -187,3 +187,76 @@ def test_every_bundled_version_defines_its_output(target):
         check_postprocess(card.postprocess)
         assert set(card.requires) <= set(BUNDLED) and target not in card.requires
         assert card.validation.get("holdout_chest") or target == "liver"
+
+
+# --- the registry object -----------------------------------------------------------------
+
+def test_a_registry_of_its_own_keeps_its_choice_in_its_user_folder(tmp_path, private_user_data):
+    from napari_ctseg.models.registry import ModelRegistry
+
+    shared, user = tmp_path / "shared", tmp_path / "user"
+    make_version(shared, "v1")
+    make_version(shared, "v2", seed=1)
+    reg = ModelRegistry([shared], user_dir=user)
+    assert reg.roots == (user, shared)
+    assert reg.active_version("lungs") == "v2"
+    assert reg.set_active_version("lungs", "v1") == "v1"
+    assert json.loads((user / "active_models.json").read_text()) == {"lungs": "v1"}
+    # Nothing reached the user's own folder, and another registry over the same weights is unaffected.
+    assert not (private_user_data / "weights" / "active_models.json").exists()
+    assert ModelRegistry([shared], user_dir=tmp_path / "other").active_version("lungs") == "v2"
+    # A registry is a value: it survives pickling (fine-tuning's child process gets one).
+    import pickle
+
+    again = pickle.loads(pickle.dumps(reg))
+    assert again == reg and again.active_version("lungs") == "v1"
+    with pytest.raises(ModelError, match="no user folder"):
+        ModelRegistry([shared]).set_active_version("lungs", "v1")
+
+
+def test_targets_are_discovered_from_the_registry_in_display_order(tmp_path):
+    from napari_ctseg.models.registry import ModelRegistry
+
+    _, card = make_version(tmp_path, target="spleen")
+    card.labels = {"spleen": 1}
+    card.display = {"order": 5}
+    card.save()
+    make_version(tmp_path, target="lungs")  # no display order: 0
+    (tmp_path / "empty").mkdir()  # a folder without a version is no target
+    reg = ModelRegistry([tmp_path])
+    assert reg.targets() == ["lungs", "spleen"]
+    assert reg.get_card("spleen").labels == {"spleen": 1}
+    from napari_ctseg.inference import parse_targets
+
+    assert parse_targets("spleen,lungs", reg) == ["spleen", "lungs"]
+    with pytest.raises(CTSegError, match="choose from lungs, spleen"):
+        parse_targets("liver", reg)
+
+
+def test_cli_weights_option_reaches_every_model_command(tmp_path, capsys, monkeypatch):
+    from napari_ctseg.cli import main
+
+    monkeypatch.setattr(registry, "bundled_weights_dir", lambda: tmp_path / "none")
+    make_version(tmp_path / "extra", "v9")
+    assert main(["models", "list", "--weights", str(tmp_path / "extra"), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["target"], r["version"], r["active"], r["source"]) for r in rows] == [("lungs", "v9", True, "folder")]
+    assert main(["models", "list"]) == 0  # without it, the folder is not searched
+    assert "v9" not in capsys.readouterr().out
+    assert main(["models", "list", "brain"]) == 2
+    assert "unknown target 'brain'" in capsys.readouterr().err
+
+
+def test_files_are_replaced_atomically_or_not_at_all(tmp_path):
+    from napari_ctseg._files import replaced_atomically, write_atomically
+
+    path = tmp_path / "sub" / "card.json"
+    write_atomically(path, "first")
+    with pytest.raises(RuntimeError):
+        with replaced_atomically(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+    assert path.read_text() == "first"  # untouched, and no temporary file left beside it
+    assert [p.name for p in path.parent.iterdir()] == ["card.json"]
+    write_atomically(path, b"second")
+    assert path.read_bytes() == b"second" and oct(path.stat().st_mode & 0o044) == oct(0o044)

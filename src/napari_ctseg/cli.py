@@ -10,6 +10,13 @@ import numpy as np
 from .errors import CTSegError
 
 
+def _registry(args):
+    """The model registry of this command: ``--weights`` folders first, then the default roots."""
+    from .models.registry import ModelRegistry
+
+    return ModelRegistry.default(extra=getattr(args, "weights", None) or ())
+
+
 def _cmd_info(args) -> int:
     from .io import read_scan
 
@@ -125,14 +132,15 @@ def _cmd_segment(args) -> int:
     from .io import read_scan, write_mask
     from .io.nifti import scan_name
 
-    targets = parse_targets(args.targets)
+    registry = _registry(args)
+    targets = parse_targets(args.targets, registry)
     versions = {}
     for item in args.model or []:
         target, _, version = item.partition("=")
         if not version:
             raise CTSegError(f"--model {item!r}: write TARGET=VERSION, e.g. lungs=v1")
         versions[target.strip()] = version.strip()
-    models = ModelSet(versions)
+    models = ModelSet(versions, registry)
     scans = _scan_sources(args.scans)
     out_root = Path(args.out)
     failures = 0
@@ -174,7 +182,8 @@ def _cmd_evaluate(args) -> int:
     if args.split:
         cases = load_split(args.target, args.split)
     report = evaluate(args.target, args.data, args.predictions_out, version=args.model,
-                      device=args.device, cases=cases, progress=_progress_printer(f"evaluate {args.target}"))
+                      device=args.device, cases=cases, progress=_progress_printer(f"evaluate {args.target}"),
+                      registry=_registry(args))
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
@@ -205,6 +214,8 @@ def _cmd_finetune(args) -> int:
     from .fine_tuning import CorrectionCase, corrections_from_store, fine_tune
     from .inference import choose_device
 
+    registry = _registry(args)
+    registry.check_target(args.target)
     if args.from_store:
         if args.scans or args.masks:
             raise CTSegError("give --scans/--masks or --from-store, not both")
@@ -234,7 +245,8 @@ def _cmd_finetune(args) -> int:
     card = None
     for report in fine_tune(args.target, corrections, base_version=args.base, data_dir=data,
                             config=config, device=str(device), seed=args.seed, threads=args.threads,
-                            version=args.version, promote=not args.no_promote):
+                            version=args.version, promote=not args.no_promote,
+                            roots=registry, out_root=registry.user_dir):
         if report.kind in ("prepare", "start"):
             print(f"[{report.elapsed_s:7.1f} s] {report.message}", flush=True)
         elif report.kind == "epoch":
@@ -268,24 +280,18 @@ def _f(v) -> str:
 
 
 def _cmd_models(args) -> int:
-    from .models.registry import (
-        TARGETS,
-        active_version,
-        list_versions,
-        remove_version,
-        set_active_version,
-        version_source,
-    )
-
+    registry = _registry(args)
+    if args.target is not None:
+        registry.check_target(args.target)
     if args.action == "list":
-        targets = [args.target] if args.target else list(TARGETS)
+        targets = [args.target] if args.target else registry.targets()
         rows = []
         for target in targets:
-            cards = list_versions(target)
-            active = active_version(target) if cards else None
+            cards = registry.list_versions(target)
+            active = registry.active_version(target) if cards else None
             for c in cards:
                 dice = c.validation.get("mean_dice") if isinstance(c.validation, dict) else None
-                rows.append({"target": target, "version": c.version, "source": version_source(c),
+                rows.append({"target": target, "version": c.version, "source": registry.version_source(c),
                              "status": c.extra.get("status", ""), "created": c.created,
                              "validation_dice": dice, "active": c.version == active,
                              "path": str(c.path)})
@@ -303,10 +309,10 @@ def _cmd_models(args) -> int:
     if args.target is None or args.version is None:
         raise CTSegError(f"ctseg models {args.action} needs TARGET and VERSION, e.g. lungs v1")
     if args.action == "use":
-        now = set_active_version(args.target, args.version)
+        now = registry.set_active_version(args.target, args.version)
         print(f"{args.target}: active version is now {now}")
         return 0
-    now = remove_version(args.target, args.version)
+    now = registry.remove_version(args.target, args.version)
     print(f"removed {args.target} {args.version}; active version: {now or 'none'}")
     return 0
 
@@ -367,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .models.registry import TARGETS
 
+    # Where models are found, for the commands that use them.
+    weights = argparse.ArgumentParser(add_help=False)
+    weights.add_argument("--weights", action="append", metavar="DIR",
+                         help="also look for model versions in DIR/<target>/<version>/ (searched first; "
+                              "then $CTSEG_WEIGHTS_DIR, your fine-tuned versions, the bundled ones)")
+
     p = sub.add_parser("train", help="train a target's model on CT with expert masks",
                        description="Train a model and write model.pt and card.json into --out. "
                                    "The checkpoint kept is the best on the validation cases of "
@@ -382,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     p.add_argument("--json", action="store_true", help="print the model card at the end")
     p.set_defaults(func=_cmd_train)
-    p = sub.add_parser("segment", help="segment lungs, liver and infection; write masks on the scan's geometry")
+    p = sub.add_parser("segment", parents=[weights], help="segment lungs, liver and infection; write masks on the scan's geometry")
     p.add_argument("scans", nargs="+", help="NIfTI file, DICOM file or folder, or a folder of scans")
     p.add_argument("--targets", default="lungs,liver,infection", help="comma-separated: lungs,liver,infection")
     p.add_argument("--out", required=True, help="output folder: <target>.nii.gz (one subfolder per scan when several)")
@@ -390,13 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
     p.add_argument("--json", action="store_true", help="one JSON object per scan")
     p.set_defaults(func=_cmd_segment)
-    p = sub.add_parser("evaluate", help="score a model against expert masks: Dice, IoU, HD95, ASD per case",
+    p = sub.add_parser("evaluate", parents=[weights], help="score a model against expert masks: Dice, IoU, HD95, ASD per case",
                        description="Predict every case of --data with the target's model, write the "
                                    "predictions into --predictions-out and compare them with the expert "
                                    "masks. Layouts: <case>/ct.nii.gz with <case>/<target>.nii.gz "
                                    "(volumes), or images/<name>.jpg|png with masks/<name>.png (slices, "
                                    "infection only; distances in pixels).")
-    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument("--target", required=True, help="a target the models are for, e.g. lungs")
     p.add_argument("--data", required=True, help="data folder (see the layouts above)")
     p.add_argument("--predictions-out", required=True, help="folder for the predicted masks")
     p.add_argument("--model", default=None, metavar="VERSION", help="model version (default: the active one)")
@@ -406,13 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object with every figure")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("finetune", help="fine-tune a model on corrected masks; a new version, active only if better",
+    p = sub.add_parser("finetune", parents=[weights], help="fine-tune a model on corrected masks; a new version, active only if better",
                        description="Fine-tune TARGET's model on scans and their corrected masks (NIfTI on "
                                    "each scan's grid). The new version goes to your user data folder; it "
                                    "becomes active only when it beats the base on held-aside corrected "
                                    "slices and is no more than 0.005 Dice worse on the validation cases "
                                    "(the base's, from --data; otherwise the slices you left unchanged).")
-    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument("--target", required=True, help="a target the models are for, e.g. liver")
     p.add_argument("--scans", nargs="+", default=None, help="CT scans (NIfTI file, DICOM file or folder)")
     p.add_argument("--masks", nargs="+", default=None, help="the corrected masks, one per scan, same order")
     p.add_argument("--changed-slices", nargs="+", default=None, metavar="Z,Z-Z",
@@ -435,13 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object with the figures")
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("models", help="list model versions, choose the active one, remove fine-tuned ones",
+    p = sub.add_parser("models", parents=[weights], help="list model versions, choose the active one, remove fine-tuned ones",
                        description="list: one line per version (target, version, source, date, validation "
                                    "Dice; * marks the active one). use T V: make V the active version of T "
                                    "(also to roll back). remove T V: delete one of your fine-tuned versions "
                                    "(bundled versions cannot be removed).")
     p.add_argument("action", choices=["list", "use", "remove"])
-    p.add_argument("target", nargs="?", choices=TARGETS)
+    p.add_argument("target", nargs="?", help="lungs, liver, infection, or another target of --weights")
     p.add_argument("version", nargs="?")
     p.add_argument("--json", action="store_true", help="list: one JSON object per version")
     p.set_defaults(func=_cmd_models)

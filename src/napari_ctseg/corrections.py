@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from ._files import write_atomically
 
 MANIFEST_VERSION = 1
 
@@ -122,14 +123,7 @@ def record_correction(scan_path, mask_path, target: str, model_version: str = ""
         while path.exists():
             n += 1
             path = folder / f"{base}_{n}.json"
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(corr.to_json(), fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(corr.to_json(), indent=2))
     corr.manifest_path = str(path)
     return corr
 

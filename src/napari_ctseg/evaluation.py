@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -229,16 +228,16 @@ def score(pred: np.ndarray, ref: np.ndarray, spacing=None) -> dict[str, float]:
             "predicted": predicted, "reference": reference}
 
 
-def _label_names(target: str, version: str | None = None) -> dict[str, int]:
+def _label_names(target: str, version: str | None = None, registry=None) -> dict[str, int]:
     """The label names (display form) and values of the target's model card."""
     from .models.definition import label_display_name
-    from .models.registry import get_card
+    from .models.registry import as_registry
 
-    return {label_display_name(k): v for k, v in get_card(target, version).labels.items()}
+    return {label_display_name(k): v for k, v in as_registry(registry).get_card(target, version).labels.items()}
 
 
-def score_case(target: str, pred: np.ndarray, ref: np.ndarray, spacing=None, version: str | None = None
-               ) -> tuple[dict[str, float], dict[str, dict[str, float]], str]:
+def score_case(target: str, pred: np.ndarray, ref: np.ndarray, spacing=None, version: str | None = None,
+               registry=None) -> tuple[dict[str, float], dict[str, dict[str, float]], str]:
     """The target's overall figures, the per-label ones (lungs) and a note, for label maps.
 
     Lungs are scored as one structure (any lung label) and, when the reference tells the
@@ -247,7 +246,7 @@ def score_case(target: str, pred: np.ndarray, ref: np.ndarray, spacing=None, ver
     overall = score(pred > 0, ref > 0, spacing)
     per_label: dict[str, dict[str, float]] = {}
     note = ""
-    names = _label_names(target, version)
+    names = _label_names(target, version, registry)
     if len(names) > 1:
         if np.any(ref == max(names.values())):
             per_label = {name: score(pred == v, ref == v, spacing) for name, v in names.items()}
@@ -421,38 +420,36 @@ def write_png_mask(path: Path, mask: np.ndarray) -> Path:
     """A boolean (y, x) mask as an 8-bit PNG, 0/255, written to a temporary file and renamed."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
+    from ._files import replaced_atomically
+
     try:
-        Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise EvaluationError(f"{path}: could not write the prediction ({exc.strerror or exc})") from None
-        raise
+        with replaced_atomically(path, ".png") as tmp:
+            Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(tmp)
+    except OSError as exc:
+        raise EvaluationError(f"{path}: could not write the prediction ({exc.strerror or exc})") from None
     return path
 
 
 # --- the run -------------------------------------------------------------------------------
 
 def evaluate_steps(target: str, data_dir, predictions_out, version: str | None = None,
-                   device: str = "cpu", cases: Iterable[str] | str | None = None,
+                   device: str = "cpu", cases: Iterable[str] | str | None = None, registry=None,
                    ) -> Generator[EvaluationProgress, None, EvaluationReport]:
     """Predict every case of ``data_dir`` with ``target``'s model and score it; yields progress.
 
     ``version``: the model version (default: the active one). ``cases``: only these
     (names, or ``<folder>/<id>`` as in ``splits.json``; see ``resolve_cases``).
+    ``registry``: where the models are (default: ``ModelRegistry.default()``).
     Returns an ``EvaluationReport``. Raises ``EvaluationError`` (or another ``CTSegError``)
     for unusable input, naming the file.
     """
     from .inference import parse_targets
-    from .models.registry import get_card
+    from .models.registry import as_registry
 
+    registry = as_registry(registry)
     if not isinstance(target, str):
-        raise EvaluationError("give one target: lungs, liver or infection")
-    target = parse_targets([target.strip()])[0]
+        raise EvaluationError(f"give one target: {', '.join(registry.targets())}")
+    target = parse_targets([target.strip()], registry)[0]
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise EvaluationError(f"{data_dir}: no such folder; give the folder that holds the cases")
@@ -474,20 +471,20 @@ def evaluate_steps(target: str, data_dir, predictions_out, version: str | None =
     if layout == "slices" and target != "infection":
         raise EvaluationError(f"{data_dir}: holds 8-bit slices (images/) without HU; only the infection "
                               f"model reads those. Evaluate {target} on CT volumes (<case>/{CT_FILE})")
-    get_card(target, version)  # a missing model or version fails here, before any work
+    registry.get_card(target, version)  # a missing model or version fails here, before any work
     out.mkdir(parents=True, exist_ok=True)
     if layout == "slices":
-        report = yield from _slice_steps(target, data_dir, out, names, version, device)
+        report = yield from _slice_steps(target, data_dir, out, names, version, device, registry)
     else:
-        report = yield from _volume_steps(target, data_dir, out, names, version, device)
+        report = yield from _volume_steps(target, data_dir, out, names, version, device, registry)
     return report
 
 
-def _volume_steps(target, data_dir: Path, out: Path, names, version, device):
+def _volume_steps(target, data_dir: Path, out: Path, names, version, device, registry):
     from .inference import ModelSet, segment_steps
     from .io import read_scan, write_mask
 
-    models = ModelSet({target: version} if version else None)
+    models = ModelSet({target: version} if version else None, registry)
     results: list[CaseResult] = []
     notes: list[str] = []
     versions: dict[str, str] = {}
@@ -520,7 +517,7 @@ def _volume_steps(target, data_dir: Path, out: Path, names, version, device):
             ref = read_reference_volume(gt_path, volume.geometry, target)
             pred = volume.geometry.to_source(mask)
             spacing = source_spacing(volume.geometry.affine)
-            overall, per_label, note = score_case(target, pred, ref, spacing, version)
+            overall, per_label, note = score_case(target, pred, ref, spacing, version, registry)
             _fill(case, overall, per_label, note)
         else:
             case.note = NO_GROUND_TRUTH
@@ -532,13 +529,12 @@ def _volume_steps(target, data_dir: Path, out: Path, names, version, device):
                             cases=results, notes=notes)
 
 
-def _slice_steps(target, data_dir: Path, out: Path, names, version, device):
+def _slice_steps(target, data_dir: Path, out: Path, names, version, device, registry):
     from .inference import choose_device
     from .models.predict import predict_image8
-    from .models.registry import load_model
 
     dev, device_note = choose_device(device)
-    model, card = load_model(target, version, device=dev)
+    model, card = registry.load_model(target, version, device=dev)
     images = {p.stem: p for p in sorted((data_dir / "images").iterdir())
               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     results: list[CaseResult] = []
@@ -548,7 +544,7 @@ def _slice_steps(target, data_dir: Path, out: Path, names, version, device):
         yield EvaluationProgress(i, total, f"{name}: predicting", name)
         image = _read_image(images[name])
         labels = predict_image8(model, image, card.preprocessing, device=dev)
-        pred = labels == _label_names(target, version)[PRIMARY[target]]
+        pred = labels == _label_names(target, version, registry)[PRIMARY[target]]
         pred_path = write_png_mask(out / f"{name}.png", pred)
         gt_path = data_dir / "masks" / f"{name}.png"
         case = CaseResult(name=name, prediction=str(pred_path), has_ground_truth=gt_path.is_file(),
@@ -556,7 +552,7 @@ def _slice_steps(target, data_dir: Path, out: Path, names, version, device):
         if case.has_ground_truth:
             ref = read_reference_slice(gt_path, image.shape)
             overall, per_label, note = score_case(target, pred.astype(np.uint8), ref.astype(np.uint8),
-                                                  version=version)
+                                                  version=version, registry=registry)
             _fill(case, overall, per_label, note)
         else:
             case.note = NO_GROUND_TRUTH
@@ -579,9 +575,10 @@ def _fill(case: CaseResult, overall: dict, per_label: dict, note: str) -> None:
 
 def evaluate(target: str, data_dir, predictions_out, version: str | None = None, device: str = "cpu",
              cases: Iterable[str] | str | None = None,
-             progress: Callable[[EvaluationProgress], None] | None = None) -> EvaluationReport:
+             progress: Callable[[EvaluationProgress], None] | None = None, registry=None) -> EvaluationReport:
     """Run ``evaluate_steps`` to the end; ``progress`` gets each ``EvaluationProgress``."""
-    steps = evaluate_steps(target, data_dir, predictions_out, version=version, device=device, cases=cases)
+    steps = evaluate_steps(target, data_dir, predictions_out, version=version, device=device, cases=cases,
+                           registry=registry)
     try:
         while True:
             report = next(steps)

@@ -21,10 +21,10 @@ import torch
 from scipy import ndimage
 
 from .errors import CTSegError
-from .models.predict import predict_image8
-from .models.preprocess import Preprocessing, find_crop, labels_from_probs, mask_crop, slices_to_input
+from .models.predict import predict_image8, predict_slices
+from .models.preprocess import Preprocessing, find_crop, mask_crop
 from .models.definition import apply_postprocess, label_display_name, locate_stage
-from .models.registry import TARGETS, ModelCard, get_card, load_model
+from .models.registry import ModelCard, ModelRegistry, as_registry
 from .volume import CTVolume
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -114,10 +114,15 @@ def choose_device(request: str = "auto") -> tuple[torch.device, str | None]:
 
 
 class ModelSet:
-    """Loaded models by (target, version, device), so several scans load each model once."""
+    """Loaded models by (target, version, device), so several scans load each model once.
 
-    def __init__(self, versions: dict[str, str] | None = None):
+    ``versions`` names a version per target (default: the registry's active one);
+    ``registry`` is where they are found (default: ``ModelRegistry.default()``).
+    """
+
+    def __init__(self, versions: dict[str, str] | None = None, registry: ModelRegistry | None = None):
         self.versions = dict(versions or {})
+        self.registry = as_registry(registry)
         self._cache: dict[tuple, tuple[torch.nn.Module, ModelCard]] = {}
         self._lock = threading.Lock()
 
@@ -126,11 +131,11 @@ class ModelSet:
         """The model and card of ``version`` (default: this set's choice for ``target``)."""
         # Keyed by the version resolved now and its checksum: the active version changes when
         # a fine-tuned one is promoted, and a removed version's name may come back.
-        card = get_card(target, version or self.versions.get(target))
+        card = self.registry.get_card(target, version or self.versions.get(target))
         key = (target, card.version, card.sha256, str(device))
         with self._lock:
             if key not in self._cache:
-                model, card = load_model(target, card.version, device="cpu")
+                model, card = self.registry.load_model(target, card.version, device="cpu")
                 model = fuse_for_inference(model)
                 model = model.to(device=device, memory_format=torch.channels_last)
                 if device.type == "cuda":
@@ -153,13 +158,15 @@ def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
-def parse_targets(targets: str | Iterable[str]) -> list[str]:
+def parse_targets(targets: str | Iterable[str], registry: ModelRegistry | None = None) -> list[str]:
+    """``"lungs,liver"`` or a list as a list of targets that ``registry`` has models for."""
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     targets = list(dict.fromkeys(targets))
-    unknown = [t for t in targets if t not in TARGETS]
+    known = as_registry(registry).targets()
+    unknown = [t for t in targets if t not in known]
     if unknown or not targets:
-        raise CTSegError(f"unknown target(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(TARGETS)}")
+        raise CTSegError(f"unknown target(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(known)}")
     return targets
 
 
@@ -196,10 +203,10 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
     each target needs, and how its output is finished, comes from its model card
     (``napari_ctseg.models.definition``).
     """
-    targets = parse_targets(targets)
+    models = models or ModelSet(versions)
+    targets = parse_targets(targets, models.registry)
     dev, note = choose_device(device)
     notes = [note] if note else []
-    models = models or ModelSet(versions)
     if dev.type == "cpu":
         torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
     hu = volume.hu
@@ -222,7 +229,7 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
         while i < len(z_list):
             z = z_list[i:i + bs]
             try:
-                out[at[i:i + len(z)]] = _predict(model, hu, z, prep, crop, state["dev"])
+                out[at[i:i + len(z)]] = predict_slices(model, hu, z, prep, crop, state["dev"], len(z))
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if bs > 1:
@@ -230,7 +237,7 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
                     continue
                 state["dev"] = torch.device("cpu")
                 notes.append("the GPU ran out of memory: finished on the CPU")
-                state["models"] = ModelSet(state["models"].versions)
+                state["models"] = ModelSet(state["models"].versions, state["models"].registry)
                 model, _ = state["models"].get(target, state["dev"], version)
                 continue
             i += len(z)
@@ -333,15 +340,15 @@ def segment_image8(image: np.ndarray, targets: str | Iterable[str], device: str 
     Masks are (y, x) uint8 on the image's grid; a card's ``restrict_to`` steps are not applied
     (a lone slice has no lung mask), which the notes say. ``CTSegError`` when no target can run.
     """
-    targets = parse_targets(targets)
+    models = models or ModelSet(versions)
+    targets = parse_targets(targets, models.registry)
     img = check_image8(image, name)
     dev, note = choose_device(device)
     notes = [note] if note else []
-    models = models or ModelSet(versions)
     masks, cards, seconds, used = {}, {}, {}, {}
     skipped = []
     for target in targets:
-        card = get_card(target, models.versions.get(target))
+        card = models.registry.get_card(target, models.versions.get(target))
         if "image8" not in card.inputs:
             skipped.append(target)
             continue
@@ -374,22 +381,13 @@ def _run_order(targets: list[str], models: ModelSet, given: dict[str, np.ndarray
             return
         if t in path:
             raise CTSegError(f"model cards require each other in a circle: {' -> '.join(path + (t,))}")
-        for req in get_card(t, models.versions.get(t)).requires:
+        for req in models.registry.get_card(t, models.versions.get(t)).requires:
             visit(req, path + (t,))
         order.append(t)
 
     for t in targets:
         visit(t, ())
     return order
-
-
-def _predict(model, hu, z, prep, crop, dev) -> np.ndarray:
-    with torch.inference_mode():
-        x = slices_to_input(hu, z, prep, crop).to(dev).contiguous(memory_format=torch.channels_last)
-        if dev.type == "cuda":
-            x = x.half()
-        probs = torch.softmax(model(x).float(), dim=1).cpu()
-    return labels_from_probs(probs, crop)
 
 
 def segment(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,

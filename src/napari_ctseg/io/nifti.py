@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from .._files import replaced_atomically
 from ..errors import MaskWriteError, ScanReadError
 from ..volume import CTVolume, Geometry
 from ._common import build_volume, hu_dtype
@@ -189,18 +189,12 @@ def write_mask(path, mask: np.ndarray, geometry: Geometry) -> Path:
     img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
     img.header["descrip"] = b"napari-ctseg mask"
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
     try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise MaskWriteError(f"{path}: could not write the mask ({exc.strerror or exc})") from None
-        raise
+        with replaced_atomically(path, suffix) as tmp:
+            nib.save(img, tmp)
+    except OSError as exc:
+        raise MaskWriteError(f"{path}: could not write the mask ({exc.strerror or exc})") from None
     return path
 
 

@@ -3,7 +3,8 @@
 * ``unet``: ``UNet2D`` and ``build_model(architecture)``;
 * ``preprocess``: HU slices to network input and predictions back to the scan's grid,
   as a model card's ``preprocessing`` dict describes;
-* ``registry``: bundled (and later user) versions, ``ModelCard``, ``load_model``.
+* ``registry``: ``ModelRegistry`` (where versions are found, which one is active),
+  ``ModelCard``, ``load_model``.
 """
 from ..errors import ModelError
 from .preprocess import (
@@ -15,12 +16,12 @@ from .preprocess import (
     probs_to_grid,
     slices_to_input,
 )
-from .predict import predict_image8, predict_volume
-from .registry import TARGETS, ModelCard, active_version, get_card, list_versions, load_model
+from .predict import predict_image8, predict_slices, predict_volume
+from .registry import TARGETS, ModelCard, ModelRegistry, active_version, get_card, list_versions, load_model
 from .unet import UNet2D, build_model
 
 __all__ = [
-    "TARGETS", "ModelCard", "ModelError", "Preprocessing", "SliceCrop", "UNet2D", "active_version",
+    "TARGETS", "ModelCard", "ModelError", "ModelRegistry", "Preprocessing", "SliceCrop", "UNet2D", "active_version",
     "build_model", "find_crop", "get_card", "image8_to_input", "labels_from_probs", "list_versions",
-    "load_model", "predict_image8", "predict_volume", "probs_to_grid", "slices_to_input",
+    "load_model", "predict_image8", "predict_slices", "predict_volume", "probs_to_grid", "slices_to_input",
 ]

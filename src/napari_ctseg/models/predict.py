@@ -22,6 +22,38 @@ from .preprocess import (
 )
 
 
+def predict_slices(model: nn.Module, hu_zyx: np.ndarray, zs, prep: dict | Preprocessing,
+                   crop: SliceCrop, device: str | torch.device = "cpu", batch_size: int = 8,
+                   on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Labels (len(zs), y, x) uint8 of the axial slices ``zs`` of a HU volume (z, y, x).
+
+    The one slice-prediction loop (inference, validation during training, fine-tuning). The
+    model must be in eval mode; its input follows the model's precision (a half model on a GPU
+    gets half input) and memory format (channels-last when its weights are).
+    ``on_batch(done, total)`` is called after each batch of slices (for progress bars).
+    """
+    prep = Preprocessing.from_dict(prep)
+    zs = np.asarray(zs, dtype=int)
+    out = np.zeros((len(zs), *hu_zyx.shape[1:]), dtype=np.uint8)
+    weight = next((w for w in model.parameters() if w.dim() == 4), None)
+    half = weight is not None and weight.dtype == torch.float16
+    channels_last = weight is not None and not weight.is_contiguous() \
+        and weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for start in range(0, len(zs), batch_size):
+            z = zs[start:start + batch_size]
+            x = slices_to_input(hu_zyx, z, prep, crop).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if half:
+                x = x.half()
+            probs = torch.softmax(model(x).float(), dim=1).cpu()
+            out[start:start + len(z)] = labels_from_probs(probs, crop)
+            if on_batch is not None:
+                on_batch(start + len(z), len(zs))
+    return out
+
+
 def predict_volume(model: nn.Module, hu_zyx: np.ndarray, prep: dict | Preprocessing, *,
                    crop: SliceCrop | None = None, device: str | torch.device = "cpu",
                    batch_size: int = 8,
@@ -34,17 +66,7 @@ def predict_volume(model: nn.Module, hu_zyx: np.ndarray, prep: dict | Preprocess
     hu_zyx = np.asarray(hu_zyx)
     if crop is None:
         crop = find_crop(hu_zyx, prep)
-    n = hu_zyx.shape[0]
-    out = np.zeros(hu_zyx.shape, dtype=np.uint8)
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            z = np.arange(start, min(start + batch_size, n))
-            x = slices_to_input(hu_zyx, z, prep, crop).to(device)
-            probs = torch.softmax(model(x), dim=1).float().cpu()
-            out[start:start + len(z)] = labels_from_probs(probs, crop)
-            if on_batch is not None:
-                on_batch(int(z[-1]) + 1, n)
-    return out
+    return predict_slices(model, hu_zyx, np.arange(hu_zyx.shape[0]), prep, crop, device, batch_size, on_batch)
 
 
 def predict_image8(model: nn.Module, image: np.ndarray, prep: dict | Preprocessing, *,

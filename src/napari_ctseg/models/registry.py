@@ -6,23 +6,29 @@ A version is a folder ``<root>/<target>/<version>/`` holding
 * ``card.json``: the model card (``ModelCard``): labels, architecture, preprocessing,
   training data and split, validation figures, the sha256 of ``model.pt``, license.
 
-Roots are searched in order; the first root holding a version wins:
+A ``ModelRegistry`` is where versions are found: its roots are searched in order (the first
+root holding a version wins). ``ModelRegistry.default()``, what napari and the CLI use, has
 
-1. the folders in the environment variable ``CTSEG_WEIGHTS_DIR`` (``os.pathsep``-separated),
-2. the user's own (fine-tuned) versions, ``user_weights_dir()`` (under platformdirs' user
-   data directory; ``$XDG_DATA_HOME/napari-ctseg/weights`` on Linux),
+1. the folders given on the command line (``ctseg --weights DIR``), then those in the
+   environment variable ``CTSEG_WEIGHTS_DIR`` (``os.pathsep``-separated),
+2. the user's folder, ``user_weights_dir()`` (under platformdirs' user data directory;
+   ``$XDG_DATA_HOME/napari-ctseg/weights`` on Linux): fine-tuned versions and the active choice,
 3. the weights bundled with the package (``napari_ctseg/weights``, a link to the
    repository's top-level ``weights/`` in a source checkout, copied files when installed).
    They are never written to.
 
-Every function takes ``roots=`` to search other folders instead (tests).
+Tests and scripts build their own registry (``ModelRegistry([folder], user_dir=...)``); the
+module-level shorthands (``get_card``, ``load_model``, ...) take ``roots=``: a registry,
+folders (the first one acting as the user folder), or ``None`` for the default. The targets
+are those with a version in the registry (``targets()``), not a list in code.
 A version's name is its folder's name; folders whose name starts with a dot are runs in
 progress and never listed. Versions sort naturally (``v2`` < ``v10`` < ``v10-ft1``).
 
 The active version of a target is the one the user chose (``set_active_version``, kept
-in ``active_models.json`` beside the user's versions) when it still exists; otherwise the
-newest version that is not a fine-tuning *candidate* (a fine-tuned version that did not
-pass the promotion rule carries ``"status": "candidate"`` in its card).
+in ``active_models.json`` in the registry's user folder) when it still exists; otherwise the
+newest version that is not a *candidate* (a version whose card carries
+``"status": "candidate"``: a fine-tuned one that did not pass the promotion rule, or a
+bundled version offered for trying).
 """
 from __future__ import annotations
 
@@ -30,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,16 +44,20 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from .._files import replaced_atomically, write_atomically
 from ..errors import ModelError
 from .unet import build_model
 
 __all__ = [
-    "TARGETS", "ModelCard", "ModelError", "WEIGHTS_ENV", "bundled_weights_dir", "weight_roots",
+    "TARGETS", "ModelCard", "ModelError", "ModelRegistry", "as_registry", "load_card_model", "WEIGHTS_ENV",
+    "bundled_weights_dir", "weight_roots",
     "list_versions", "active_version", "get_card", "load_model", "verify_weights", "sha256_file",
     "write_version", "half_state_dict", "user_weights_dir", "describe", "LICENSE_NOTE",
     "set_active_version", "remove_version", "version_source", "next_version_name", "active_file",
 ]
 
+# The targets ``ctseg train`` knows how to make (its data readers and starter definitions).
+# What can be *segmented* is what a registry holds: ``ModelRegistry.targets()``.
 TARGETS = ("lungs", "liver", "infection")
 WEIGHTS_ENV = "CTSEG_WEIGHTS_DIR"
 WEIGHTS_FILE = "model.pt"
@@ -165,31 +174,9 @@ class ModelCard:
         folder = Path(folder) if folder is not None else self.path
         if folder is None:
             raise ModelError("no folder to save the model card in")
-        _atomic_write(folder / CARD_FILE, self.to_json().encode("utf-8"))
+        write_atomically(folder / CARD_FILE, self.to_json())
         self.path = folder
         return folder / CARD_FILE
-
-
-def _readable(path) -> None:
-    # mkstemp makes owner-only files; a model folder is shared like any other file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        _readable(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sha256_file(path) -> str:
@@ -210,45 +197,232 @@ def bundled_weights_dir() -> Path:
     return checkout if checkout.is_dir() else packaged
 
 
-def weight_roots(roots: Iterable | None = None) -> list[Path]:
+class ModelRegistry:
+    """Where model versions are found and which one is active: one object, passed around.
+
+    ``roots`` are searched in order (the first root holding a version wins); ``user_dir``
+    is where fine-tuned versions are written and where the user's choice of active
+    version is kept (``active_models.json``); it is searched before the other roots.
+    ``ModelRegistry.default()`` is what napari and the CLI use unless told otherwise;
+    tests and scripts build their own (``ModelRegistry([folder], user_dir=...)``), so nothing
+    they do reaches the user's real folder. A registry is a small picklable value (it is
+    handed to fine-tuning's child process).
+    """
+
+    def __init__(self, roots: Iterable = (), user_dir=None):
+        self.user_dir = Path(user_dir).expanduser() if user_dir is not None else None
+        given = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+        found = [Path(r).expanduser() for r in given]
+        if self.user_dir is not None and self.user_dir not in found:
+            found.insert(0, self.user_dir)
+        self.roots: tuple[Path, ...] = tuple(found)
+
+    @classmethod
+    def default(cls, extra: Iterable = ()) -> ModelRegistry:
+        """``extra`` folders, then those in ``$CTSEG_WEIGHTS_DIR``, the user's folder and the
+        bundled weights (see the module docstring)."""
+        env = os.environ.get(WEIGHTS_ENV, "")
+        found = [*(Path(p) for p in extra), *(Path(p) for p in env.split(os.pathsep) if p.strip())]
+        user = user_weights_dir()
+        return cls([*found, user, bundled_weights_dir()], user_dir=user)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry(roots={[str(r) for r in self.roots]}, user_dir={self.user_dir})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ModelRegistry) and (self.roots, self.user_dir) == (other.roots, other.user_dir)
+
+    def __hash__(self) -> int:
+        return hash((self.roots, self.user_dir))
+
+    # --- what is there -------------------------------------------------------------------
+    def targets(self) -> list[str]:
+        """The targets with at least one version, in the cards' display order (lungs, liver, ...)."""
+        found: dict[str, int] = {}
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for folder in sorted(root.iterdir()):
+                if folder.name in found or folder.name.startswith(".") or not folder.is_dir():
+                    continue
+                cards = self._cards_in(folder)
+                if cards:  # the display order of the card drawn on top of the others (default 0)
+                    display = cards[-1].display if isinstance(cards[-1].display, dict) else {}
+                    found[folder.name] = int(display.get("order", 0))
+        return sorted(found, key=lambda t: (found[t], t))
+
+    def check_target(self, target: str) -> None:
+        """Refuse a target that is neither napari-ctseg's own nor a folder in this registry."""
+        if not isinstance(target, str) or not target or target.startswith(".") or "/" in target \
+                or (target not in TARGETS and not any((root / target).is_dir() for root in self.roots)):
+            raise ModelError(f"unknown target {target!r}; napari-ctseg segments "
+                             f"{', '.join(self.targets()) or ', '.join(TARGETS)}")
+
+    @staticmethod
+    def _cards_in(folder: Path) -> list[ModelCard]:
+        cards = []
+        for sub in sorted(folder.iterdir()):
+            if sub.name.startswith(".") or not sub.is_dir() or not (sub / CARD_FILE).is_file():
+                continue
+            try:
+                cards.append(_load_card(sub))
+            except ModelError:
+                continue
+        return cards
+
+    def list_versions(self, target: str) -> list[ModelCard]:
+        """The versions of a target's model with a card, oldest first (natural version order).
+
+        A version found in several roots is taken from the first. A folder whose card
+        cannot be read is skipped (``load_model`` on it says why).
+        """
+        self.check_target(target)
+        cards: dict[str, ModelCard] = {}
+        for root in self.roots:
+            if (root / target).is_dir():
+                for card in self._cards_in(root / target):
+                    cards.setdefault(card.version, card)
+        return [cards[v] for v in sorted(cards, key=_version_key)]
+
+    def get_card(self, target: str, version: str | None = None) -> ModelCard:
+        """The card of one version (default: the active one)."""
+        self.check_target(target)
+        if version is None:
+            version = self.active_version(target)
+        for root in self.roots:
+            folder = root / target / version
+            if folder.is_dir():
+                card = _load_card(folder)
+                if card.target != target:
+                    raise ModelError(f"{folder / CARD_FILE}: the card is for {card.target!r}, not {target!r}")
+                return card
+        known = [c.version for c in self.list_versions(target)]
+        raise ModelError(f"no {target} model version {version!r}; available: {', '.join(known) or 'none'}")
+
+    def load_model(self, target: str, version: str | None = None, device: str | torch.device = "cpu"
+                   ) -> tuple[nn.Module, ModelCard]:
+        """The network of a version (default: the active one) on ``device``, checked (see ``load_card_model``)."""
+        return load_card_model(self.get_card(target, version), device)
+
+    def version_source(self, card: ModelCard) -> str:
+        """Where a version comes from: ``"bundled"``, ``"fine-tuned"`` (the user's) or ``"folder"``."""
+        if card.path is None:
+            return "folder"
+        folder = Path(card.path).resolve()
+        places = [(bundled_weights_dir(), "bundled")]
+        if self.user_dir is not None:
+            places.insert(0, (self.user_dir, "fine-tuned"))
+        for root, name in places:
+            try:
+                folder.relative_to(Path(root).resolve())
+                return name
+            except ValueError:
+                continue
+        return "folder"
+
+    # --- the active choice ---------------------------------------------------------------
+    @property
+    def active_file(self) -> Path | None:
+        """The user's choice of active version per target (JSON: {target: version})."""
+        return self.user_dir / "active_models.json" if self.user_dir is not None else None
+
+    def _read_active(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.active_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def active_version(self, target: str) -> str:
+        """The version used when none is named (see the module docstring)."""
+        versions = self.list_versions(target)
+        if not versions:
+            raise ModelError(self._no_weights_message(target))
+        chosen = self._read_active().get(target)
+        if chosen and any(c.version == chosen for c in versions):
+            return chosen
+        usable = [c for c in versions if c.extra.get("status") != "candidate"]
+        return (usable or versions)[-1].version
+
+    def set_active_version(self, target: str, version: str | None) -> str:
+        """Make ``version`` the active one for ``target`` (``None``: back to the default rule).
+
+        Returns the version now active. The choice is written atomically into this
+        registry's user folder; a missing version raises ``ModelError`` and changes nothing.
+        """
+        self.check_target(target)
+        if self.active_file is None:
+            raise ModelError("this model registry has no user folder to keep the active choice in")
+        if version is not None:
+            self.get_card(target, version)  # must exist
+        choice = self._read_active()
+        if version is None:
+            choice.pop(target, None)
+        else:
+            choice[target] = version
+        write_atomically(self.active_file, json.dumps(choice, indent=2, sort_keys=True) + "\n")
+        return self.active_version(target)
+
+    # --- the user's versions ---------------------------------------------------------------
+    def remove_version(self, target: str, version: str) -> str:
+        """Delete one of the user's fine-tuned versions; return the version active afterwards.
+
+        Bundled versions (and versions in other folders) are refused. When the removed
+        version was the chosen active one, the choice falls back to the default.
+        """
+        import shutil
+
+        card = self.get_card(target, version)
+        source = self.version_source(card)
+        if source != "fine-tuned":
+            what = "bundled with napari-ctseg" if source == "bundled" else f"in {card.path.parent.parent}"
+            raise ModelError(f"{target} {version} is {what}, not one of your fine-tuned versions; "
+                             "it cannot be removed here")
+        if self._read_active().get(target) == version:
+            self.set_active_version(target, None)
+        # Renamed first, so the version disappears at once even if deleting takes a while.
+        trash = card.path.with_name(f".removed-{card.path.name}-{os.getpid()}")
+        os.replace(card.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return self.active_version(target) if self.list_versions(target) else ""
+
+    def next_version_name(self, target: str, base: str) -> str:
+        """A new version name for a model fine-tuned from ``base``: ``<base>-ft<N>``, N unused so far."""
+        stem = re.sub(r"-ft\d+$", "", base)
+        used = {c.version for c in self.list_versions(target)}
+        for root in self.roots:  # runs in progress count too
+            folder = root / target
+            if folder.is_dir():
+                used |= {p.name.lstrip(".").removesuffix(".partial") for p in folder.iterdir()}
+        n = 1
+        while f"{stem}-ft{n}" in used:
+            n += 1
+        return f"{stem}-ft{n}"
+
+    def _no_weights_message(self, target: str) -> str:
+        where = ", ".join(str(r) for r in self.roots)
+        return (f"no {target} model found (searched {where}); reinstall napari-ctseg to restore "
+                f"its bundled weights, or point {WEIGHTS_ENV} at a folder with {target}/<version>/")
+
+
+def as_registry(roots: ModelRegistry | Iterable | None = None) -> ModelRegistry:
+    """``roots`` as a registry: a registry as it is, ``None`` the default one, folders a registry
+    over them whose first folder is the user folder (where an active choice is kept)."""
+    if isinstance(roots, ModelRegistry):
+        return roots
+    if roots is None:
+        return ModelRegistry.default()
+    folders = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    return ModelRegistry(folders, user_dir=folders[0] if folders else None)
+
+
+def weight_roots(roots: ModelRegistry | Iterable | None = None) -> list[Path]:
     """The folders searched for ``<target>/<version>/``, in order of precedence."""
-    if roots is not None:
-        return [Path(r) for r in ([roots] if isinstance(roots, (str, os.PathLike)) else roots)]
-    env = os.environ.get(WEIGHTS_ENV, "")
-    found = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
-    return [*found, user_weights_dir(), bundled_weights_dir()]
-
-
-def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ModelError(f"unknown target {target!r}; napari-ctseg segments {', '.join(TARGETS)}")
+    return list(as_registry(roots).roots)
 
 
 def _version_key(version: str):
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p)
-
-
-def list_versions(target: str, roots: Iterable | None = None) -> list[ModelCard]:
-    """The versions of a target's model with a card, oldest first (natural version order).
-
-    A version found in several roots is taken from the first. A folder whose card
-    cannot be read is skipped (``load_model`` on it says why).
-    """
-    _check_target(target)
-    cards: dict[str, ModelCard] = {}
-    for root in weight_roots(roots):
-        folder = root / target
-        if not folder.is_dir():
-            continue
-        for sub in sorted(folder.iterdir()):
-            if sub.name.startswith(".") or sub.name in cards or not sub.is_dir() \
-                    or not (sub / CARD_FILE).is_file():
-                continue
-            try:
-                cards[sub.name] = _load_card(sub)
-            except ModelError:
-                continue
-    return [cards[v] for v in sorted(cards, key=_version_key)]
 
 
 def _load_card(folder: Path) -> ModelCard:
@@ -258,120 +432,42 @@ def _load_card(folder: Path) -> ModelCard:
     return card
 
 
-def active_version(target: str, roots: Iterable | None = None) -> str:
-    """The version used when none is named (see the module docstring)."""
-    versions = list_versions(target, roots)
-    if not versions:
-        raise ModelError(_no_weights_message(target, roots))
-    chosen = _read_active().get(target)
-    if chosen and any(c.version == chosen for c in versions):
-        return chosen
-    usable = [c for c in versions if c.extra.get("status") != "candidate"]
-    return (usable or versions)[-1].version
+# Shorthands over a registry (``roots``: a ModelRegistry, folders, or None for the default one).
+def list_versions(target: str, roots=None) -> list[ModelCard]:
+    return as_registry(roots).list_versions(target)
 
 
-def active_file() -> Path:
-    """The user's choice of active version per target (JSON: {target: version})."""
-    return user_weights_dir() / "active_models.json"
+def active_version(target: str, roots=None) -> str:
+    return as_registry(roots).active_version(target)
 
 
-def _read_active() -> dict[str, str]:
-    try:
-        data = json.loads(active_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+def set_active_version(target: str, version: str | None, roots=None) -> str:
+    return as_registry(roots).set_active_version(target, version)
 
 
-def set_active_version(target: str, version: str | None, roots: Iterable | None = None) -> str:
-    """Make ``version`` the active one for ``target`` (``None``: back to the default rule).
-
-    Returns the version now active. The choice is written atomically; a missing version
-    raises ``ModelError`` and changes nothing.
-    """
-    _check_target(target)
-    if version is not None:
-        get_card(target, version, roots)  # must exist
-    choice = _read_active()
-    if version is None:
-        choice.pop(target, None)
-    else:
-        choice[target] = version
-    _atomic_write(active_file(), (json.dumps(choice, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return active_version(target, roots)
+def get_card(target: str, version: str | None = None, roots=None) -> ModelCard:
+    return as_registry(roots).get_card(target, version)
 
 
-def version_source(card: ModelCard) -> str:
-    """Where a version comes from: ``"bundled"``, ``"fine-tuned"`` (the user's) or ``"folder"``."""
-    if card.path is None:
-        return "folder"
-    folder = Path(card.path).resolve()
-    for root, name in ((bundled_weights_dir(), "bundled"), (user_weights_dir(), "fine-tuned")):
-        try:
-            folder.relative_to(Path(root).resolve())
-            return name
-        except ValueError:
-            continue
-    return "folder"
+def load_model(target: str, version: str | None = None, device: str | torch.device = "cpu",
+               roots=None) -> tuple[nn.Module, ModelCard]:
+    return as_registry(roots).load_model(target, version, device)
 
 
-def remove_version(target: str, version: str, roots: Iterable | None = None) -> str:
-    """Delete one of the user's fine-tuned versions; return the version active afterwards.
-
-    Bundled versions (and versions in ``CTSEG_WEIGHTS_DIR`` folders) are refused. When
-    the removed version was the chosen active one, the choice falls back to the default.
-    """
-    import shutil
-
-    card = get_card(target, version, roots)
-    source = version_source(card)
-    if source != "fine-tuned":
-        what = "bundled with napari-ctseg" if source == "bundled" else f"in {card.path.parent.parent}"
-        raise ModelError(f"{target} {version} is {what}, not one of your fine-tuned versions; "
-                         "it cannot be removed here")
-    if _read_active().get(target) == version:
-        set_active_version(target, None, roots)
-    # Renamed first, so the version disappears at once even if deleting takes a while.
-    trash = card.path.with_name(f".removed-{card.path.name}-{os.getpid()}")
-    os.replace(card.path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-    return active_version(target, roots) if list_versions(target, roots) else ""
+def remove_version(target: str, version: str, roots=None) -> str:
+    return as_registry(roots).remove_version(target, version)
 
 
-def next_version_name(target: str, base: str, roots: Iterable | None = None) -> str:
-    """A new version name for a model fine-tuned from ``base``: ``<base>-ft<N>``, N unused so far."""
-    stem = re.sub(r"-ft\d+$", "", base)
-    used = {c.version for c in list_versions(target, roots)}
-    for root in weight_roots(roots):  # runs in progress count too
-        folder = root / target
-        if folder.is_dir():
-            used |= {p.name.lstrip(".").removesuffix(".partial") for p in folder.iterdir()}
-    n = 1
-    while f"{stem}-ft{n}" in used:
-        n += 1
-    return f"{stem}-ft{n}"
+def next_version_name(target: str, base: str, roots=None) -> str:
+    return as_registry(roots).next_version_name(target, base)
 
 
-def _no_weights_message(target: str, roots) -> str:
-    where = ", ".join(str(r) for r in weight_roots(roots))
-    return (f"no {target} model found (searched {where}); reinstall napari-ctseg to restore "
-            f"its bundled weights, or point {WEIGHTS_ENV} at a folder with {target}/<version>/")
+def version_source(card: ModelCard, roots=None) -> str:
+    return as_registry(roots).version_source(card)
 
 
-def get_card(target: str, version: str | None = None, roots: Iterable | None = None) -> ModelCard:
-    """The card of one version (default: the active one)."""
-    _check_target(target)
-    if version is None:
-        version = active_version(target, roots)
-    for root in weight_roots(roots):
-        folder = root / target / version
-        if folder.is_dir():
-            card = _load_card(folder)
-            if card.target != target:
-                raise ModelError(f"{folder / CARD_FILE}: the card is for {card.target!r}, not {target!r}")
-            return card
-    known = [c.version for c in list_versions(target, roots)]
-    raise ModelError(f"no {target} model version {version!r}; available: {', '.join(known) or 'none'}")
+def active_file(roots=None) -> Path | None:
+    return as_registry(roots).active_file
 
 
 def verify_weights(card: ModelCard) -> Path:
@@ -392,8 +488,7 @@ def verify_weights(card: ModelCard) -> Path:
     return path
 
 
-def load_model(target: str, version: str | None = None, device: str | torch.device = "cpu",
-               roots: Iterable | None = None) -> tuple[nn.Module, ModelCard]:
+def load_card_model(card: ModelCard, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """The network of a model version, with its weights, in eval mode on ``device``, and its card.
 
     The weights' sha256 is checked against the card before anything is loaded, and the
@@ -401,8 +496,8 @@ def load_model(target: str, version: str | None = None, device: str | torch.devi
     a missing version or file, a corrupt or modified file, an unknown architecture, or
     weights that do not fit the architecture.
     """
-    card = get_card(target, version, roots)
     path = verify_weights(card)
+    target = card.target
     model = build_model(card.architecture)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -430,17 +525,9 @@ def write_version(folder, state_dict: dict[str, torch.Tensor], card: ModelCard) 
     so an interrupted write never leaves a half-written model behind.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        _readable(tmp)
+    with replaced_atomically(folder / card.weights_file) as tmp:
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
         digest = sha256_file(tmp)
-        os.replace(tmp, folder / card.weights_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     card.sha256 = digest
     if not card.created:
         card.created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()

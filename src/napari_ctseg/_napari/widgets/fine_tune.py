@@ -45,7 +45,7 @@ from ...errors import CTSegError
 from ...fine_tuning import CorrectionCase, FineTuneConfig
 from ...jobs import in_child_process
 from ...inference import choose_device
-from ...models.registry import TARGETS, active_version, list_versions
+from ...models.registry import ModelRegistry, as_registry
 from ._models_events import connect_models_changed, models_events
 
 DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
@@ -201,9 +201,10 @@ class TrainingPlot(QWidget):
 class FineTuneWidget(QWidget):
     """Plugins > napari-ctseg > Fine-tune."""
 
-    def __init__(self, napari_viewer):
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
         super().__init__()
         self.viewer = napari_viewer
+        self.registry = as_registry(registry)  # where the models are: ModelRegistry.default() in napari
         self.worker = None
         self.card = None
         self.last_report = None
@@ -214,7 +215,7 @@ class FineTuneWidget(QWidget):
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.target_combo = QComboBox()
-        self.target_combo.addItems(TARGETS)
+        self.target_combo.addItems(self.registry.targets())
         self.target_combo.currentTextChanged.connect(self._target_changed)
         form.addRow("Target", self.target_combo)
         self.base_combo = QComboBox()
@@ -303,8 +304,8 @@ class FineTuneWidget(QWidget):
         current = self.base_combo.currentData()
         self.base_combo.clear()
         try:
-            cards = list_versions(target)
-            active = active_version(target)
+            cards = self.registry.list_versions(target)
+            active = self.registry.active_version(target)
         except CTSegError as exc:
             self.base_combo.addItem("(no model)")
             self.base_combo.setToolTip(str(exc))
@@ -383,7 +384,8 @@ class FineTuneWidget(QWidget):
         self.plot.clear(cfg["epochs"] * cfg["steps_per_epoch"], cfg["steps_per_epoch"])
         self.worker = create_worker(
             run_fine_tune, self._cancel, target, corrections, base_version=self.base_combo.currentData(),
-            data_dir=data, config=cfg, device=str(device), _start_thread=False,
+            data_dir=data, config=cfg, device=str(device), roots=self.registry, out_root=self.registry.user_dir,
+            _start_thread=False,
             _connect={"yielded": self._on_report, "returned": self._on_returned, "errored": self._on_error,
                       "finished": self._on_finished})
         self.start_button.setEnabled(False)

@@ -23,8 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...errors import CTSegError
-from ...models.registry import TARGETS, active_version, list_versions, remove_version, set_active_version, \
-    version_source
+from ...models.registry import ModelRegistry, as_registry
 from ._models_events import connect_models_changed, models_events
 
 COLUMNS = ("Target", "Version", "Source", "Date", "Val. Dice", "Status", "")
@@ -33,9 +32,10 @@ COLUMNS = ("Target", "Version", "Source", "Date", "Val. Dice", "Status", "")
 class ModelsWidget(QWidget):
     """Plugins > napari-ctseg > Models."""
 
-    def __init__(self, napari_viewer=None):
+    def __init__(self, napari_viewer=None, registry: ModelRegistry | None = None):
         super().__init__()
         self.viewer = napari_viewer
+        self.registry = as_registry(registry)  # where the models are: ModelRegistry.default() in napari
         self.rows: list[dict] = []
         self.setMinimumWidth(340)
         layout = QVBoxLayout(self)
@@ -66,15 +66,15 @@ class ModelsWidget(QWidget):
 
     def refresh(self):
         self.rows = []
-        for target in TARGETS:
+        for target in self.registry.targets():
             try:
-                cards = list_versions(target)
-                active = active_version(target) if cards else None
+                cards = self.registry.list_versions(target)
+                active = self.registry.active_version(target) if cards else None
             except CTSegError:
                 continue
             for c in cards:
                 dice = c.validation.get("mean_dice") if isinstance(c.validation, dict) else None
-                self.rows.append({"target": target, "version": c.version, "source": version_source(c),
+                self.rows.append({"target": target, "version": c.version, "source": self.registry.version_source(c),
                                   "created": c.created, "dice": dice, "status": c.extra.get("status", ""),
                                   "active": c.version == active,
                                   "reason": c.extra.get("fine_tune", {}).get("reason", "")})
@@ -106,7 +106,7 @@ class ModelsWidget(QWidget):
 
     def use(self, target: str, version: str):
         try:
-            now = set_active_version(target, version)
+            now = self.registry.set_active_version(target, version)
         except CTSegError as exc:
             show_error(f"Models: {exc}")
             return
@@ -130,7 +130,7 @@ class ModelsWidget(QWidget):
             if answer != QMessageBox.StandardButton.Yes:
                 return
         try:
-            now = remove_version(r["target"], r["version"])
+            now = self.registry.remove_version(r["target"], r["version"])
         except CTSegError as exc:
             show_error(f"Models: {exc}")
             return

@@ -36,7 +36,7 @@ from ...inference import ModelSet, SegmentResult, check_image8, segment_image8, 
 from ...models.definition import colors as card_colors
 from ...models.definition import label_display_name
 from ...models.definition import style as card_style
-from ...models.registry import TARGETS, active_version, get_card, list_versions
+from ...models.registry import ModelRegistry, as_registry
 from ...volume import METADATA_KEY, CTVolume, Geometry
 from .._compat import layer_renamed
 from .._layers import geometry_from_metadata
@@ -99,10 +99,11 @@ def _segment_job(*args, **kwargs):
 class SegmentWidget(QWidget):
     """Plugins > napari-ctseg > Segment volume."""
 
-    def __init__(self, napari_viewer):
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
         super().__init__()
         self.viewer = napari_viewer
-        self.models = ModelSet()
+        self.registry = as_registry(registry)  # where the models are: ModelRegistry.default() in napari
+        self.models = ModelSet(registry=self.registry)
         self.worker = None
         self.result: SegmentResult | None = None
         self.added_layers: list[Labels] = []
@@ -123,7 +124,7 @@ class SegmentWidget(QWidget):
         grid = QFormLayout(box)
         self.target_checks: dict[str, QCheckBox] = {}
         self.version_combos: dict[str, QComboBox] = {}
-        for target in TARGETS:
+        for target in self.registry.targets():
             check = QCheckBox(target)
             check.setChecked(True)
             combo = QComboBox()
@@ -205,8 +206,8 @@ class SegmentWidget(QWidget):
             chosen = combo.currentData()
             combo.clear()
             try:
-                cards = list_versions(target)
-                active = active_version(target)
+                cards = self.registry.list_versions(target)
+                active = self.registry.active_version(target)
             except CTSegError as exc:
                 combo.addItem("(no model)")
                 combo.setToolTip(str(exc))
@@ -224,7 +225,7 @@ class SegmentWidget(QWidget):
         for target, combo in self.version_combos.items():
             if combo.currentData():
                 try:
-                    cards.append(get_card(target, combo.currentData()))
+                    cards.append(self.registry.get_card(target, combo.currentData()))
                 except CTSegError:
                     pass
         self.legend.setText(legend_html(cards))
