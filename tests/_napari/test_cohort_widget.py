@@ -1,0 +1,115 @@
+"""The Cohort widget in a real viewer: a cohort run by Dask (tiny models), its table sorted by review
+score, Next to review opening the least certain scan with its masks, a save with Mask tools marking
+it reviewed, Mark reviewed accepting one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from test_cohort import TARGETS, mixed, run, weights  # noqa: F401 - fixtures
+
+from napari_ctseg import cohort, cohort_review, corrections
+from napari_ctseg._napari.widgets.cohort import COLUMNS, CohortWidget
+from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
+from napari_ctseg.io import read_scan
+
+
+@pytest.fixture
+def cohort_dir(weights, mixed, tmp_path):  # noqa: F811 - fixtures
+    out = tmp_path / "cohort"
+    table = run([mixed], out).table
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    # The tiny models are sure of everything (score 0): give the two scans different scores, as a
+    # real run does, so the order is known: the DICOM series is the least certain.
+    for r in rows:
+        if r["status"] == "ok":
+            r["review_score"] = 0.4 if r["kind"] == "dicom" else 0.1
+    cohort.write_table(out, rows)
+    return out, {r["kind"]: r for r in rows}
+
+
+def column(widget, name):
+    j = [c[0] for c in COLUMNS].index(name)
+    return [widget.table.item(i, j).text() for i in range(widget.table.rowCount())]
+
+
+def wait_opened(qtbot, widget, scan_id):
+    qtbot.waitUntil(lambda: widget.worker is None and scan_id in widget.opened, timeout=60_000)
+
+
+def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
+    out, by_kind = cohort_dir
+    dicom, nifti = by_kind["dicom"], by_kind["nifti"]
+    viewer = make_napari_viewer()
+    widget = CohortWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.open_folder(out)
+    assert widget.table.rowCount() == 3
+    assert column(widget, "Scan")[:2] == [dicom["scan_id"], nifti["scan_id"]]  # least certain first
+    assert column(widget, "Status")[2] == "failed"  # no score: last
+    assert "3 scans, 1 failed, 0 reviewed, 2 to review" in widget.status.text()
+    # Sorting by a column sorts by value.
+    widget.table.sortItems([c[0] for c in COLUMNS].index("Review score"), Qt.SortOrder.AscendingOrder)
+    assert column(widget, "Review score")[:2] == ["0.100", "0.400"]
+
+    assert widget.next_to_review() == dicom["scan_id"]
+    wait_opened(qtbot, widget, dicom["scan_id"])
+    image, *labels = widget.opened[dicom["scan_id"]]
+    volume = read_scan(dicom["path"])
+    assert np.array_equal(image.data, volume.hu) and tuple(image.scale) == pytest.approx(volume.spacing)
+    assert sorted(ly.metadata["target"] for ly in labels) == sorted(TARGETS.split(","))
+    lungs = next(ly for ly in labels if ly.metadata["target"] == "lungs")
+    assert lungs.data.shape == volume.hu.shape and lungs.data.any()
+    assert lungs.metadata["model_version"] == "t1" and tuple(lungs.scale) == tuple(image.scale)
+
+    # Correct the lungs with Mask tools and save: the scan becomes reviewed, the store has it.
+    tools = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(tools)
+    tools.layer_combo.setCurrentText(lungs.name)
+    lungs.data[2, :4, :4] = 0
+    lungs.refresh()
+    saved = tools.save_corrected(overwrite=True)
+    assert saved is not None
+    (record,) = corrections.list_corrections("lungs")
+    assert record.changed_slices == [2]
+    qtbot.waitUntil(lambda: dicom["scan_id"] in widget.reviews, timeout=10_000)  # the store is watched
+    assert widget.reviews[dicom["scan_id"]]["how"] == "corrected"
+    assert "1 reviewed, 1 to review" in widget.status.text()
+
+    # Next: the other scan; the reviewed scan's layers are closed.
+    assert widget.next_to_review() == nifti["scan_id"]
+    wait_opened(qtbot, widget, nifti["scan_id"])
+    assert dicom["scan_id"] not in widget.opened and image not in viewer.layers
+    widget.select_scan(nifti["scan_id"])
+    qtbot.mouseClick(widget.accept_button, Qt.MouseButton.LeftButton)
+    assert cohort_review.load_reviews(out)[nifti["scan_id"]]["how"] == "accepted"
+    assert widget.next_to_review() is None and "every scan" in widget.status.text()
+
+
+def test_a_folder_without_a_cohort_says_so(make_napari_viewer, tmp_path):
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-ctseg", "Cohort")
+    assert isinstance(widget, CohortWidget)  # from the plugin's manifest
+    widget.open_folder(tmp_path)
+    assert "no cohort.csv here" in widget.status.text() and not widget.next_button.isEnabled()
+
+
+def test_review_queue_and_corrections_match_by_scan(tmp_path):
+    rows = [{"scan_id": "a", "status": "ok", "review_score": 0.2, "path": str(tmp_path / "a.nii.gz")},
+            {"scan_id": "b", "status": "ok", "review_score": float("nan"), "path": str(tmp_path / "b")},
+            {"scan_id": "c", "status": "ok", "review_score": 0.9, "path": str(tmp_path / "c.nii.gz")},
+            {"scan_id": "d", "status": "failed", "review_score": None, "path": str(tmp_path / "d.nii.gz")}]
+    assert cohort_review.review_queue(rows, {}) == ["c", "a", "b"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "IM0001").write_bytes(b"")
+    for sid in "abc":
+        (tmp_path / sid / "x").parent.mkdir(exist_ok=True)
+    (tmp_path / "a").mkdir(exist_ok=True)
+    (tmp_path / "a" / "lungs.nii.gz").write_bytes(b"")
+    (tmp_path / "b" / "lungs.nii.gz").write_bytes(b"")
+    old = corrections.Correction(str(tmp_path / "a.nii.gz"), "m.nii.gz", "lungs", created="2000-01-01T00:00:00+00:00")
+    new = corrections.Correction(str(tmp_path / "b" / "IM0001"), "m2.nii.gz", "lungs",
+                                 created="2100-01-01T00:00:00+00:00")
+    # A correction older than the cohort's masks does not count; a DICOM file matches its series folder.
+    assert cohort_review.reviews_from_corrections(tmp_path, rows, [old, new]) == ["b"]
+    assert cohort_review.review_queue(rows, cohort_review.load_reviews(tmp_path)) == ["c", "a"]
