@@ -225,26 +225,29 @@ def test_an_existing_scheduler_is_used_and_left_running(weights, mixed, tmp_path
             assert client.submit(sum, [1, 2]).result() == 3
 
 
-def test_next_to_review_follows_the_score_and_skips_reviewed_scans(tmp_path):
+def test_review_queue_follows_the_score_and_skips_reviewed_and_failed_scans(tmp_path):
+    from napari_ctseg import cohort_review
+
     rows = [{"scan_id": "a", "status": "ok", "review_score": 0.1},
             {"scan_id": "b", "status": "ok", "review_score": 0.7},
             {"scan_id": "c", "status": "failed", "review_score": None, "error": "bad"},
             {"scan_id": "d", "status": "ok", "review_score": 0.4}]
     cohort.write_table(tmp_path, rows)
+    table = cohort.read_table(tmp_path)
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
     order = []
-    while (scan := cohort.next_to_review(tmp_path)) is not None:
-        order.append(scan)
-        cohort.mark_reviewed(tmp_path, scan)
+    while queue := cohort_review.review_queue(rows, cohort_review.load_reviews(tmp_path)):
+        order.append(queue[0])
+        cohort_review.mark_reviewed(tmp_path, queue[0])
     assert order == ["b", "d", "a"]
-    assert set(cohort.reviewed(tmp_path)) == {"a", "b", "d"}
-    cohort.mark_reviewed(tmp_path, "d", done=False)
-    assert cohort.next_to_review(tmp_path) == "d"
+    assert set(cohort_review.load_reviews(tmp_path)) == {"a", "b", "d"}
 
 
 def test_a_correction_saved_after_the_run_marks_the_scan_reviewed(tmp_path):
     from datetime import datetime, timedelta, timezone
 
-    from napari_ctseg.corrections import record_correction
+    from napari_ctseg import cohort_review
+    from napari_ctseg.corrections import list_corrections, record_correction
 
     scans = {name: tmp_path / f"{name}.nii.gz" for name in ("a", "b")}
     for p in scans.values():
@@ -252,9 +255,10 @@ def test_a_correction_saved_after_the_run_marks_the_scan_reviewed(tmp_path):
     now = datetime.now(timezone.utc)
     rows = [{"scan_id": n, "status": "ok", "review_score": 0.5, "path": str(p), "ended_at": now.timestamp()}
             for n, p in scans.items()]
-    cohort.write_table(tmp_path / "out", rows)
+    out = tmp_path / "out"
+    cohort.write_table(out, rows)
     record_correction(scans["a"], tmp_path / "a_lungs.nii.gz", "lungs", "t1", when=now + timedelta(minutes=5))
     record_correction(scans["b"], tmp_path / "b_lungs.nii.gz", "lungs", "t1", when=now - timedelta(days=1))
-    assert cohort.review_corrections(tmp_path / "out") == ["a"]  # b's correction is older than the run
-    assert set(cohort.reviewed(tmp_path / "out")) == {"a"}
-    assert cohort.next_to_review(tmp_path / "out") == "b"
+    assert cohort_review.reviews_from_corrections(out, rows, list_corrections()) == ["a"]  # b's is older
+    assert set(cohort_review.load_reviews(out)) == {"a"}
+    assert cohort_review.review_queue(rows, cohort_review.load_reviews(out)) == ["b"]

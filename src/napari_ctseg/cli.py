@@ -327,7 +327,7 @@ def _cmd_cohort_run(args) -> int:
             raise CTSegError(f"--model {item!r}: write TARGET=VERSION, e.g. lungs=v1")
         versions[target.strip()] = version.strip()
     steps = run_cohort(args.sources, args.out, args.targets, scheduler=args.scheduler, workers=args.workers,
-                       device=args.device, threads=args.threads, versions=versions)
+                       device=args.device, threads=args.threads, versions=versions, registry=_registry(args))
     tty = sys.stderr.isatty()
     try:
         while True:
@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "row per scan in OUT/cohort.csv and cohort.parquet; running again "
                                    "skips scans done with the same input and model versions.")
     csub = p.add_subparsers(dest="cohort_command", required=True)
-    c = csub.add_parser("run", help="segment every scan of SRC (files, folders, CSV of paths) into --out")
+    c = csub.add_parser("run", parents=[weights],
+                        help="segment every scan of SRC (files, folders, CSV of paths) into --out")
     c.add_argument("sources", nargs="+", metavar="SRC",
                    help="NIfTI file, DICOM file or folder, a folder searched recursively, or a CSV of paths")
     c.add_argument("--out", required=True, help="cohort folder: <scan id>/<target>.nii.gz, cohort.csv, cohort.parquet")

@@ -206,11 +206,15 @@ def discover(sources: Iterable) -> Discovery:
 
 # --- models -------------------------------------------------------------------------------------
 
-def resolve_versions(targets: Iterable[str], versions: dict[str, str] | None = None) -> dict[str, dict]:
+def resolve_versions(targets: Iterable[str], versions: dict[str, str] | None = None,
+                     registry=None) -> dict[str, dict]:
     """The model behind each target and each model it needs (required targets, locate stages):
-    ``{target: {"version": .., "sha256": .., "locate": {..} | None}}``, as resolved now."""
+    ``{target: {"version": .., "sha256": .., "locate": {..} | None}}``, as resolved now in
+    ``registry`` (a ``ModelRegistry``; default: ``ModelRegistry.default()``)."""
     from .models.definition import locate_stage
-    from .models.registry import get_card
+    from .models.registry import as_registry
+
+    get_card = as_registry(registry).get_card
 
     versions = dict(versions or {})
     out: dict[str, dict] = {}
@@ -246,15 +250,16 @@ _MODEL_SETS: dict[tuple, object] = {}
 _MODEL_LOCK = threading.Lock()
 
 
-def worker_models(versions: dict[str, str]):
-    """This process's ``ModelSet`` for ``versions``: each model is loaded and its sha256
-    verified once per worker process, then reused by every task that runs there."""
+def worker_models(versions: dict[str, str], registry=None):
+    """This process's ``ModelSet`` for ``versions`` (in ``registry``; default: the worker's own
+    ``ModelRegistry.default()``): each model is loaded and its sha256 verified once per worker
+    process, then reused by every task that runs there."""
     from .inference import ModelSet
 
-    key = tuple(sorted(versions.items()))
+    key = (tuple(sorted(versions.items())), registry)
     with _MODEL_LOCK:
         if key not in _MODEL_SETS:
-            _MODEL_SETS[key] = ModelSet(versions)
+            _MODEL_SETS[key] = ModelSet(versions, registry)
         return _MODEL_SETS[key]
 
 
@@ -313,7 +318,7 @@ def _worker_name() -> str:
 
 
 def segment_task(task: ScanTask, out_dir: str, targets: list[str], versions: dict[str, str],
-                 device: str = "auto", threads: int | None = None, model_id: str = "") -> dict:
+                 device: str = "auto", threads: int | None = None, model_id: str = "", registry=None) -> dict:
     """Segment one scan on a worker: masks under ``out_dir/<scan id>/``, one row returned.
 
     Never raises for a bad scan or a model error: the row's status is "failed" and its
@@ -324,7 +329,7 @@ def segment_task(task: ScanTask, out_dir: str, targets: list[str], versions: dic
     row: dict = {"scan_id": task.scan_id, "path": task.path, "kind": task.kind, "series_uid": task.series_uid,
                  "fingerprint": task.fingerprint, "model_key": model_id, "status": "failed", "error": ""}
     try:
-        row.update(_segment_row(task, Path(out_dir), targets, versions, device, threads))
+        row.update(_segment_row(task, Path(out_dir), targets, versions, device, threads, registry))
         row["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure is a row, never a lost cohort
         row["error"] = f"{type(exc).__name__}: {_one_line(exc)}" if not isinstance(exc, CTSegError) \
@@ -338,7 +343,7 @@ def segment_task(task: ScanTask, out_dir: str, targets: list[str], versions: dic
     return row
 
 
-def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threads) -> dict:
+def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threads, registry=None) -> dict:
     import torch
 
     from .inference import segment
@@ -351,7 +356,7 @@ def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threa
     volume = read_scan(task.path)
     if task.series_uid and volume.series is not None and volume.series.uid != task.series_uid:
         raise CTSegError(f"{task.path}: read series {volume.series.uid}, expected {task.series_uid}")
-    models = worker_models(versions)
+    models = worker_models(versions, registry)
     result = segment(volume, targets, device, models=models, threads=threads)
     folder = out_dir / task.scan_id
     for t, m in result.masks.items():
@@ -386,12 +391,11 @@ def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threa
 # --- the table ---------------------------------------------------------------------------------
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """``write(temporary path)``, then the file replaces ``path`` (see ``_files``)."""
+    from ._files import replaced_atomically
+
+    with replaced_atomically(path, path.suffix) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_table(out_dir, rows: Iterable[dict]):
@@ -499,15 +503,15 @@ class CohortResult:
     listed: list[str]
 
 
-def plan_run(sources, out_dir, targets, versions: dict[str, str] | None = None):
+def plan_run(sources, out_dir, targets, versions: dict[str, str] | None = None, registry=None):
     """(tasks to run, rows kept, all tasks, discovery notes, resolved models) for a run."""
     from .inference import parse_targets
 
-    targets = parse_targets(targets)
+    targets = parse_targets(targets, registry)
     found = discover(sources)
     if not found.tasks:
         raise CTSegError("no scans found in " + ", ".join(str(s) for s in sources))
-    resolved = resolve_versions(targets, versions)
+    resolved = resolve_versions(targets, versions, registry)
     key = model_key(resolved)
     kept = _rows_of(read_table(out_dir))
     todo = [t for t in found.tasks if not _is_done(kept.get(t.scan_id), t, key)]
@@ -521,7 +525,7 @@ def _is_done(row: dict | None, task: ScanTask, key: str) -> bool:
 
 def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str | None = None,
                workers: int | None = None, device: str = "auto", *, threads: int | None = None,
-               versions: dict[str, str] | None = None, processes: bool = True,
+               versions: dict[str, str] | None = None, processes: bool = True, registry=None,
                ) -> Generator[CohortProgress, None, CohortResult]:
     """Segment every scan in ``sources`` on a Dask cluster; yields ``CohortProgress``, returns
     ``CohortResult`` (its ``table`` is also in ``out_dir/cohort.csv`` and ``.parquet``).
@@ -530,17 +534,19 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
     a ``LocalCluster`` of ``workers`` processes (default: sized to the machine) with one thread
     each. ``threads``: torch threads per task (default: the cores divided among a local
     cluster's workers; all the worker machine's cores with a scheduler). ``processes=False``
-    runs the workers as threads of this process (tests). Closing the generator cancels what
-    is left; the rows finished so far stay in the table.
+    runs the workers as threads of this process (tests). ``registry``: where the models are
+    (a ``ModelRegistry``, sent to the workers, whose machines must see its folders; default:
+    each worker's own ``ModelRegistry.default()``). Closing the generator cancels what is
+    left; the rows finished so far stay in the table.
     """
     from distributed import as_completed
 
     from .inference import parse_targets
 
-    targets = parse_targets(targets)
+    targets = parse_targets(targets, registry)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo, kept, found, resolved, key = plan_run(sources, out_dir, targets, versions)
+    todo, kept, found, resolved, key = plan_run(sources, out_dir, targets, versions, registry)
     pinned = {t: r["version"] for t, r in resolved.items()}
     skipped = len(found.tasks) - len(todo)
     rows = dict(kept)
@@ -559,7 +565,7 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
         yield CohortProgress(0, len(todo), 0, skipped, None, 0.0, dashboard,
                              message=f"{len(todo)} scans to segment on {_describe(client)}")
         futures = client.map(segment_task, todo, out_dir=str(out_dir.resolve()), targets=targets,
-                             versions=pinned, device=device, threads=threads, model_id=key,
+                             versions=pinned, device=device, threads=threads, model_id=key, registry=registry,
                              key=[f"ctseg-{t.scan_id}-{key[-12:]}-{time.time_ns()}" for t in todo],
                              pure=False)
         by_key = {f.key: t for f, t in zip(futures, todo)}
@@ -708,110 +714,6 @@ def _plot(table, path: Path) -> None:
     plt.close(fig)
 
 
-# --- review ----------------------------------------------------------------------------------------
-
-REVIEWED_FILE = "reviewed.json"
-
-
-def reviewed(out_dir) -> dict[str, str]:
-    """The scans of a cohort a person has reviewed: {scan id: when (ISO time, UTC)}."""
-    path = Path(out_dir) / REVIEWED_FILE
-    if not path.is_file():
-        return {}
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-
-def mark_reviewed(out_dir, scan_id: str, done: bool = True) -> dict[str, str]:
-    """Record (or, ``done=False``, forget) that ``scan_id`` was reviewed; the new record."""
-    import json
-    from datetime import datetime, timezone
-
-    record = reviewed(out_dir)
-    if done:
-        record[scan_id] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    else:
-        record.pop(scan_id, None)
-    text = json.dumps(record, indent=1, sort_keys=True)
-    _atomic(Path(out_dir) / REVIEWED_FILE, lambda p: p.write_text(text))
-    return record
-
-
-def next_to_review(out_dir, table=None) -> str | None:
-    """The segmented scan with the highest review score that nobody has reviewed yet (None: all done)."""
-    table = read_table(out_dir) if table is None else table
-    if not len(table) or "review_score" not in table:
-        return None
-    done = reviewed(out_dir)
-    todo = table[(table["status"] == "ok") & ~table["scan_id"].isin(list(done))]
-    if not len(todo):
-        return None
-    return str(todo.sort_values(["review_score", "scan_id"], ascending=[False, True]).iloc[0]["scan_id"])
-
-
-def review_corrections(out_dir, table=None) -> list[str]:
-    """Mark reviewed the scans with a correction saved (Mask tools' Save corrected mask, which
-    records it in the corrections store for Fine-tune) after the cohort segmented them; the
-    scan ids newly marked."""
-    from datetime import datetime
-
-    from .corrections import list_corrections
-
-    table = read_table(out_dir) if table is None else table
-    if not len(table) or "ended_at" not in table:
-        return []
-    done = reviewed(out_dir)
-    ended = {str(Path(p).resolve()): (i, e) for i, p, e in zip(table["scan_id"], table["path"], table["ended_at"])
-             if i not in done and e == e}
-    marked = []
-    for corr in list_corrections():
-        hit = ended.get(corr.scan_path)
-        try:
-            when = datetime.fromisoformat(corr.created).timestamp()
-        except ValueError:
-            continue
-        if hit is not None and when >= float(hit[1]) - 1 and hit[0] not in marked:
-            mark_reviewed(out_dir, hit[0])
-            marked.append(hit[0])
-    return marked
-
-
-def scan_masks(out_dir, scan_id: str) -> dict[str, Path]:
-    """The masks written for a scan: {target: path}."""
-    folder = Path(out_dir) / scan_id
-    return {p.name[: -len(".nii.gz")]: p for p in sorted(folder.glob("*.nii.gz"))} if folder.is_dir() else {}
-
-
-def load_scan(out_dir, scan_id: str, table=None):
-    """One cohort scan for review: (CTVolume, {target: uint8 mask (z, y, x) on its display grid},
-    the scan's row as a dict). The masks are read from ``out_dir/<scan id>/``."""
-    import nibabel as nib
-
-    from .io import read_scan
-
-    table = read_table(out_dir) if table is None else table
-    rows = _rows_of(table[table["scan_id"] == scan_id]) if len(table) else {}
-    if scan_id not in rows:
-        raise CTSegError(f"{scan_id}: not in the cohort table of {out_dir}")
-    row = rows[scan_id]
-    volume = read_scan(row["path"])
-    masks = {}
-    for target, path in scan_masks(out_dir, scan_id).items():
-        source = np.asarray(nib.load(path).dataobj)
-        if tuple(source.shape) != tuple(volume.geometry.source_shape):
-            raise CTSegError(f"{path}: shape {source.shape} is not the scan's {volume.geometry.source_shape}; "
-                             "the scan changed since the cohort ran: run it again")
-        masks[target] = np.ascontiguousarray(volume.geometry.to_display(source), dtype=np.uint8)
-    return volume, masks, row
-
-
 __all__ = ["ScanTask", "Discovery", "discover", "resolve_versions", "model_key", "segment_task",
            "run_cohort", "run_to_end", "CohortProgress", "CohortResult", "write_table", "read_table",
-           "cohort_summary", "cohort_report", "flip_disagreement", "local_cluster_size", "start_client",
-           "reviewed", "mark_reviewed", "next_to_review", "scan_masks", "review_corrections",
-           "load_scan"]
+           "cohort_summary", "cohort_report", "flip_disagreement", "local_cluster_size", "start_client"]

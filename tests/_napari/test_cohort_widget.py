@@ -1,86 +1,115 @@
-"""Cohort widget in a real viewer: open a cohort folder, sort, double-click to open, next to review."""
+"""The Cohort widget in a real viewer: a cohort run by Dask (tiny models), its table sorted by review
+score, Next to review opening the least certain scan with its masks, a save with Mask tools marking
+it reviewed, Mark reviewed accepting one."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from synthetic import make_hu_volume, write_nifti, write_tiny_weights
+from test_cohort import TARGETS, mixed, run, weights  # noqa: F401 - fixtures
 
-from napari_ctseg import cohort
-from napari_ctseg._napari.widgets.cohort import CohortWidget
-from napari_ctseg.volume import METADATA_KEY
+from napari_ctseg import cohort, cohort_review, corrections
+from napari_ctseg._napari.widgets.cohort import COLUMNS, CohortWidget
+from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
+from napari_ctseg.io import read_scan
 
 
 @pytest.fixture
-def cohort_folder(tmp_path, tiny_weights, monkeypatch):
-    """Three segmented scans and a broken one: each task run inline (the table is what a run writes)."""
-    root = tmp_path / "w"
-    write_tiny_weights(root, targets=("lungs", "infection"), constant={"lungs": 1, "infection": 1})
-    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(root))
-    src = tmp_path / "scans"
-    src.mkdir()
-    for i, n in enumerate((5, 6, 7)):
-        write_nifti(src / f"scan{i}.nii.gz", make_hu_volume((24, 28, n), seed=i), np.diag([1.5, 1.5, 3.0, 1.0]))
-    (src / "broken.nii.gz").write_bytes(b"broken")
+def cohort_dir(weights, mixed, tmp_path):  # noqa: F811 - fixtures
     out = tmp_path / "cohort"
-    versions = {t: r["version"] for t, r in cohort.resolve_versions(["lungs", "infection"]).items()}
-    rows = [cohort.segment_task(t, str(out), ["lungs", "infection"], versions, "cpu")
-            for t in cohort.discover([src]).tasks]
-    table = cohort.write_table(out, rows)
-    # Distinct review scores, so that the order is known: the tiny models agree with themselves.
-    scores = {"scan0": 0.2, "scan1": 0.9, "scan2": 0.5}
-    table["review_score"] = [scores.get(i.split("-")[0]) for i in table["scan_id"]]
-    cohort.write_table(out, table.to_dict("records"))
-    return out
+    table = run([mixed], out).table
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    # The tiny models are sure of everything (score 0): give the two scans different scores, as a
+    # real run does, so the order is known: the DICOM series is the least certain.
+    for r in rows:
+        if r["status"] == "ok":
+            r["review_score"] = 0.4 if r["kind"] == "dicom" else 0.1
+    cohort.write_table(out, rows)
+    return out, {r["kind"]: r for r in rows}
 
 
-def shown_scores(widget):
-    return [float(v) if v else None for v in widget.column_values("Review score")]
+def column(widget, name):
+    j = [c[0] for c in COLUMNS].index(name)
+    return [widget.table.item(i, j).text() for i in range(widget.table.rowCount())]
 
 
-def test_open_sort_double_click_and_next_to_review(make_napari_viewer, qtbot, cohort_folder):
+def wait_opened(qtbot, widget, scan_id):
+    qtbot.waitUntil(lambda: widget.worker is None and scan_id in widget.opened, timeout=60_000)
+
+
+def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
+    out, by_kind = cohort_dir
+    dicom, nifti = by_kind["dicom"], by_kind["nifti"]
     viewer = make_napari_viewer()
     widget = CohortWidget(viewer)
-    widget.open_cohort(cohort_folder)
-    table = cohort.read_table(cohort_folder)
-    assert widget.table.rowCount() == 4
-    scores = shown_scores(widget)
-    assert scores[:3] == sorted([s for s in scores if s is not None], reverse=True) and scores[3] is None
-    assert widget.column_values("Status").count("failed") == 1
+    viewer.window.add_dock_widget(widget)
+    widget.open_folder(out)
+    assert widget.table.rowCount() == 3
+    assert column(widget, "Scan")[:2] == [dicom["scan_id"], nifti["scan_id"]]  # least certain first
+    assert column(widget, "Status")[2] == "failed"  # no score: last
+    assert "3 scans, 1 failed, 0 reviewed, 2 to review" in widget.status.text()
+    # Sorting by a column sorts by value.
+    widget.table.sortItems([c[0] for c in COLUMNS].index("Review score"), Qt.SortOrder.AscendingOrder)
+    assert column(widget, "Review score")[:2] == ["0.100", "0.400"]
 
-    widget.table.sortItems(0, Qt.SortOrder.AscendingOrder)
-    assert widget.column_values("Scan") == sorted(table["scan_id"])
+    assert widget.next_to_review() == dicom["scan_id"]
+    wait_opened(qtbot, widget, dicom["scan_id"])
+    image, *labels = widget.opened[dicom["scan_id"]]
+    volume = read_scan(dicom["path"])
+    assert np.array_equal(image.data, volume.hu) and tuple(image.scale) == pytest.approx(volume.spacing)
+    assert sorted(ly.metadata["target"] for ly in labels) == sorted(TARGETS.split(","))
+    lungs = next(ly for ly in labels if ly.metadata["target"] == "lungs")
+    assert lungs.data.shape == volume.hu.shape and lungs.data.any()
+    assert lungs.metadata["model_version"] == "t1" and tuple(lungs.scale) == tuple(image.scale)
 
-    # Double-click the third row: its scan and masks open, on the scan's grid, with the metadata
-    # Mask tools needs to save a correction.
-    row = 2
-    scan_id = widget.scan_at(row)
-    rect = widget.table.visualItemRect(widget.table.item(row, 1))
-    qtbot.mouseClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    qtbot.mouseDClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    qtbot.waitUntil(lambda: widget.current == scan_id, timeout=30_000)
-    volume, masks, _ = cohort.load_scan(cohort_folder, scan_id)
-    names = [ly.name for ly in viewer.layers]
-    assert names[0] == volume.name and set(names[1:]) == {"lungs", "infection"}
-    for target, mask in masks.items():
-        layer = viewer.layers[target]
-        assert np.array_equal(layer.data, mask) and mask.any()
-        assert layer.metadata["target"] == target and layer.metadata["model_version"] == "t1"
-        assert layer.metadata[METADATA_KEY]["source_path"] == volume.geometry.source_path
-        assert np.allclose(layer.scale, volume.spacing)
+    # Correct the lungs with Mask tools and save: the scan becomes reviewed, the store has it.
+    tools = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(tools)
+    tools.layer_combo.setCurrentText(lungs.name)
+    lungs.data[2, :4, :4] = 0
+    lungs.refresh()
+    saved = tools.save_corrected(overwrite=True)
+    assert saved is not None
+    (record,) = corrections.list_corrections("lungs")
+    assert record.changed_slices == [2]
+    qtbot.waitUntil(lambda: dicom["scan_id"] in widget.reviews, timeout=10_000)  # the store is watched
+    assert widget.reviews[dicom["scan_id"]]["how"] == "corrected"
+    assert "1 reviewed, 1 to review" in widget.status.text()
 
-    # Next to review: the highest score first; each press marks the open scan reviewed.
-    order = table[table["status"] == "ok"].sort_values("review_score", ascending=False)["scan_id"].tolist()
-    widget.current = None
-    seen = []
-    for _ in order:
-        scan = widget.next_to_review()
-        qtbot.waitUntil(lambda s=scan: widget.current == s, timeout=30_000)
-        seen.append(scan)
-    assert seen == order
-    assert len(viewer.layers) == 3  # the last scan replaced the others
-    assert widget.next_to_review() is None
-    assert set(cohort.reviewed(cohort_folder)) == set(order)
-    reviewed_col = dict(zip(widget.column_values("Scan"), widget.column_values("Reviewed")))
-    assert {s for s, v in reviewed_col.items() if v == "yes"} == set(order)
+    # Next: the other scan; the reviewed scan's layers are closed.
+    assert widget.next_to_review() == nifti["scan_id"]
+    wait_opened(qtbot, widget, nifti["scan_id"])
+    assert dicom["scan_id"] not in widget.opened and image not in viewer.layers
+    widget.select_scan(nifti["scan_id"])
+    qtbot.mouseClick(widget.accept_button, Qt.MouseButton.LeftButton)
+    assert cohort_review.load_reviews(out)[nifti["scan_id"]]["how"] == "accepted"
+    assert widget.next_to_review() is None and "every scan" in widget.status.text()
+
+
+def test_a_folder_without_a_cohort_says_so(make_napari_viewer, tmp_path):
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-ctseg", "Cohort")
+    assert isinstance(widget, CohortWidget)  # from the plugin's manifest
+    widget.open_folder(tmp_path)
+    assert "no cohort.csv here" in widget.status.text() and not widget.next_button.isEnabled()
+
+
+def test_review_queue_and_corrections_match_by_scan(tmp_path):
+    rows = [{"scan_id": "a", "status": "ok", "review_score": 0.2, "path": str(tmp_path / "a.nii.gz")},
+            {"scan_id": "b", "status": "ok", "review_score": float("nan"), "path": str(tmp_path / "b")},
+            {"scan_id": "c", "status": "ok", "review_score": 0.9, "path": str(tmp_path / "c.nii.gz")},
+            {"scan_id": "d", "status": "failed", "review_score": None, "path": str(tmp_path / "d.nii.gz")}]
+    assert cohort_review.review_queue(rows, {}) == ["c", "a", "b"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "IM0001").write_bytes(b"")
+    for sid in "abc":
+        (tmp_path / sid / "x").parent.mkdir(exist_ok=True)
+    (tmp_path / "a").mkdir(exist_ok=True)
+    (tmp_path / "a" / "lungs.nii.gz").write_bytes(b"")
+    (tmp_path / "b" / "lungs.nii.gz").write_bytes(b"")
+    old = corrections.Correction(str(tmp_path / "a.nii.gz"), "m.nii.gz", "lungs", created="2000-01-01T00:00:00+00:00")
+    new = corrections.Correction(str(tmp_path / "b" / "IM0001"), "m2.nii.gz", "lungs",
+                                 created="2100-01-01T00:00:00+00:00")
+    # A correction older than the cohort's masks does not count; a DICOM file matches its series folder.
+    assert cohort_review.reviews_from_corrections(tmp_path, rows, [old, new]) == ["b"]
+    assert cohort_review.review_queue(rows, cohort_review.load_reviews(tmp_path)) == ["c", "a"]

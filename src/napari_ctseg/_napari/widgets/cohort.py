@@ -1,26 +1,30 @@
-"""Cohort dock widget: the rows of a cohort folder (``ctseg cohort run``), least certain first.
+"""Plugins > napari-ctseg > Cohort: review a cohort folder made by ``ctseg cohort run``.
 
-A sortable table (scan, status, review score, volumes, % of lungs involved, reviewed);
-double-clicking a row opens the scan with its masks (read in a worker thread, so the viewer
-stays responsive); **Next to review** marks the open scan reviewed and opens the segmented
-scan with the highest review score not yet reviewed. The masks are ordinary Labels layers
-with the target, model version and baseline in their metadata, so Mask tools' Save corrected
-mask records a correction for Fine-tune as it does after Segment volume; a scan with such a
-correction counts as reviewed. Everything else is ``napari_ctseg.cohort``.
+A sortable table of the cohort's rows (review score, volumes, % of lungs involved, status,
+reviewed). Double-clicking a row opens its scan with the run's masks (read in a napari worker,
+so the viewer stays responsive; the masks are Labels layers like Segment volume's, so Mask
+tools edits and saves them). **Next to review** opens the least certain scan nobody reviewed
+yet. Saving a corrected mask with Mask tools records it in the corrections store (which
+Fine-tune learns from) and marks the scan reviewed here; **Mark reviewed** accepts a scan as it
+is. The table follows the cohort folder: a run still going, or a new run with a new model
+version, shows up as it writes its table. The bookkeeping is ``napari_ctseg.cohort_review``.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from napari.layers import Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QFileSystemWatcher, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -28,60 +32,67 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ... import cohort
-from ...corrections import BASELINE_KEY, slice_digests
+from ... import cohort_review
+from ...cohort import TABLE_CSV, TABLE_PARQUET, read_table
+from ...corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests
 from ...errors import CTSegError
+from ...models.registry import ModelRegistry, as_registry
 from .._layers import image_layer_data
+from .segment import labels_layer_kwargs
 
-# (header, table column, format)
-COLUMNS = (("Scan", "scan_id", "{}"), ("Status", "status", "{}"), ("Review score", "review_score", "{:.3f}"),
-           ("Lungs mL", "lungs_ml", "{:.0f}"), ("Liver mL", "liver_ml", "{:.0f}"),
-           ("Infection mL", "infection_ml", "{:.1f}"), ("% lungs", "lung_involvement_pct", "{:.1f}"),
-           ("Reviewed", None, "{}"))
+COHORT_KEY = "ctseg_cohort"  # layer metadata: {"dir": cohort folder, "scan_id": ...}
+COLUMNS = (("Scan", "scan_id"), ("Review score", "review_score"), ("Status", "status"),
+           ("Lungs mL", "lungs_ml"), ("Liver mL", "liver_ml"), ("Infection mL", "infection_ml"),
+           ("% lungs involved", "lung_involvement_pct"), ("Reviewed", "_reviewed"))
 
 
 class _Item(QTableWidgetItem):
-    """A cell that sorts by its value (numbers as numbers, missing values last)."""
+    """A cell that sorts by value: numbers as numbers (missing ones last), text as text."""
 
-    def __init__(self, text: str, key):
+    def __init__(self, value):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        missing = value is None or (number and math.isnan(value))
+        text = "" if missing else (f"{value:.3f}" if isinstance(value, float) else str(value))
         super().__init__(text)
-        self.key = key
+        self.key = (1, 0.0, "") if missing else ((0, float(value), "") if number else (0, 0.0, text.lower()))
+        if number:
+            self.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
 
     def __lt__(self, other):
-        a, b = self.key, getattr(other, "key", None)
-        if a is None or b is None:  # missing values last, whichever the order
-            table = self.tableWidget()
-            descending = table is not None and \
-                table.horizontalHeader().sortIndicatorOrder() == Qt.SortOrder.DescendingOrder
-            return (a is None and b is not None) if descending else (b is None and a is not None)
-        if isinstance(a, str) != isinstance(b, str):
-            return isinstance(b, str)
-        return a < b
+        other_key = getattr(other, "key", (1, 0.0, ""))
+        if (self.key[0] or other_key[0]) and self.tableWidget() is not None:
+            # Missing values stay at the bottom in either order.
+            descending = self.tableWidget().horizontalHeader().sortIndicatorOrder() == Qt.SortOrder.DescendingOrder
+            if descending:
+                return self.key[0] > other_key[0]
+        return self.key < other_key
 
 
 class CohortWidget(QWidget):
     """Plugins > napari-ctseg > Cohort."""
 
-    def __init__(self, napari_viewer=None):
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
         super().__init__()
         self.viewer = napari_viewer
+        self.registry = as_registry(registry)
         self.folder: Path | None = None
-        self.table_data = None
-        self.current: str | None = None
-        self.layers: list = []
+        self.rows: list[dict] = []
+        self.reviews: dict[str, dict] = {}
         self.worker = None
-        self.setMinimumWidth(380)
+        self.opened: dict[str, list] = {}  # scan id -> the layers added for it
+        self.setMinimumWidth(360)
+
         layout = QVBoxLayout(self)
-        top = QHBoxLayout()
-        self.open_button = QPushButton("Open cohort folder...")
-        self.open_button.clicked.connect(self._choose_folder)
-        self.next_button = QPushButton("Next to review")
-        self.next_button.setToolTip("Mark the open scan reviewed and open the least certain scan not reviewed yet")
-        self.next_button.clicked.connect(self.next_to_review)
-        self.next_button.setEnabled(False)
-        top.addWidget(self.open_button)
-        top.addWidget(self.next_button)
-        layout.addLayout(top)
+        line = QHBoxLayout()
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("cohort folder (ctseg cohort run --out)")
+        self.folder_edit.returnPressed.connect(lambda: self.open_folder(self.folder_edit.text()))
+        browse = QPushButton("Open…")
+        browse.clicked.connect(self._browse)
+        line.addWidget(self.folder_edit)
+        line.addWidget(browse)
+        layout.addLayout(line)
+
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([c[0] for c in COLUMNS])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -90,125 +101,195 @@ class CohortWidget(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setSortingEnabled(True)
-        self.table.setMinimumHeight(220)
-        self.table.cellDoubleClicked.connect(lambda row, _col: self.open_scan(self.scan_at(row)))
+        self.table.cellDoubleClicked.connect(lambda r, _c: self.open_scan(self._scan_at(r)))
+        self.table.setMinimumHeight(200)
         layout.addWidget(self.table)
-        self.status = QLabel("Open the --out folder of 'ctseg cohort run'.")
+
+        buttons = QHBoxLayout()
+        self.next_button = QPushButton("Next to review")
+        self.next_button.setToolTip("Open the least certain scan (highest review score) not reviewed yet")
+        self.next_button.clicked.connect(self.next_to_review)
+        self.accept_button = QPushButton("Mark reviewed")
+        self.accept_button.setToolTip("Accept the selected scan's masks as they are")
+        self.accept_button.clicked.connect(self.mark_selected_reviewed)
+        buttons.addWidget(self.next_button)
+        buttons.addWidget(self.accept_button)
+        layout.addLayout(buttons)
+        self.status = QLabel("Open a cohort folder made by 'ctseg cohort run'.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
-        layout.addStretch(1)
+        self._enable(False)
 
-    # --- the table ---------------------------------------------------------------------------
-    def _choose_folder(self):
-        folder = QFileDialog.getExistingDirectory(self, "Cohort folder (with cohort.csv)")
+        # The table follows the folder (a run writing rows) and the corrections store (a save).
+        self.watcher = QFileSystemWatcher(self)
+        self.watcher.directoryChanged.connect(self._folder_changed)
+        self.watcher.fileChanged.connect(self._folder_changed)
+        store = corrections_dir()
+        store.mkdir(parents=True, exist_ok=True)
+        self.watcher.addPath(str(store))
+
+    # --- the table ----------------------------------------------------------------------------
+    def _browse(self):
+        folder = QFileDialog.getExistingDirectory(self, "Cohort folder", self.folder_edit.text() or "")
         if folder:
-            self.open_cohort(folder)
+            self.open_folder(folder)
 
-    def open_cohort(self, folder) -> None:
-        """Show the rows of ``folder``'s cohort table, the highest review score first."""
-        folder = Path(folder)
-        table = cohort.read_table(folder)
-        if not len(table):
-            show_error(f"{folder}: no cohort table here ({cohort.TABLE_CSV}); run 'ctseg cohort run' first")
+    def open_folder(self, folder) -> None:
+        folder = Path(str(folder)).expanduser()
+        if not ((folder / TABLE_CSV).is_file() or (folder / TABLE_PARQUET).is_file()):
+            self.status.setText(f"{folder}: no {TABLE_CSV} here; run 'ctseg cohort run SRC --out {folder}' first")
             return
-        self.folder, self.table_data = folder, table
+        if self.folder is not None:
+            self.watcher.removePath(str(self.folder))
+        self.folder = folder
+        self.folder_edit.setText(str(folder))
+        self.watcher.addPath(str(folder))
         self.refresh()
-        self.next_button.setEnabled(True)
-        done = cohort.reviewed(folder)
-        ok = int((table["status"] == "ok").sum())
-        self.status.setText(f"{folder.name}: {len(table)} scans, {ok} segmented, "
-                            f"{len([s for s in done if s in set(table['scan_id'])])} reviewed")
+        self.table.sortItems(1, Qt.SortOrder.DescendingOrder)  # least certain first
 
     def refresh(self) -> None:
-        """Fill the table again; a scan with a correction saved since the run counts as reviewed."""
-        cohort.review_corrections(self.folder, self.table_data)
-        table, done = self.table_data, cohort.reviewed(self.folder)
-        self.table.setSortingEnabled(False)
-        self.table.setRowCount(len(table))
-        for r, row in enumerate(table.to_dict("records")):
-            for c, (_, col, fmt) in enumerate(COLUMNS):
-                value = ("yes" if row["scan_id"] in done else "") if col is None else row.get(col)
-                if isinstance(value, float) and value != value:  # NaN
-                    value = None
-                text = "" if value is None else (fmt.format(value) if not isinstance(value, str) else value)
-                item = _Item(text, value)
-                if col == "scan_id":
-                    item.setToolTip(str(row.get("path", "")) + (f"\n{row['error']}" if row.get("error") else ""))
-                self.table.setItem(r, c, item)
-        self.table.setSortingEnabled(True)
-        self.table.sortItems(2, Qt.SortOrder.DescendingOrder)
-
-    def scan_at(self, row: int) -> str:
-        return self.table.item(row, 0).text()
-
-    def column_values(self, header: str) -> list[str]:
-        """The texts of one column, top to bottom (as shown)."""
-        c = [h for h, _, _ in COLUMNS].index(header)
-        return [self.table.item(r, c).text() for r in range(self.table.rowCount())]
-
-    # --- review ------------------------------------------------------------------------------
-    def next_to_review(self) -> str | None:
-        """Mark the open scan reviewed, then open the next one (None when every scan is reviewed)."""
-        if self.folder is None:
-            return None
-        if self.current is not None:
-            cohort.mark_reviewed(self.folder, self.current)
-        scan = cohort.next_to_review(self.folder, self.table_data)
-        self.refresh()
-        if scan is None:
-            self.status.setText("every segmented scan has been reviewed")
-            show_info("Cohort: every segmented scan has been reviewed")
-            return None
-        self.open_scan(scan)
-        return scan
-
-    def open_scan(self, scan_id: str) -> None:
-        """Read the scan and its masks in a worker thread, then show them (replacing the last one)."""
+        """Read the table and the reviews again (keeping the sort and the selection)."""
         if self.folder is None:
             return
-        self.status.setText(f"opening {scan_id} ...")
-        self.worker = create_worker(cohort.load_scan, self.folder, scan_id, self.table_data)
-        self.worker.returned.connect(lambda out: self._show(scan_id, *out))
-        self.worker.errored.connect(self._on_error)
+        try:
+            table = read_table(self.folder)
+        except Exception as exc:  # noqa: BLE001 - a table being rewritten: keep the last one shown
+            self.status.setText(f"could not read the cohort table ({type(exc).__name__}); showing the last one")
+            return
+        self.rows = table.astype(object).where(table.notna(), None).to_dict("records") if len(table) else []
+        cohort_review.reviews_from_corrections(self.folder, self.rows, list_corrections())
+        self.reviews = cohort_review.load_reviews(self.folder)
+        selected = self.selected_scan()
+        sorting = self.table.isSortingEnabled()
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(self.rows))
+        for i, row in enumerate(self.rows):
+            for j, (_, key) in enumerate(COLUMNS):
+                value = self._reviewed_text(row) if key == "_reviewed" else row.get(key)
+                item = _Item(value)
+                if key == "status" and value != "ok" and row.get("error"):
+                    item.setToolTip(str(row["error"]))
+                self.table.setItem(i, j, item)
+        self.table.setSortingEnabled(sorting)
+        if selected is not None:
+            self.select_scan(selected)
+        left = len(cohort_review.review_queue(self.rows, self.reviews))
+        failed = sum(r.get("status") != "ok" for r in self.rows)
+        self.status.setText(f"{len(self.rows)} scans, {failed} failed, {len(self.rows) - failed - left} reviewed, "
+                            f"{left} to review")
+        self._enable(bool(self.rows))
+
+    def _reviewed_text(self, row) -> str:
+        r = self.reviews.get(str(row.get("scan_id")))
+        return "" if r is None else f"{r.get('how', 'yes')} {str(r.get('when', ''))[:10]}".strip()
+
+    def _folder_changed(self, _path=None) -> None:
+        if self.folder is not None:
+            for name in (TABLE_CSV,):  # a file replaced by rename must be watched again
+                path = self.folder / name
+                if path.is_file() and str(path) not in self.watcher.files():
+                    self.watcher.addPath(str(path))
+            self.refresh()
+
+    def _enable(self, on: bool) -> None:
+        self.next_button.setEnabled(on and self.worker is None)
+        self.accept_button.setEnabled(on)
+
+    def _scan_at(self, row_index: int) -> str | None:
+        item = self.table.item(row_index, 0)
+        return item.text() if item is not None else None
+
+    def selected_scan(self) -> str | None:
+        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
+        return self._scan_at(rows[0].row()) if rows else None
+
+    def select_scan(self, scan_id: str) -> None:
+        for i in range(self.table.rowCount()):
+            if self._scan_at(i) == scan_id:
+                self.table.selectRow(i)
+                return
+
+    def row_of(self, scan_id: str) -> dict | None:
+        return next((r for r in self.rows if str(r.get("scan_id")) == scan_id), None)
+
+    # --- reviewing ------------------------------------------------------------------------------
+    def next_to_review(self) -> str | None:
+        self.refresh()
+        queue = [s for s in cohort_review.review_queue(self.rows, self.reviews) if s not in self.opened]
+        if not queue:
+            self.status.setText("every scan that finished has been reviewed")
+            return None
+        self.open_scan(queue[0])
+        return queue[0]
+
+    def mark_selected_reviewed(self) -> None:
+        scan_id = self.selected_scan()
+        if scan_id is None or self.folder is None:
+            self.status.setText("select a scan first")
+            return
+        cohort_review.mark_reviewed(self.folder, scan_id, "accepted")
+        self.refresh()
+
+    def open_scan(self, scan_id: str | None) -> None:
+        """Read the scan and its masks in a worker, then add them as layers."""
+        row = self.row_of(scan_id) if scan_id else None
+        if row is None or self.folder is None or self.worker is not None:
+            return
+        if scan_id in self.opened:
+            self.viewer.layers.selection.active = self.opened[scan_id][0]
+            return
+        self.select_scan(scan_id)
+        self.status.setText(f"opening {scan_id}…")
+        self.worker = create_worker(_open_job, self.folder, row, self.registry, _start_thread=False,
+                                    _connect={"returned": self._show, "errored": self._failed,
+                                              "finished": self._finished})
+        self._enable(True)
         self.worker.start()
 
-    def _on_error(self, exc):
-        self.status.setText(f"could not open: {exc}")
-        if isinstance(exc, (CTSegError, OSError)):
-            show_error(str(exc))
-        else:
-            show_error(f"Cohort: unexpected error ({type(exc).__name__}: {exc})")
-
-    def _show(self, scan_id, volume, masks, row) -> None:
-        for layer in self.layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.layers = []
+    def _show(self, opened) -> None:
+        self._close_reviewed()
+        volume, masks = opened.volume, opened.masks
         data, kwargs, _ = image_layer_data(volume)
+        cohort_meta = {"dir": str(self.folder), "scan_id": opened.scan_id}
         image = self.viewer.add_image(data, **kwargs)
-        self.layers.append(image)
-        for target, mask in masks.items():
-            version = str(row.get(f"version_{target}", ""))
-            meta = {**image.metadata, "target": target, "model_version": version,
-                    BASELINE_KEY: slice_digests(mask), "cohort_scan": scan_id}
-            style = _labels_style(target, version)
-            contour = style.pop("contour", 0)
-            layer = self.viewer.add_labels(mask, name=f"{target}", scale=image.scale, translate=image.translate,
-                                           metadata=meta, **style)
+        image.metadata[COHORT_KEY] = cohort_meta
+        layers = [image]
+        for target, (mask, card, digests) in masks.items():
+            meta = {**image.metadata, "target": target, "model_version": card.version, BASELINE_KEY: digests}
+            kw = labels_layer_kwargs(card)
+            contour = kw.pop("contour")
+            layer = self.viewer.add_labels(mask, name=f"{target} ({opened.scan_id})", scale=image.scale,
+                                           translate=image.translate, metadata=meta, **kw)
             layer.contour = contour
-            self.layers.append(layer)
-        self.viewer.layers.selection.active = image
-        self.current = scan_id
-        score = row.get("review_score")
-        self.status.setText(f"{scan_id}: review score {score:.3f}" if isinstance(score, float) else scan_id)
+            layers.append(layer)
+        self.opened[opened.scan_id] = layers
+        self.viewer.layers.selection.active = layers[-1]
+        self.status.setText(f"{opened.scan_id}: edit with Mask tools and save to mark it reviewed, "
+                            "or Mark reviewed to accept it")
+
+    def _close_reviewed(self) -> None:
+        """Remove the layers of scans opened before that are reviewed now (nothing unsaved is dropped)."""
+        for scan_id in [s for s in self.opened if s in self.reviews]:
+            for layer in self.opened.pop(scan_id):
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+
+    def _failed(self, exc) -> None:
+        text = str(exc) if isinstance(exc, CTSegError) else f"{type(exc).__name__}: {exc}"
+        show_error(f"Cohort: {text}")
+        self.status.setText(f"could not open: {text}")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._enable(bool(self.rows))
+
+    def cohort_layers(self) -> list:
+        return [ly for layers in self.opened.values() for ly in layers if isinstance(ly, Labels)]
 
 
-def _labels_style(target: str, version: str) -> dict:
-    """The model card's colours and style for ``target``'s mask (napari's defaults without the card)."""
-    from ...models.registry import get_card
-    from .segment import labels_layer_kwargs
-
-    try:
-        return labels_layer_kwargs(get_card(target, version or None))
-    except CTSegError:
-        return {}
+def _open_job(folder, row, registry):
+    """In the worker: the scan, its masks and their slice fingerprints (the baseline of Mask
+    tools' changed slices), so the GUI thread only adds layers."""
+    opened = cohort_review.open_scan(folder, row, registry)
+    opened.masks = {t: (m, card, slice_digests(m)) for t, (m, card) in opened.masks.items()}
+    return opened
