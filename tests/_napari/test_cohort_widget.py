@@ -53,7 +53,15 @@ def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
     widget.table.sortItems([c[0] for c in COLUMNS].index("Review score"), Qt.SortOrder.AscendingOrder)
     assert column(widget, "Review score")[:2] == ["0.100", "0.400"]
 
-    assert widget.next_to_review() == dicom["scan_id"]
+    # Double-click a row: its scan opens.
+    row = column(widget, "Scan").index(nifti["scan_id"])
+    rect = widget.table.visualItemRect(widget.table.item(row, 1))
+    qtbot.mouseClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.mouseDClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    wait_opened(qtbot, widget, nifti["scan_id"])
+    assert widget.current == nifti["scan_id"] and len(viewer.layers) == 3
+
+    assert widget.next_to_review() == dicom["scan_id"]  # the least certain one not on screen
     wait_opened(qtbot, widget, dicom["scan_id"])
     image, *labels = widget.opened[dicom["scan_id"]]
     volume = read_scan(dicom["path"])
@@ -77,10 +85,10 @@ def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
     assert widget.reviews[dicom["scan_id"]]["how"] == "corrected"
     assert "1 reviewed, 1 to review" in widget.status.text()
 
-    # Next: the other scan; the reviewed scan's layers are closed.
+    # Next: the other scan (open already, not reviewed: shown again); the reviewed scan's
+    # layers are closed when another scan is opened.
     assert widget.next_to_review() == nifti["scan_id"]
-    wait_opened(qtbot, widget, nifti["scan_id"])
-    assert dicom["scan_id"] not in widget.opened and image not in viewer.layers
+    assert widget.current == nifti["scan_id"] and dicom["scan_id"] in widget.opened
     widget.select_scan(nifti["scan_id"])
     qtbot.mouseClick(widget.accept_button, Qt.MouseButton.LeftButton)
     assert cohort_review.load_reviews(out)[nifti["scan_id"]]["how"] == "accepted"

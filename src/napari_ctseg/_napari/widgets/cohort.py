@@ -80,6 +80,7 @@ class CohortWidget(QWidget):
         self.reviews: dict[str, dict] = {}
         self.worker = None
         self.opened: dict[str, list] = {}  # scan id -> the layers added for it
+        self.current: str | None = None  # the scan shown last
         self.setMinimumWidth(360)
 
         layout = QVBoxLayout(self)
@@ -215,12 +216,14 @@ class CohortWidget(QWidget):
     # --- reviewing ------------------------------------------------------------------------------
     def next_to_review(self) -> str | None:
         self.refresh()
-        queue = [s for s in cohort_review.review_queue(self.rows, self.reviews) if s not in self.opened]
+        queue = cohort_review.review_queue(self.rows, self.reviews)
         if not queue:
             self.status.setText("every scan that finished has been reviewed")
             return None
-        self.open_scan(queue[0])
-        return queue[0]
+        # The one on screen is being reviewed: the next one after it (or it, when it is the last).
+        scan_id = next((s for s in queue if s != self.current), queue[0])
+        self.open_scan(scan_id)
+        return scan_id
 
     def mark_selected_reviewed(self) -> None:
         scan_id = self.selected_scan()
@@ -236,7 +239,9 @@ class CohortWidget(QWidget):
         if row is None or self.folder is None or self.worker is not None:
             return
         if scan_id in self.opened:
-            self.viewer.layers.selection.active = self.opened[scan_id][0]
+            self.current = scan_id
+            self.select_scan(scan_id)
+            self.viewer.layers.selection.active = self.opened[scan_id][-1]
             return
         self.select_scan(scan_id)
         self.status.setText(f"opening {scan_id}…")
@@ -263,6 +268,7 @@ class CohortWidget(QWidget):
             layer.contour = contour
             layers.append(layer)
         self.opened[opened.scan_id] = layers
+        self.current = opened.scan_id
         self.viewer.layers.selection.active = layers[-1]
         self.status.setText(f"{opened.scan_id}: edit with Mask tools and save to mark it reviewed, "
                             "or Mark reviewed to accept it")
