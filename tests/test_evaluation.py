@@ -134,7 +134,7 @@ def test_a_perfect_prediction_scores_one(tiny_weights, volume_data, tmp_path, mo
     from napari_ctseg.io import read_nifti
 
     expert = np.asarray(read_nifti(volume_data / "a" / "lungs.nii.gz").hu).astype(np.uint8)
-    monkeypatch.setattr(inference, "_predict", lambda model, hu, z, *args: expert[z])
+    monkeypatch.setattr(inference, "predict_slices", lambda model, hu, z, *args, **kwargs: expert[z])
     report = evaluate("lungs", volume_data, tmp_path / "pred", device="cpu", cases="a", version=TINY)
     (a,) = report.cases
     assert a.dice == 1.0 and a.iou == 1.0 and a.hd95 == 0.0 and a.asd == 0.0

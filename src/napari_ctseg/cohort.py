@@ -608,15 +608,10 @@ def _describe(client) -> str:
 
 
 def run_to_end(*args, progress=None, **kwargs) -> CohortResult:
-    """Run ``run_cohort`` inline; ``progress(CohortProgress)`` after each step."""
-    steps = run_cohort(*args, **kwargs)
-    try:
-        while True:
-            report = next(steps)
-            if progress is not None:
-                progress(report)
-    except StopIteration as stop:
-        return stop.value
+    """Run ``run_cohort`` inline (``jobs.run``); ``progress(CohortProgress)`` after each step."""
+    from .jobs import run
+
+    return run(run_cohort(*args, **kwargs), on_event=progress)
 
 
 # --- the report ----------------------------------------------------------------------------------

@@ -576,13 +576,8 @@ def _fill(case: CaseResult, overall: dict, per_label: dict, note: str) -> None:
 def evaluate(target: str, data_dir, predictions_out, version: str | None = None, device: str = "cpu",
              cases: Iterable[str] | str | None = None,
              progress: Callable[[EvaluationProgress], None] | None = None, registry=None) -> EvaluationReport:
-    """Run ``evaluate_steps`` to the end; ``progress`` gets each ``EvaluationProgress``."""
-    steps = evaluate_steps(target, data_dir, predictions_out, version=version, device=device, cases=cases,
-                           registry=registry)
-    try:
-        while True:
-            report = next(steps)
-            if progress is not None:
-                progress(report)
-    except StopIteration as stop:
-        return stop.value
+    """Run ``evaluate_steps`` to the end (``jobs.run``); ``progress`` gets each ``EvaluationProgress``."""
+    from .jobs import run
+
+    return run(evaluate_steps(target, data_dir, predictions_out, version=version, device=device, cases=cases,
+                              registry=registry), on_event=progress)

@@ -379,20 +379,13 @@ def _run_order(targets: list[str], models: ModelSet, given: dict[str, np.ndarray
 
 def segment(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,
             progress: Callable[[Progress], None] | None = None,
-            cancel: threading.Event | Callable[[], bool] | None = None, **kwargs) -> SegmentResult:
-    """Run ``segment_steps`` to the end. ``cancel`` (an Event or a callable) stops it: ``Cancelled``."""
-    steps = segment_steps(volume, targets, device, **kwargs)
-    is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-    try:
-        while True:
-            if is_cancelled():
-                steps.close()
-                raise Cancelled("segmentation cancelled")
-            report = next(steps)
-            if progress is not None:
-                progress(report)
-    except StopIteration as stop:
-        return stop.value
+            cancel: threading.Event | None = None, **kwargs) -> SegmentResult:
+    """Run ``segment_steps`` to the end with the one job driver (``jobs.run``): ``progress`` gets
+    each ``Progress``; setting ``cancel`` (a ``threading.Event`` or ``jobs.CancelToken``) stops
+    it with ``Cancelled``."""
+    from .jobs import run
+
+    return run(segment_steps(volume, targets, device, **kwargs), on_event=progress, cancel=cancel)
 
 
 # --- post-processing ---------------------------------------------------------------------
