@@ -139,6 +139,17 @@ def test_interrupted_run_keeps_its_rows_and_resumes(weights, mixed, tmp_path):
     newer = run([mixed], out)
     assert newer.ran == 3 and newer.skipped == 0
     assert set(newer.table.loc[newer.table["status"] == "ok", "version_infection"]) == {"t2"}
+    # ... and each re-run row says what changed since the run before.
+    before = again.table.set_index("scan_id")
+    for row in newer.table[newer.table["status"] == "ok"].to_dict("records"):
+        old = before.loc[row["scan_id"]]
+        assert row["model_key_before"] == old["model_key"] != row["model_key"]
+        assert row["infection_ml_before"] == pytest.approx(old["infection_ml"])
+        changes = cohort.volume_changes(row)
+        assert changes["infection_ml"] == pytest.approx(row["infection_ml"] - old["infection_ml"])
+        assert changes["lungs_ml"] == pytest.approx(0.0)  # the lungs model did not change
+    failed = newer.table[newer.table["status"] != "ok"].iloc[0]
+    assert "model_key_before" not in failed or failed["model_key_before"] != failed["model_key_before"]  # NaN
 
 
 def test_changed_input_reruns_only_that_scan(weights, mixed, tmp_path):

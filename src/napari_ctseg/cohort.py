@@ -518,6 +518,34 @@ def plan_run(sources, out_dir, targets, versions: dict[str, str] | None = None, 
     return todo, kept, found, resolved, key
 
 
+def with_previous(row: dict, old: dict | None) -> dict:
+    """``row`` with what changed since the last successful run of the same scan: for each
+    volume column ``<x>_ml`` (and ``lung_involvement_pct``) the value before as ``<x>_before``,
+    and ``model_key_before``; a scan seen for the first time (or failed before) gets none."""
+    if not old or old.get("status") != "ok" or row.get("status") != "ok":
+        return row
+    for col, value in old.items():
+        if (col.endswith("_ml") or col == "lung_involvement_pct") and not col.endswith("_before"):
+            row[f"{col}_before"] = value
+    row["model_key_before"] = old.get("model_key", "")
+    return row
+
+
+def volume_changes(row: dict) -> dict[str, float]:
+    """{volume column: new - before} for a re-run row (see ``with_previous``)."""
+    out = {}
+    for col in row:
+        before = row.get(f"{col}_before")
+        if col.endswith("_ml") and before is not None:
+            try:
+                new, old = float(row[col]), float(before)
+            except (TypeError, ValueError):
+                continue
+            if new == new and old == old:
+                out[col] = new - old
+    return out
+
+
 def _is_done(row: dict | None, task: ScanTask, key: str) -> bool:
     return bool(row) and row.get("status") == "ok" and row.get("fingerprint") == task.fingerprint \
         and row.get("model_key") == key
@@ -579,7 +607,7 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
                        "series_uid": task.series_uid, "fingerprint": task.fingerprint, "model_key": key,
                        "status": "failed", "error": f"worker lost: {type(exc).__name__}: {_one_line(exc)}"}
             future.release()
-            rows[task.scan_id] = row
+            rows[task.scan_id] = with_previous(row, kept.get(task.scan_id))
             write_table(out_dir, rows.values())
             done += 1
             failures += row.get("status") != "ok"

@@ -121,3 +121,18 @@ def test_review_queue_and_corrections_match_by_scan(tmp_path):
     # A correction older than the cohort's masks does not count; a DICOM file matches its series folder.
     assert cohort_review.reviews_from_corrections(tmp_path, rows, [old, new]) == ["b"]
     assert cohort_review.review_queue(rows, cohort_review.load_reviews(tmp_path)) == ["c", "a"]
+
+
+def test_a_rerun_shows_what_changed(make_napari_viewer, tmp_path):
+    rows = [{"scan_id": "a", "status": "ok", "review_score": 0.2, "path": "a.nii.gz", "liver_ml": 1510.0,
+             "liver_ml_before": 1480.5, "lungs_ml": 4000.0, "lungs_ml_before": 4001.0, "model_key_before": "liver=v1"},
+            {"scan_id": "b", "status": "ok", "review_score": 0.1, "path": "b.nii.gz", "liver_ml": 1200.0,
+             "liver_ml_before": 1290.0},
+            {"scan_id": "c", "status": "ok", "review_score": 0.3, "path": "c.nii.gz", "liver_ml": 900.0}]
+    cohort.write_table(tmp_path, rows)
+    widget = CohortWidget(make_napari_viewer())
+    widget.open_folder(tmp_path)
+    change = dict(zip(column(widget, "Scan"), column(widget, "Change")))
+    assert change == {"a": "liver +29.5 mL", "b": "liver -90.0 mL", "c": ""}
+    widget.table.sortItems([c[0] for c in COLUMNS].index("Change"), Qt.SortOrder.DescendingOrder)
+    assert column(widget, "Scan") == ["b", "a", "c"]  # the largest change first, none last

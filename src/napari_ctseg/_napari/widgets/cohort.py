@@ -1,9 +1,9 @@
 """Plugins > napari-ctseg > Cohort: review a cohort folder made by ``ctseg cohort run``.
 
 A sortable table of the cohort's rows (review score, volumes, % of lungs involved, status,
-reviewed). Double-clicking a row opens its scan with the run's masks (read in a napari worker,
-so the viewer stays responsive; the masks are Labels layers like Segment volume's, so Mask
-tools edits and saves them). **Next to review** opens the least certain scan nobody reviewed
+what a re-run with a new model version changed, reviewed). Double-clicking a row opens its
+scan with the run's masks (read in a napari worker, so the viewer stays responsive; the masks
+are Labels layers like Segment volume's, so Mask tools edits and saves them). **Next to review** opens the least certain scan nobody reviewed
 yet. Saving a corrected mask with Mask tools records it in the corrections store (which
 Fine-tune learns from) and marks the scan reviewed here; **Mark reviewed** accepts a scan as it
 is. The table follows the cohort folder: a run still going, or a new run with a new model
@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ... import cohort_review
-from ...cohort import TABLE_CSV, TABLE_PARQUET, read_table
+from ...cohort import TABLE_CSV, TABLE_PARQUET, read_table, volume_changes
 from ...corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests
 from ...errors import CTSegError
 from ...models.registry import ModelRegistry, as_registry
@@ -43,16 +43,17 @@ from .segment import labels_layer_kwargs
 COHORT_KEY = "ctseg_cohort"  # layer metadata: {"dir": cohort folder, "scan_id": ...}
 COLUMNS = (("Scan", "scan_id"), ("Review score", "review_score"), ("Status", "status"),
            ("Lungs mL", "lungs_ml"), ("Liver mL", "liver_ml"), ("Infection mL", "infection_ml"),
-           ("% lungs involved", "lung_involvement_pct"), ("Reviewed", "_reviewed"))
+           ("% lungs involved", "lung_involvement_pct"), ("Change", "_change"), ("Reviewed", "_reviewed"))
 
 
 class _Item(QTableWidgetItem):
     """A cell that sorts by value: numbers as numbers (missing ones last), text as text."""
 
-    def __init__(self, value):
+    def __init__(self, value, text: str | None = None):
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         missing = value is None or (number and math.isnan(value))
-        text = "" if missing else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        if text is None:
+            text = "" if missing else (f"{value:.3f}" if isinstance(value, float) else str(value))
         super().__init__(text)
         self.key = (1, 0.0, "") if missing else ((0, float(value), "") if number else (0, 0.0, text.lower()))
         if number:
@@ -166,9 +167,11 @@ class CohortWidget(QWidget):
         self.table.setRowCount(len(self.rows))
         for i, row in enumerate(self.rows):
             for j, (_, key) in enumerate(COLUMNS):
-                value = self._reviewed_text(row) if key == "_reviewed" else row.get(key)
-                item = _Item(value)
-                if key == "status" and value != "ok" and row.get("error"):
+                if key == "_change":
+                    item = _change_item(row)
+                else:
+                    item = _Item(self._reviewed_text(row) if key == "_reviewed" else row.get(key))
+                if key == "status" and row.get("status") != "ok" and row.get("error"):
                     item.setToolTip(str(row["error"]))
                 self.table.setItem(i, j, item)
         self.table.setSortingEnabled(sorting)
@@ -291,6 +294,19 @@ class CohortWidget(QWidget):
 
     def cohort_layers(self) -> list:
         return [ly for layers in self.opened.values() for ly in layers if isinstance(ly, Labels)]
+
+
+def _change_item(row: dict) -> _Item:
+    """What a re-run changed: the largest volume change (sorted by its size), the rest in the tooltip."""
+    changes = volume_changes(row)
+    if not changes:
+        return _Item(None)
+    col, delta = max(changes.items(), key=lambda kv: abs(kv[1]))
+    item = _Item(abs(delta), f"{col.removesuffix('_ml')} {delta:+.1f} mL")
+    item.setToolTip("since the run before (" + str(row.get("model_key_before", "")) + "):\n"
+                    + "\n".join(f"{c.removesuffix('_ml')}: {row.get(c + '_before')} -> {row.get(c)} mL ({d:+.1f})"
+                                 for c, d in sorted(changes.items())))
+    return item
 
 
 def _open_job(folder, row, registry):
