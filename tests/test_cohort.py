@@ -273,3 +273,16 @@ def test_a_correction_saved_after_the_run_marks_the_scan_reviewed(tmp_path):
     assert cohort_review.reviews_from_corrections(out, rows, list_corrections()) == ["a"]  # b's is older
     assert set(cohort_review.load_reviews(out)) == {"a"}
     assert cohort_review.review_queue(rows, cohort_review.load_reviews(out)) == ["b"]
+
+
+def test_local_workers_start_without_the_nannys_malloc_trim(tmp_path):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which halves our speed there."""
+    import os
+
+    client, cluster = cohort.start_client(workers=1)
+    try:
+        env = client.submit(lambda: dict(os.environ), pure=False).result()
+    finally:
+        client.close()
+        cluster.close()
+    assert "MALLOC_TRIM_THRESHOLD_" not in env and env.get("OMP_NUM_THREADS") == "1"

@@ -487,9 +487,15 @@ def start_client(scheduler: str | None = None, workers: int | None = None, proce
             return Client(scheduler, timeout="20s"), None
         except (OSError, TimeoutError) as exc:
             raise CTSegError(f"cannot reach the Dask scheduler at {scheduler}: {_one_line(exc)}") from None
+    import dask
+
     n, memory = local_cluster_size(workers)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
-                           memory_limit=memory if processes else 0, dashboard_address=":0")
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the
+    # system sooner); with our large, short-lived arrays it made segmenting in a worker 2x slower
+    # than in one process (chest sample: 6.1 s against 2.9 s; 3.4 s without it; see the README).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
+                               memory_limit=memory if processes else 0, dashboard_address=":0")
     return Client(cluster), cluster
 
 
