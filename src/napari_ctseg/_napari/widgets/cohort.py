@@ -36,6 +36,7 @@ from ... import cohort_review
 from ...cohort import TABLE_CSV, TABLE_PARQUET, read_table, volume_changes
 from ...corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests
 from ...errors import CTSegError
+from ...models.definition import style as card_style
 from ...models.registry import ModelRegistry, as_registry
 from .._layers import image_layer_data
 from .segment import labels_layer_kwargs
@@ -262,7 +263,8 @@ class CohortWidget(QWidget):
         image = self.viewer.add_image(data, **kwargs)
         image.metadata[COHORT_KEY] = cohort_meta
         layers = [image]
-        for target, (mask, card, digests) in masks.items():
+        # Stacked by the cards' order, as Segment volume does (infection above the lungs' outlines).
+        for target, (mask, card, digests) in sorted(masks.items(), key=lambda kv: card_style(kv[1][1])["order"]):
             meta = {**image.metadata, "target": target, "model_version": card.version, BASELINE_KEY: digests}
             kw = labels_layer_kwargs(card)
             contour = kw.pop("contour")
