@@ -124,8 +124,13 @@ def open_scan(out_dir, row: dict, registry=None) -> OpenedScan:
         raise CTSegError(f"{sid}: the cohort run failed on this scan ({row.get('error') or 'no masks'})")
     volume = read_scan(row["path"])
     masks = {}
-    for path in sorted(folder.glob("*.nii.gz")):
-        target = path.name[: -len(".nii.gz")]
+    # The run's masks are <target>.nii.gz for the targets whose versions the row records (a
+    # corrected mask saved beside them is not one of them).
+    targets = [k[len("version_"):] for k, v in row.items() if k.startswith("version_") and v]
+    for target in targets:
+        path = folder / f"{target}.nii.gz"
+        if not path.is_file():
+            raise CTSegError(f"{path}: missing; run 'ctseg cohort run' again for this scan")
         version = str(row.get(f"version_{target}") or "") or None
         try:
             card = registry.get_card(target, version)

@@ -78,10 +78,14 @@ def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
     lungs.data[2, :4, :4] = 0
     lungs.refresh()
     saved = tools.save_corrected(overwrite=True)
-    assert saved is not None
+    # In the cohort folder, not in the (maybe read-only) archive of scans.
+    assert saved.parent == out / dicom["scan_id"] and saved.name.endswith("_lungs_corrected.nii.gz")
     (record,) = corrections.list_corrections("lungs")
     assert record.changed_slices == [2]
     qtbot.waitUntil(lambda: dicom["scan_id"] in widget.reviews, timeout=10_000)  # the store is watched
+    # The corrected mask beside the run's masks is not taken for a target's mask.
+    again = cohort_review.open_scan(out, dicom)
+    assert sorted(again.masks) == ["infection", "lungs"] and again.masks["lungs"][0][2, 0, 0] == 1
     assert widget.reviews[dicom["scan_id"]]["how"] == "corrected"
     assert "1 reviewed, 1 to review" in widget.status.text()
 

@@ -42,6 +42,11 @@ def _bundled_data_dir() -> Path | None:
         return None
 
 
+# A layer's own folder for its corrected mask (e.g. the Cohort widget's <cohort>/<scan id>/, since
+# an archive of scans may be read-only); without it the mask goes beside the scan.
+SAVE_FOLDER_KEY = "ctseg_save_folder"
+
+
 def default_output(geometry: Geometry | None, target: str, fallback_name: str) -> tuple[Path, str]:
     """(folder, file name) for a corrected mask: beside the scan, ``<scan>_<target>_corrected.nii.gz``.
 
@@ -103,6 +108,7 @@ class SavePanel(QGroupBox):
         layer, image = self.host.layer, self.host.selected_image()
         target = str(layer.metadata.get("target") or layer.name)
         folder, name = default_output(self.host.geometry(), target, image.name if image is not None else layer.name)
+        folder = layer.metadata.get(SAVE_FOLDER_KEY) or folder
         self.folder_edit.setText(str(folder))
         self.name_edit.setText(name)
 

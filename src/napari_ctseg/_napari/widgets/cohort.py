@@ -39,6 +39,7 @@ from ...errors import CTSegError
 from ...models.definition import style as card_style
 from ...models.registry import ModelRegistry, as_registry
 from .._layers import image_layer_data
+from ._mask_save import SAVE_FOLDER_KEY
 from .segment import labels_layer_kwargs
 
 COHORT_KEY = "ctseg_cohort"  # layer metadata: {"dir": cohort folder, "scan_id": ...}
@@ -265,7 +266,8 @@ class CohortWidget(QWidget):
         layers = [image]
         # Stacked by the cards' order, as Segment volume does (infection above the lungs' outlines).
         for target, (mask, card, digests) in sorted(masks.items(), key=lambda kv: card_style(kv[1][1])["order"]):
-            meta = {**image.metadata, "target": target, "model_version": card.version, BASELINE_KEY: digests}
+            meta = {**image.metadata, "target": target, "model_version": card.version, BASELINE_KEY: digests,
+                    SAVE_FOLDER_KEY: str(self.folder / opened.scan_id)}  # the archive may be read-only
             kw = labels_layer_kwargs(card)
             contour = kw.pop("contour")
             layer = self.viewer.add_labels(mask, name=f"{target} ({opened.scan_id})", scale=image.scale,
