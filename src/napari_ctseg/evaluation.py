@@ -37,6 +37,7 @@ import numpy as np
 
 from . import metrics
 from .errors import CTSegError
+from .jobs import Progress
 
 LAYOUTS = ("volumes", "slices")
 CT_FILE = "ct.nii.gz"
@@ -53,14 +54,13 @@ class EvaluationError(CTSegError):
     """The evaluation data cannot be used as given (missing folder, mismatched mask, ...)."""
 
 
-@dataclass
-class EvaluationProgress:
-    """``done`` of ``total`` steps (cases, or slices within a scan) finished; ``message`` says what runs."""
+class EvaluationProgress(Progress):
+    """The one event type of long jobs (``jobs.Progress``): ``done`` of ``total`` steps (cases,
+    or slices within a scan) finished; ``message`` says what runs; ``stage`` is the case."""
 
-    done: int
-    total: int
-    message: str
-    case: str = ""
+    @property
+    def case(self) -> str:
+        return self.stage
 
 
 @dataclass
