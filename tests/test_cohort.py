@@ -196,9 +196,13 @@ def read_scan_like(hu_ijk):
     return build_volume(hu_ijk, np.diag([1.5, 1.5, 3.0, 1.0]), name="t", source_path="", source_kind="nifti")
 
 
-def test_cli_cohort_run_on_a_process_worker_and_report(weights, mixed, tmp_path, capsys):
+def test_cli_cohort_run_on_a_process_worker_and_report(weights, mixed, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    rc = main(["cohort", "run", str(mixed), "--out", str(out), "--targets", TARGETS, "--workers", "1"])
+    # The models are named with --weights only: the registry object must reach the worker process
+    # (which would otherwise find the bundled weights, without version t1).
+    monkeypatch.delenv("CTSEG_WEIGHTS_DIR")
+    rc = main(["cohort", "run", str(mixed), "--out", str(out), "--targets", TARGETS, "--workers", "1",
+               "--weights", str(weights)])
     captured = capsys.readouterr()
     assert rc == 1  # one scan failed
     assert "3 scans" in captured.out and "failed 1" in captured.out

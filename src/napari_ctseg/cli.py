@@ -10,6 +10,17 @@ import numpy as np
 from .errors import CTSegError
 
 
+def _model_versions(items) -> dict[str, str]:
+    """``--model TARGET=VERSION`` options as {target: version}."""
+    versions = {}
+    for item in items or []:
+        target, _, version = item.partition("=")
+        if not version:
+            raise CTSegError(f"--model {item!r}: write TARGET=VERSION, e.g. lungs=v1")
+        versions[target.strip()] = version.strip()
+    return versions
+
+
 def _registry(args):
     """The model registry of this command: ``--weights`` folders first, then the default roots."""
     from .models.registry import ModelRegistry
@@ -134,12 +145,7 @@ def _cmd_segment(args) -> int:
 
     registry = _registry(args)
     targets = parse_targets(args.targets, registry)
-    versions = {}
-    for item in args.model or []:
-        target, _, version = item.partition("=")
-        if not version:
-            raise CTSegError(f"--model {item!r}: write TARGET=VERSION, e.g. lungs=v1")
-        versions[target.strip()] = version.strip()
+    versions = _model_versions(args.model)
     models = ModelSet(versions, registry)
     scans = _scan_sources(args.scans)
     out_root = Path(args.out)

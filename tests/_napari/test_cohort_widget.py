@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from test_cohort import TARGETS, mixed, run, weights  # noqa: F401 - fixtures
+from test_cohort import mixed, run, weights  # noqa: F401 - fixtures
 
 from napari_ctseg import cohort, cohort_review, corrections
 from napari_ctseg._napari.widgets.cohort import COLUMNS, CohortWidget
