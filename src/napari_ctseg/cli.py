@@ -324,35 +324,28 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_cohort_run(args) -> int:
-    from .cohort import run_cohort
+    from .cohort import run_to_end
 
-    versions = {}
-    for item in args.model or []:
-        target, _, version = item.partition("=")
-        if not version:
-            raise CTSegError(f"--model {item!r}: write TARGET=VERSION, e.g. lungs=v1")
-        versions[target.strip()] = version.strip()
-    steps = run_cohort(args.sources, args.out, args.targets, scheduler=args.scheduler, workers=args.workers,
-                       device=args.device, threads=args.threads, versions=versions, registry=_registry(args))
     tty = sys.stderr.isatty()
-    try:
-        while True:
-            report = next(steps)
-            if report.done == 0:
-                print(f"ctseg cohort: {report.message}", file=sys.stderr, flush=True)
-                if report.dashboard:
-                    print(f"ctseg cohort: Dask dashboard {report.dashboard}", file=sys.stderr, flush=True)
-                continue
-            if report.row is not None and report.row.get("status") != "ok":
-                print(f"{chr(13) if tty else ''}ctseg cohort: {report.row['scan_id']} failed: "
-                      f"{report.row.get('error', '')}", file=sys.stderr, flush=True)
-            width = 30
-            filled = int(width * report.done / max(report.total, 1))
-            bar = f"[{'#' * filled}{'.' * (width - filled)}] " if tty else ""
-            end = "\n" if not tty or report.done >= report.total else ""
-            print(f"{chr(13) if tty else ''}cohort: {bar}{report.line()}", end=end, file=sys.stderr, flush=True)
-    except StopIteration as stop:
-        result = stop.value
+
+    def show(report) -> None:
+        if report.done == 0:
+            print(f"ctseg cohort: {report.message}", file=sys.stderr, flush=True)
+            if report.dashboard:
+                print(f"ctseg cohort: Dask dashboard {report.dashboard}", file=sys.stderr, flush=True)
+            return
+        if report.row is not None and report.row.get("status") != "ok":
+            print(f"{chr(13) if tty else ''}ctseg cohort: {report.row['scan_id']} failed: "
+                  f"{report.row.get('error', '')}", file=sys.stderr, flush=True)
+        width = 30
+        filled = int(width * report.done / max(report.total, 1))
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] " if tty else ""
+        end = "\n" if not tty or report.done >= report.total else ""
+        print(f"{chr(13) if tty else ''}cohort: {bar}{report.line()}", end=end, file=sys.stderr, flush=True)
+
+    result = run_to_end(args.sources, args.out, args.targets, scheduler=args.scheduler, workers=args.workers,
+                        device=args.device, threads=args.threads, versions=_model_versions(args.model),
+                        registry=_registry(args), progress=show)
     print(f"{len(result.table)} scans in {args.out}/cohort.csv (ran {result.ran}, failed {result.failures}, "
           f"skipped {result.skipped} already done)")
     for note in result.listed:

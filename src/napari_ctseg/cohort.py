@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CTSegError
+from .jobs import Progress
 
 TABLE_CSV = "cohort.csv"
 TABLE_PARQUET = "cohort.parquet"
@@ -435,20 +436,19 @@ def _rows_of(table) -> dict[str, dict]:
 
 # --- the run -------------------------------------------------------------------------------------
 
-@dataclass
-class CohortProgress:
-    """``done`` of ``total`` scans finished in this run (``failures`` of them failed);
-    ``skipped`` were already done; ``eta_s`` seconds left (None before the first scan)."""
+@dataclass(frozen=True)
+class CohortProgress(Progress):
+    """The one event type of long jobs (``jobs.Progress``): ``done`` of ``total`` scans finished
+    in this run (``failures`` of them failed); ``skipped`` were already done; ``eta_s`` seconds
+    left (None before the first scan); ``row`` the table row just finished, whose scan is the
+    ``stage``."""
 
-    done: int
-    total: int
-    failures: int
-    skipped: int
-    eta_s: float | None
-    elapsed_s: float
+    failures: int = 0
+    skipped: int = 0
+    eta_s: float | None = None
+    elapsed_s: float = 0.0
     dashboard: str | None = None
     row: dict | None = None  # the row just finished
-    message: str = ""
 
     def line(self) -> str:
         eta = "--" if self.eta_s is None else _clock(self.eta_s)
@@ -587,7 +587,7 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
     t_start = time.perf_counter()
     if not todo:
         table = write_table(out_dir, rows.values())
-        yield CohortProgress(0, 0, 0, skipped, 0.0, 0.0, message="nothing to do: every scan is done")
+        yield CohortProgress(0, 0, "nothing to do: every scan is done", skipped=skipped, eta_s=0.0)
         return CohortResult(table, out_dir, 0, 0, skipped, found.listed)
 
     client, cluster = start_client(scheduler, workers, processes)
@@ -596,8 +596,8 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
         if threads is None and cluster is not None:
             threads = max(1, (os.cpu_count() or 1) // max(1, len(cluster.workers)))
         dashboard = getattr(client, "dashboard_link", None)
-        yield CohortProgress(0, len(todo), 0, skipped, None, 0.0, dashboard,
-                             message=f"{len(todo)} scans to segment on {_describe(client)}")
+        yield CohortProgress(0, len(todo), f"{len(todo)} scans to segment on {_describe(client)}",
+                             skipped=skipped, dashboard=dashboard)
         futures = client.map(segment_task, todo, out_dir=str(out_dir.resolve()), targets=targets,
                              versions=pinned, device=device, threads=threads, model_id=key, registry=registry,
                              key=[f"ctseg-{t.scan_id}-{key[-12:]}-{time.time_ns()}" for t in todo],
@@ -619,8 +619,9 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
             failures += row.get("status") != "ok"
             elapsed = time.perf_counter() - t_start
             eta = elapsed / done * (len(todo) - done)
-            yield CohortProgress(done, len(todo), failures, skipped, eta, elapsed, dashboard, row,
-                                 message=f"{row['scan_id']}: {row['status']}")
+            yield CohortProgress(done, len(todo), f"{row['scan_id']}: {row['status']}", row["scan_id"],
+                                 failures=failures, skipped=skipped, eta_s=eta, elapsed_s=elapsed,
+                                 dashboard=dashboard, row=row)
     finally:
         if futures:
             client.cancel([f for f in futures if not f.done()])
