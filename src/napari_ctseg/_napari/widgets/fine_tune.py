@@ -113,85 +113,105 @@ class TrainingPlot(QWidget):
     def paintEvent(self, event):  # noqa: N802 - Qt's name
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.fillRect(self.rect(), QColor("#262930"))
         fm = p.fontMetrics()
         lh = fm.height()
-        w, h = self.width(), self.height()
-        p.fillRect(self.rect(), QColor("#262930"))
-        left, right = fm.horizontalAdvance("0.000") + 8, 8
-        pw = max(w - left - right, 10)
+        left = fm.horizontalAdvance("0.000") + 8
+        pw = max(self.width() - left - 8, 10)
         gap = lh + 6
-        top_h = max((h - 3 * lh - 2 * gap - lh - 4) * 0.55, 20)
+        top_h = max((self.height() - 3 * lh - 2 * gap - lh - 4) * 0.55, 20)
         dice_box = QRectF(left, lh + 6, pw, top_h)
         loss_box = QRectF(left, dice_box.bottom() + gap + lh, pw,
-                          max(h - dice_box.bottom() - gap - 3 * lh - 8, 20))
-        text = QColor("#c8ccd4")
-        n_epochs = max(self.total_steps // self.steps_per_epoch, 1)
+                          max(self.height() - dice_box.bottom() - gap - 3 * lh - 8, 20))
+        self._dice_panel(_Panel(p, dice_box, *self.dice_range(), self))
+        self._loss_panel(p, loss_box)
+        self._legend(p, left, loss_box.bottom() + lh + 4 + lh / 2)
+        p.end()
 
-        def x_of(step):
-            return left + pw * step / self.total_steps
+    def x_of(self, step: float, box: QRectF) -> float:
+        return box.left() + box.width() * step / self.total_steps
 
-        def frame(box, lo, hi, fmt, title):
-            p.setPen(QPen(QColor("#5a5f6a"), 1))
-            p.setBrush(Qt.BrushStyle.NoBrush)
-            p.drawRect(box)
-            p.setPen(QPen(QColor("#3a3f4a"), 1, Qt.PenStyle.DotLine))
-            for e in range(1, n_epochs):
-                x = x_of(e * self.steps_per_epoch)
-                p.drawLine(QPointF(x, box.top()), QPointF(x, box.bottom()))
-            p.setPen(text)
-            for v, y in ((hi, box.top()), (lo, box.bottom())):
-                p.drawText(QRectF(0, y - lh / 2, left - 4, lh), Qt.AlignmentFlag.AlignRight, fmt.format(v))
-            p.drawText(QRectF(box.left(), box.top() - lh - 2, box.width(), lh), Qt.AlignmentFlag.AlignLeft, title)
+    @property
+    def n_epochs(self) -> int:
+        return max(self.total_steps // self.steps_per_epoch, 1)
 
-        def y_of(box, v, lo, hi):
-            return box.bottom() - box.height() * min(max((v - lo) / max(hi - lo, 1e-9), 0.0), 1.0)
-
-        def series(points, colour, width=2, dots=True):
-            p.setPen(QPen(colour, width))
-            for a, b in zip(points, points[1:]):
-                p.drawLine(a, b)
-            if dots:
-                p.setBrush(colour)
-                for pt in points:
-                    p.drawEllipse(pt, 3, 3)
-                p.setBrush(Qt.BrushStyle.NoBrush)
-
-        # Dice panel
-        lo, hi = self.dice_range()
-        frame(dice_box, lo, hi, "{:.2f}", "Dice per epoch (dashed: the base model)")
+    def _dice_panel(self, panel: _Panel) -> None:
+        panel.frame("{:.2f}", "Dice per epoch (dashed: the base model)")
+        box = panel.box
         for key in ("corrections", "validation"):
             base = self.baseline.get(key)
-            pts = [QPointF(x_of(e["step"]), y_of(dice_box, e[key], lo, hi)) for e in self.epochs
+            pts = [QPointF(self.x_of(e["step"], box), panel.y(e[key])) for e in self.epochs
                    if e.get(key) is not None]
             if base is not None:
-                y = y_of(dice_box, base, lo, hi)
-                p.setPen(QPen(self.COLORS[key], 1, Qt.PenStyle.DashLine))
-                p.drawLine(QPointF(dice_box.left(), y), QPointF(dice_box.right(), y))
-                pts = [QPointF(dice_box.left(), y), *pts]
-            series(pts, self.COLORS[key])
-        # loss panel
+                y = panel.y(base)
+                panel.p.setPen(QPen(self.COLORS[key], 1, Qt.PenStyle.DashLine))
+                panel.p.drawLine(QPointF(box.left(), y), QPointF(box.right(), y))
+                pts = [QPointF(box.left(), y), *pts]
+            panel.series(pts, self.COLORS[key])
+
+    def _loss_panel(self, p: QPainter, box: QRectF) -> None:
         losses = [v for _, v in self.step_loss]
         lmax = max(losses) * 1.1 if losses else 1.0
-        lmax = lmax if lmax > 0 else 1.0
-        frame(loss_box, 0.0, lmax, "{:.3f}", "loss per step (dots: epoch means)")
+        panel = _Panel(p, box, 0.0, lmax if lmax > 0 else 1.0, self)
+        panel.frame("{:.3f}", "loss per step (dots: epoch means)")
         faint = QColor(self.COLORS["loss"])
         faint.setAlpha(120)
-        series([QPointF(x_of(s), y_of(loss_box, v, 0.0, lmax)) for s, v in self.step_loss], faint, 1, False)
-        series([QPointF(x_of(e["step"]), y_of(loss_box, e["loss"], 0.0, lmax)) for e in self.epochs
-                if e.get("loss") is not None], self.COLORS["loss"])
-        p.setPen(text)
-        p.drawText(QRectF(loss_box.left(), loss_box.bottom() + 2, loss_box.width(), lh),
-                   Qt.AlignmentFlag.AlignCenter, f"epochs 0..{n_epochs}")
-        # legend, its own row at the bottom
-        x, yl = float(left), loss_box.bottom() + lh + 4 + lh / 2
-        for key, label in (("corrections", "held-aside corrections"), ("validation", "validation"),
-                           ("loss", "loss")):
+        panel.series([QPointF(self.x_of(s, box), panel.y(v)) for s, v in self.step_loss], faint, 1, False)
+        panel.series([QPointF(self.x_of(e["step"], box), panel.y(e["loss"])) for e in self.epochs
+                      if e.get("loss") is not None], self.COLORS["loss"])
+        p.setPen(_TEXT)
+        p.drawText(QRectF(box.left(), box.bottom() + 2, box.width(), p.fontMetrics().height()),
+                   Qt.AlignmentFlag.AlignCenter, f"epochs 0..{self.n_epochs}")
+
+    def _legend(self, p: QPainter, x: float, y: float) -> None:
+        """The legend, its own row at the bottom."""
+        fm = p.fontMetrics()
+        for key, label in (*self.LABELS.items(), ("loss", "loss")):
             p.setPen(QPen(self.COLORS[key], 2))
-            p.drawLine(QPointF(x, yl), QPointF(x + 12, yl))
-            p.setPen(text)
-            p.drawText(QPointF(x + 15, yl + fm.ascent() / 2 - 1), label)
+            p.drawLine(QPointF(x, y), QPointF(x + 12, y))
+            p.setPen(_TEXT)
+            p.drawText(QPointF(x + 15, y + fm.ascent() / 2 - 1), label)
             x += 15 + fm.horizontalAdvance(label) + 10
-        p.end()
+
+
+_TEXT = QColor("#c8ccd4")
+
+
+class _Panel:
+    """One framed panel of ``TrainingPlot``: values ``lo``..``hi`` from the bottom to the top of ``box``."""
+
+    def __init__(self, painter: QPainter, box: QRectF, lo: float, hi: float, plot: TrainingPlot):
+        self.p, self.box, self.lo, self.hi, self.plot = painter, box, lo, hi, plot
+
+    def y(self, v: float) -> float:
+        frac = min(max((v - self.lo) / max(self.hi - self.lo, 1e-9), 0.0), 1.0)
+        return self.box.bottom() - self.box.height() * frac
+
+    def frame(self, fmt: str, title: str) -> None:
+        """The box, a dotted line between epochs, the range's two ends and the title."""
+        p, box, lh = self.p, self.box, self.p.fontMetrics().height()
+        p.setPen(QPen(QColor("#5a5f6a"), 1))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(box)
+        p.setPen(QPen(QColor("#3a3f4a"), 1, Qt.PenStyle.DotLine))
+        for e in range(1, self.plot.n_epochs):
+            x = self.plot.x_of(e * self.plot.steps_per_epoch, box)
+            p.drawLine(QPointF(x, box.top()), QPointF(x, box.bottom()))
+        p.setPen(_TEXT)
+        for v, y in ((self.hi, box.top()), (self.lo, box.bottom())):
+            p.drawText(QRectF(0, y - lh / 2, box.left() - 4, lh), Qt.AlignmentFlag.AlignRight, fmt.format(v))
+        p.drawText(QRectF(box.left(), box.top() - lh - 2, box.width(), lh), Qt.AlignmentFlag.AlignLeft, title)
+
+    def series(self, points: list[QPointF], colour: QColor, width: int = 2, dots: bool = True) -> None:
+        p = self.p
+        p.setPen(QPen(colour, width))
+        for a, b in zip(points, points[1:]):
+            p.drawLine(a, b)
+        if dots:
+            p.setBrush(colour)
+            for pt in points:
+                p.drawEllipse(pt, 3, 3)
+            p.setBrush(Qt.BrushStyle.NoBrush)
 
 
 class FineTuneWidget(QWidget):
