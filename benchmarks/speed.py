@@ -94,8 +94,9 @@ def child_lungmask(source: str) -> dict:
     return {"seconds": seconds, "peak_mib": peak_rss_mib()}
 
 
-def child_gui(source: str) -> dict:
-    """Longest gap between 10 ms timer ticks while the widget segments ``source``."""
+def child_gui(source: str, versions: str = "{}") -> dict:
+    """Longest gap between 10 ms timer ticks while the widget segments ``source`` (with the
+    versions ``{target: version}`` picked in its version boxes; the active ones otherwise)."""
     import napari
     from qtpy.QtCore import QElapsedTimer, QTimer
     from qtpy.QtWidgets import QApplication
@@ -107,6 +108,9 @@ def child_gui(source: str) -> dict:
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.device_combo.setCurrentIndex(1)
+    for target, version in json.loads(versions).items():
+        combo = widget.version_combos[target]
+        combo.setCurrentIndex(combo.findData(version))
     app = QApplication.instance()
     for _ in range(20):
         app.processEvents()
@@ -144,11 +148,12 @@ def child_gui(source: str) -> dict:
     state["running"] = False
     timer.stop()
     total = time.perf_counter() - t0
+    used = dict(widget.result.versions) if widget.result is not None else {}
     viewer.close()
     gaps_sorted = sorted(gaps)
     return {"max_stall_ms": max(gaps) if gaps else None, "adding_layers_max_ms": max(late) if late else None,
             "p99_stall_ms": gaps_sorted[int(0.99 * (len(gaps_sorted) - 1))] if gaps else None,
-            "ticks": len(gaps), "seconds": total}
+            "ticks": len(gaps), "seconds": total, "versions": used}
 
 
 def run_child(*args: str) -> dict:
@@ -212,8 +217,9 @@ def main() -> None:
         print(f"lungs: ours {ours['seconds']:.2f} s vs lungmask R231 {lm['seconds']:.2f} s: "
               f"{lm['seconds'] / ours['seconds']:.1f}x faster")
     if args.gui and REAL.is_file():
-        g = run_child("gui", str(REAL))
-        print(f"GUI while segmenting {REAL.parent.name} (all three, CPU): longest event-loop stall "
+        g = run_child("gui", str(REAL), json.dumps(chosen))
+        print(f"GUI while segmenting {REAL.parent.name} (all three: "
+              f"{', '.join(f'{t} {v}' for t, v in g['versions'].items())}; CPU): longest event-loop stall "
               f"{g['max_stall_ms']:.0f} ms, 99th percentile {g['p99_stall_ms']:.0f} ms, "
               f"{g['ticks']} ticks over {g['seconds']:.1f} s; adding the result layers then stalls up to "
               f"{g['adding_layers_max_ms'] or 0:.0f} ms")
