@@ -129,17 +129,20 @@ def covid_slices(data: Path, case: str, versions: dict[str, str], cache: dict,
 def run(data: Path, versions: list[str], trained_on: dict[str, set[str]] | None = None) -> dict:
     """Lungs checks per version; infection checks per pair (lungs v, infection v) for each
     version, plus the pair active by default when it is not among them."""
-    from napari_ctseg.models.registry import active_version, get_card
+    from napari_ctseg.models.registry import active_version, get_card, list_versions
 
     cache: dict = {}
     out = {"lungs": [], "infection_negative": [], "infection_covid": []}
     lung_split = json.loads((REPO / "src/napari_ctseg/models/splits.json").read_text())
     holdout_chest = lung_split["lungs"].get("holdout_chest", ["chest_lungdx_a0001"])
     inf_split = lung_split["infection"]
+    have = {t: {c.version for c in list_versions(t)} for t in ("lungs", "infection")}
     for v in versions:
-        for case in holdout_chest:
+        for case in holdout_chest if v in have["lungs"] else []:
             out["lungs"].append(lungs_check(data, case, v, cache))
-    pairs = [{"lungs": v, "infection": v} for v in versions]
+    # infection vN with lungs vN, or with the active lungs where there is no lungs vN
+    pairs = [{"lungs": v if v in have["lungs"] else active_version("lungs"), "infection": v}
+             for v in versions if v in have["infection"]]
     default = {"lungs": active_version("lungs"), "infection": active_version("infection")}
     if default not in pairs:
         pairs.append(default)

@@ -118,7 +118,8 @@ def test_postprocess_infection_inside_lungs():
     raw = np.ones((4, 5, 5), np.uint8)
     lungs = np.zeros_like(raw)
     lungs[:, 1:3, 1:3] = 2
-    out = postprocess(_card("infection"), raw, {"lungs": lungs})
+    air = np.full(raw.shape, -850.0, np.float32)  # no tissue above or below: nothing else dropped
+    out = postprocess(_card("infection"), raw, {"lungs": lungs}, (2.0, 1.0, 1.0), hu=air)
     assert np.array_equal(out > 0, lungs > 0)
     with pytest.raises(CTSegError, match="lungs mask"):
         postprocess(_card("infection"), raw)
@@ -176,6 +177,37 @@ def test_card_postprocess_steps_and_unknown_op():
     card.postprocess = [{"op": "dilate"}]
     with pytest.raises(ModelError, match="not one of"):
         apply_postprocess(card, raw)
+
+
+def test_partial_volume_next_to_the_dome_and_apex_is_dropped():
+    """drop_partial_volume removes the mask within ``mm`` along z (at least one slice) of tissue
+    outside the lungs, above or below; tissue beside a voxel in its own slice does not count."""
+    from napari_ctseg.errors import ModelError
+    from napari_ctseg.models.definition import apply_postprocess
+
+    card = _card("infection")
+    assert card.postprocess[-1]["op"] == "drop_partial_volume"  # what ctseg train writes
+    hu = np.full((8, 10, 10), -850.0, np.float32)
+    lungs = np.zeros(hu.shape, np.uint8)
+    lungs[1:6] = 1
+    hu[0] = 40.0      # soft tissue over the apex
+    hu[6:] = 40.0     # the diaphragm's dome under the base
+    hu[3, 4, 4] = 40.0  # a vessel in the middle slice, outside the lung mask
+    lungs[3, 4, 4] = 0
+    raw = lungs.copy()  # "infection" everywhere in the lungs
+    out = apply_postprocess(card, raw, {"lungs": lungs}, (2.0, 1.0, 1.0), hu=hu) > 0
+    # 3 mm at 2 mm slices: two slices from the tissue above (1, 2) and below (4, 5) are dropped
+    assert not out[[1, 2, 4, 5]].any()
+    assert out[3].sum() == 99 and out[3, 4, 5] and out[3, 3, 4]  # beside the vessel in-plane: kept
+    out5 = apply_postprocess(card, raw, {"lungs": lungs}, (5.0, 1.0, 1.0), hu=hu) > 0
+    # thick slices: one slice each (and the vessel's own column one slice up and down)
+    assert not out5[[1, 5]].any() and out5[2].sum() == out5[4].sum() == 99 and not out5[2, 4, 4]
+    air = hu.copy()
+    air[6:] = -1000.0  # air, not tissue, under the lungs (a lung that leaves the scan): nothing dropped there
+    out_air = apply_postprocess(card, raw, {"lungs": lungs}, (2.0, 1.0, 1.0), hu=air) > 0
+    assert out_air[4:6].sum() == lungs[4:6].sum() - 2  # only the vessel's own column
+    with pytest.raises(ModelError, match="needs the scan's HU"):
+        apply_postprocess(card, raw, {"lungs": lungs}, (2.0, 1.0, 1.0))
 
 
 def test_legacy_card_gets_the_starter_definition():

@@ -260,3 +260,66 @@ def test_files_are_replaced_atomically_or_not_at_all(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["card.json"]
     write_atomically(path, b"second")
     assert path.read_bytes() == b"second" and oct(path.stat().st_mode & 0o044) == oct(0o044)
+
+
+def test_a_derived_version_has_its_base_network_and_a_new_definition(tmp_path, capsys, monkeypatch):
+    """``ctseg models derive``: the weights copied byte for byte (the card's sha256 still holds),
+    only the definition fields replaced, the origin recorded; anything else refused."""
+    import numpy as np
+
+    from napari_ctseg.cli import main
+    from napari_ctseg.models.definition import apply_postprocess
+    from napari_ctseg.models.registry import ModelRegistry, derive_version
+
+    monkeypatch.setattr(registry, "bundled_weights_dir", lambda: tmp_path / "none")
+    root = tmp_path / "w"
+    _, base = make_version(root, "v1")
+    definition = tmp_path / "def.json"
+    steps = [{"op": "remove_small", "min_mm3": 8.0}]
+    definition.write_text(json.dumps({"postprocess": steps, "notes": "v1 without specks"}))
+    assert main(["models", "derive", "lungs", "v1", "--weights", str(root), "--out", str(root / "lungs" / "v2"),
+                 "--definition", str(definition)]) == 0
+    assert "postprocess changed" in capsys.readouterr().out
+    reg = ModelRegistry([root], user_dir=tmp_path / "user")
+    card = reg.get_card("lungs", "v2")
+    assert card.postprocess == steps and card.notes == "v1 without specks"
+    assert card.extra["derived_from"] == {"version": "v1", "sha256": base.sha256, "changed": ["postprocess"]}
+    assert sha256_file(card.weights_path) == base.sha256 == card.sha256
+    assert card.architecture == base.architecture and card.preprocessing == base.preprocessing
+    reg.load_model("lungs", "v2")  # its checksum holds
+    assert reg.active_version("lungs") == "v2"
+    raw = np.zeros((4, 8, 8), np.uint8)
+    raw[0, 0, 0] = 1
+    raw[1:4, 2:6, 2:6] = 1
+    assert apply_postprocess(card, raw, spacing=(1.0, 1.0, 1.0))[0, 0, 0] == 0  # the new step runs
+    assert apply_postprocess(base, raw, spacing=(1.0, 1.0, 1.0))[0, 0, 0] == 1
+    with pytest.raises(ModelError, match="changes only"):
+        derive_version(base, root / "lungs" / "v3", {"preprocessing": {}})
+    with pytest.raises(ModelError, match="not one of"):
+        derive_version(base, root / "lungs" / "v3", {"postprocess": [{"op": "dilate"}]})
+    with pytest.raises(ModelError, match="already holds"):
+        derive_version(base, root / "lungs" / "v2", {"postprocess": []})
+    assert not (root / "lungs" / "v3").exists()
+    definition.write_text("[1, 2]")
+    assert main(["models", "derive", "lungs", "v1", "--weights", str(root), "--out", str(tmp_path / "x"),
+                 "--definition", str(definition)]) == 2
+    assert "must hold a JSON object" in capsys.readouterr().err
+
+
+def test_bundled_derived_versions_are_reproducible_from_their_definition():
+    """A bundled version derived from another (its card says so) is its base's network and the
+    definition file the README names: derive it again and compare."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for target in TARGETS:
+        for card in list_versions(target, roots=[registry.bundled_weights_dir()]):
+            origin = card.extra.get("derived_from")
+            if not origin:
+                continue
+            base = registry.get_card(target, origin["version"], roots=[registry.bundled_weights_dir()])
+            assert card.sha256 == base.sha256 == origin["sha256"]
+            spec = json.loads((repo / "scripts" / "definitions" / f"{target}_{card.version}.json").read_text())
+            spec.pop("notes", None)
+            for key, value in spec.items():
+                assert getattr(card, key) == value, (target, card.version, key)

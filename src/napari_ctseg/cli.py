@@ -285,6 +285,27 @@ def _f(v) -> str:
     return "  n/a " if v is None else f"{v:.4f}"
 
 
+def _derive(registry, args) -> int:
+    from pathlib import Path
+
+    from .models.registry import derive_version
+
+    if not args.out or not args.definition:
+        raise CTSegError("ctseg models derive T V needs --out FOLDER and --definition FILE.json")
+    try:
+        definition = json.loads(Path(args.definition).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CTSegError(f"--definition {args.definition}: not a readable JSON file ({exc})") from None
+    if not isinstance(definition, dict):
+        raise CTSegError(f"--definition {args.definition}: must hold a JSON object")
+    notes = definition.pop("notes", None)
+    card = derive_version(registry.get_card(args.target, args.version), args.out, definition, notes)
+    changed = ", ".join(card.extra["derived_from"]["changed"]) or "nothing"
+    print(f"wrote {args.out}: {card.target} {card.version}, the network of {args.version} with a new "
+          f"definition ({changed} changed)")
+    return 0
+
+
 def _cmd_models(args) -> int:
     registry = _registry(args)
     if args.target is not None:
@@ -314,6 +335,8 @@ def _cmd_models(args) -> int:
         return 0
     if args.target is None or args.version is None:
         raise CTSegError(f"ctseg models {args.action} needs TARGET and VERSION, e.g. lungs v1")
+    if args.action == "derive":
+        return _derive(registry, args)
     if args.action == "use":
         now = registry.set_active_version(args.target, args.version)
         print(f"{args.target}: active version is now {now}")
@@ -450,11 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="list: one line per version (target, version, source, date, validation "
                                    "Dice; * marks the active one). use T V: make V the active version of T "
                                    "(also to roll back). remove T V: delete one of your fine-tuned versions "
-                                   "(bundled versions cannot be removed).")
-    p.add_argument("action", choices=["list", "use", "remove"])
+                                   "(bundled versions cannot be removed). derive T V --out DIR --definition "
+                                   "FILE.json: a new version with V's network and the card fields in FILE "
+                                   "(postprocess, display, requires, inputs; and notes) replaced.")
+    p.add_argument("action", choices=["list", "use", "remove", "derive"])
     p.add_argument("target", nargs="?", help="lungs, liver, infection, or another target of --weights")
     p.add_argument("version", nargs="?")
     p.add_argument("--json", action="store_true", help="list: one JSON object per version")
+    p.add_argument("--out", default=None, help="derive: the new version's folder, e.g. weights/infection/v3")
+    p.add_argument("--definition", default=None, help="derive: a JSON file with the card fields to replace")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("cohort", help="segment a cohort of scans on a Dask cluster; summarise it",

@@ -24,7 +24,7 @@ from .errors import CTSegError
 from .jobs import Cancelled, Progress  # the one event type and cancel of long jobs
 from .models.predict import predict_image8, predict_slices
 from .models.preprocess import Preprocessing, find_crop, mask_crop
-from .models.definition import apply_postprocess, label_display_name, locate_stage
+from .models.definition import HU_OPS, apply_postprocess, label_display_name, locate_stage
 from .models.registry import ModelCard, ModelRegistry, as_registry
 from .volume import CTVolume
 
@@ -259,8 +259,8 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
             coarse = np.zeros((len(loc_z),) + hu.shape[1:], dtype=np.uint8)
             yield from run_network(target, loc_card.version, loc_z, find_crop(hu, loc_prep), loc_prep,
                                    done, n // 3, coarse, np.arange(len(loc_z)))
-            coarse = apply_postprocess(loc_card, coarse, context,
-                                       (volume.spacing[0] * step,) + tuple(volume.spacing[1:]))
+            coarse = apply_postprocess(loc_card, coarse, {t: m[loc_z] for t, m in context.items()},
+                                       (volume.spacing[0] * step,) + tuple(volume.spacing[1:]), hu=hu[loc_z])
             found = mask_crop(coarse, volume.spacing, prep, z_positions=loc_z, n_slices=n)
             del coarse
             if found is None:
@@ -277,7 +277,7 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
             yield from run_network(target, card.version, z_list, crop, prep, offset, span, raw, z_list)
         done += n
         yield Progress(done, total, f"{target}: post-processing", target)
-        masks[target] = apply_postprocess(card, raw, context, volume.spacing)
+        masks[target] = apply_postprocess(card, raw, context, volume.spacing, hu=hu)
         del raw  # before the next target allocates its own
         seconds[target] = time.perf_counter() - t0
     dev = state["dev"]
@@ -342,7 +342,7 @@ def segment_image8(image: np.ndarray, targets: str | Iterable[str], device: str 
         t0 = time.perf_counter()
         model, card = models.get(target, dev)
         raw = predict_image8(model, img, card.preprocessing, device=dev)
-        steps = [st for st in card.postprocess if st.get("op") != "restrict_to"]
+        steps = [st for st in card.postprocess if st.get("op") not in ("restrict_to", *HU_OPS)]
         masks[target] = apply_postprocess(replace(card, postprocess=steps), raw[None], {}, None)[0]
         cards[target], used[target] = card, card.version
         seconds[target] = time.perf_counter() - t0
@@ -431,10 +431,30 @@ def fill_holes_axial(mask: np.ndarray, in_place: bool = False) -> np.ndarray:
     return out
 
 
+def partial_volume_band(inside: np.ndarray, hu: np.ndarray, spacing, mm: float = 3.0,
+                        tissue_hu: float = -300.0) -> np.ndarray:
+    """Voxels of ``inside`` (e.g. the lungs) within ``mm`` along the slice axis of tissue outside it.
+
+    Where an axial slice cuts a surface that runs almost parallel to it (the diaphragm's dome
+    under the lung bases, the soft tissue over the apices), the slice holds part lung and part
+    tissue, and the lung there looks like ground glass. Those voxels have tissue (HU above
+    ``tissue_hu``, outside ``inside``) in the same column at most ``mm`` (at least one slice)
+    above or below them. A lesion elsewhere in the lung has none.
+    """
+    inside = np.asarray(inside, dtype=bool)
+    k = max(1, int(np.ceil(float(mm) / float(spacing[0]) - 1e-6)))
+    tissue = ~inside & (np.asarray(hu) > tissue_hu)
+    near = np.zeros(inside.shape, dtype=bool)
+    for s in range(1, min(k, inside.shape[0] - 1) + 1):
+        near[:-s] |= tissue[s:]  # tissue s slices towards the feet
+        near[s:] |= tissue[:-s]  # tissue s slices towards the head
+    return near & inside
+
+
 def postprocess(card: ModelCard, labels: np.ndarray, context: dict[str, np.ndarray] | None = None,
-                spacing=None) -> np.ndarray:
+                spacing=None, hu: np.ndarray | None = None) -> np.ndarray:
     """The card's post-processing of raw network labels (z, y, x) -> uint8 mask."""
-    return apply_postprocess(card, labels, context, spacing)
+    return apply_postprocess(card, labels, context, spacing, hu=hu)
 
 
 def volumes_ml(mask: np.ndarray, card: ModelCard, voxel_ml: float) -> dict[str, float]:

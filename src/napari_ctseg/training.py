@@ -1088,7 +1088,7 @@ def _locate_cases(target: str, stages: list[dict[str, Any]], cases: list[Case], 
     for case in cases:
         if case.hu is None or case.negative:
             continue
-        coarse = apply_postprocess(card, predict_volume(model, case.hu, loc_prep), {}, case.spacing)
+        coarse = apply_postprocess(card, predict_volume(model, case.hu, loc_prep), {}, case.spacing, hu=case.hu)
         found = mask_crop(coarse, case.spacing, prep)
         if found is None:
             case.crop, case.z_box = find_crop(case.hu, replace(prep, crop="none")), np.arange(0)

@@ -12,7 +12,11 @@ Post-processing steps (``op``):
 * ``largest_component`` (``keep``: N): per label, keep the N largest 3D components;
 * ``fill_holes_axial``: per label, fill holes slice by slice;
 * ``restrict_to`` (``target``): keep only voxels inside that target's mask (any label);
-* ``remove_small`` (``min_mm3``): drop 3D components smaller than this, per label.
+* ``remove_small`` (``min_mm3``): drop 3D components smaller than this, per label;
+* ``drop_partial_volume`` (``within``, ``mm``, ``tissue_hu``): drop voxels of the ``within``
+  target's mask that lie within ``mm`` along the slice axis of tissue outside it (HU above
+  ``tissue_hu``): where a slice cuts the diaphragm's dome or the apex almost flat, the lung
+  looks like ground glass (``inference.partial_volume_band``); needs the scan's HU.
 
 Stages (coarse-to-fine). ``stages`` lists what runs before the version's own network;
 one kind exists, ``{"name": "locate", "version": "v1", "every_mm": 4.0}``: the named version
@@ -30,7 +34,8 @@ import numpy as np
 from ..errors import ModelError
 
 STAGE_KEYS = ("name", "version", "every_mm")
-OPS = ("largest_component", "fill_holes_axial", "restrict_to", "remove_small")
+OPS = ("largest_component", "fill_holes_axial", "restrict_to", "remove_small", "drop_partial_volume")
+HU_OPS = ("drop_partial_volume",)  # steps that read the scan's HU (skipped on an 8-bit slice)
 STYLES = ("fill", "contour")
 
 # Colours used when a card names none: distinct, strong, never one of the cards' own.
@@ -96,13 +101,21 @@ def _largest(mask: np.ndarray, keep: int) -> np.ndarray:
     return largest_components(mask, keep=keep)
 
 
+def _context_mask(card, context: Mapping[str, np.ndarray], target: str) -> np.ndarray:
+    other = context.get(target)
+    if other is None:
+        raise ModelError(f"{card.target}/{card.version}: post-processing needs the {target or '(unnamed)'} mask")
+    return np.asarray(other) > 0
+
+
 def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] | None = None,
-                      spacing: Sequence[float] | None = None) -> np.ndarray:
+                      spacing: Sequence[float] | None = None, *, hu: np.ndarray | None = None) -> np.ndarray:
     """The card's post-processing of raw network labels (z, y, x) -> uint8 mask.
 
-    ``context`` holds the masks of the targets in ``card.requires`` (for ``restrict_to``).
+    ``context`` holds the masks of the targets in ``card.requires`` (for ``restrict_to`` and
+    ``drop_partial_volume``); ``hu`` the scan's HU on the same grid.
     """
-    from ..inference import fill_holes_axial
+    from ..inference import fill_holes_axial, partial_volume_band
 
     check_postprocess(card.postprocess)
     context = context or {}
@@ -115,12 +128,16 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
         elif op == "fill_holes_axial":
             parts = {v: fill_holes_axial(m, in_place=True) for v, m in parts.items()}
         elif op == "restrict_to":
-            other = context.get(step["target"])
-            if other is None:
-                raise ModelError(f"{card.target}/{card.version}: post-processing needs the "
-                                 f"{step['target']} mask")
-            inside = np.asarray(other) > 0
+            inside = _context_mask(card, context, step["target"])
             parts = {v: m & inside for v, m in parts.items()}
+        elif op == "drop_partial_volume":
+            inside = _context_mask(card, context, step.get("within", ""))
+            if hu is None or spacing is None or np.shape(hu) != raw.shape:
+                raise ModelError(f"{card.target}/{card.version}: post-processing step drop_partial_volume "
+                                 "needs the scan's HU and voxel size on the mask's grid")
+            band = partial_volume_band(inside, hu, spacing, float(step.get("mm", 3.0)),
+                                       float(step.get("tissue_hu", -300.0)))
+            parts = {v: m & ~band for v, m in parts.items()}
         elif op == "remove_small":
             from skimage.morphology import remove_small_objects
 
@@ -147,7 +164,8 @@ STARTER_DEFINITIONS = {
               "postprocess": [{"op": "largest_component", "keep": 1}, {"op": "fill_holes_axial"}],
               "requires": []},
     "infection": {"display": {"colors": {"infection": "#ff1fd2"}, "style": "fill", "opacity": 0.75, "order": 2},
-                  "postprocess": [{"op": "restrict_to", "target": "lungs"}],
+                  "postprocess": [{"op": "restrict_to", "target": "lungs"},
+                                  {"op": "drop_partial_volume", "within": "lungs", "mm": 3.0, "tissue_hu": -300.0}],
                   "requires": ["lungs"], "inputs": ["hu", "image8"]},
 }
 

@@ -54,6 +54,7 @@ __all__ = [
     "list_versions", "active_version", "get_card", "load_model", "verify_weights", "sha256_file",
     "write_version", "half_state_dict", "user_weights_dir", "describe", "LICENSE_NOTE",
     "set_active_version", "remove_version", "version_source", "next_version_name", "active_file",
+    "derive_version", "DEFINITION_FIELDS",
 ]
 
 # The targets ``ctseg train`` knows how to make (its data readers and starter definitions).
@@ -516,6 +517,45 @@ def load_card_model(card: ModelCard, device: str | torch.device = "cpu") -> tupl
         raise ModelError(f"cannot put the {target} model on device {device!r}: {exc}") from None
     model.eval()
     return model, card
+
+
+# The fields of a card that say what its output means and how it is finished and shown: a
+# version derived from another (``derive_version``) changes only these.
+DEFINITION_FIELDS = ("postprocess", "display", "requires", "inputs")
+
+
+def derive_version(base: ModelCard, folder, definition: dict[str, Any], notes: str | None = None) -> ModelCard:
+    """A new version in ``folder`` with ``base``'s network (the weights file copied, its sha256
+    checked) and ``base``'s card with ``definition``'s fields (``DEFINITION_FIELDS``) replaced.
+
+    The card records what it was derived from and what changed (``derived_from``); its
+    ``validation`` figures, which are the raw network's, stay as they were. ``ModelError``
+    for another field, an unknown post-processing step or an existing version in ``folder``.
+    """
+    from dataclasses import replace
+
+    from .definition import check_postprocess
+
+    folder = Path(folder)
+    unknown = sorted(set(definition) - set(DEFINITION_FIELDS))
+    if unknown:
+        raise ModelError(f"a derived version changes only {', '.join(DEFINITION_FIELDS)}, not {', '.join(unknown)}")
+    check_postprocess(definition.get("postprocess", base.postprocess))
+    if (folder / CARD_FILE).exists():
+        raise ModelError(f"{folder}: already holds a model version")
+    source = verify_weights(base)
+    changed = {k: v for k, v in definition.items() if getattr(base, k) != v}
+    card = replace(base, **definition, version=folder.name, path=None,
+                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   notes=base.notes if notes is None else notes,
+                   extra={**{k: v for k, v in base.extra.items() if k != "status"},
+                          "derived_from": {"version": base.version, "sha256": base.sha256,
+                                           "changed": sorted(changed)}})
+    folder.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(folder / card.weights_file) as tmp:
+        tmp.write_bytes(source.read_bytes())
+    card.save(folder)
+    return card
 
 
 def write_version(folder, state_dict: dict[str, torch.Tensor], card: ModelCard) -> ModelCard:
