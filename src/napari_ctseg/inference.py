@@ -432,7 +432,7 @@ def fill_holes_axial(mask: np.ndarray, in_place: bool = False) -> np.ndarray:
 
 
 def partial_volume_band(inside: np.ndarray, hu: np.ndarray, spacing, mm: float = 3.0,
-                        tissue_hu: float = -300.0) -> np.ndarray:
+                        tissue_hu: float = -300.0) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """Voxels of ``inside`` (e.g. the lungs) within ``mm`` along the slice axis of tissue outside it.
 
     Where an axial slice cuts a surface that runs almost parallel to it (the diaphragm's dome
@@ -440,15 +440,27 @@ def partial_volume_band(inside: np.ndarray, hu: np.ndarray, spacing, mm: float =
     tissue, and the lung there looks like ground glass. Those voxels have tissue (HU above
     ``tissue_hu``, outside ``inside``) in the same column at most ``mm`` (at least one slice)
     above or below them. A lesion elsewhere in the lung has none.
+
+    Returns ``(box, band)``: the band on ``inside``'s bounding box (so that a 512x512x600 scan
+    never needs another full-size mask), or None when ``inside`` is empty.
     """
-    inside = np.asarray(inside, dtype=bool)
+    inside = np.asarray(inside)
+    box = _bbox(inside > 0)
+    if box is None:
+        return None
+    n = inside.shape[0]
     k = max(1, int(np.ceil(float(mm) / float(spacing[0]) - 1e-6)))
-    tissue = ~inside & (np.asarray(hu) > tissue_hu)
-    near = np.zeros(inside.shape, dtype=bool)
-    for s in range(1, min(k, inside.shape[0] - 1) + 1):
+    z0, z1 = max(box[0].start - k, 0), min(box[0].stop + k, n)
+    wide = (slice(z0, z1), box[1], box[2])  # the tissue up to k slices beyond the lungs counts too
+    lung = inside[wide] > 0
+    tissue = ~lung & (np.asarray(hu[wide]) > tissue_hu)
+    near = np.zeros(lung.shape, dtype=bool)
+    for s in range(1, min(k, lung.shape[0] - 1) + 1):
         near[:-s] |= tissue[s:]  # tissue s slices towards the feet
         near[s:] |= tissue[:-s]  # tissue s slices towards the head
-    return near & inside
+    near &= lung
+    inner = slice(box[0].start - z0, box[0].stop - z0)
+    return box, near[inner]
 
 
 def postprocess(card: ModelCard, labels: np.ndarray, context: dict[str, np.ndarray] | None = None,

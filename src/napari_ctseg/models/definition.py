@@ -135,9 +135,12 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
             if hu is None or spacing is None or np.shape(hu) != raw.shape:
                 raise ModelError(f"{card.target}/{card.version}: post-processing step drop_partial_volume "
                                  "needs the scan's HU and voxel size on the mask's grid")
-            band = partial_volume_band(inside, hu, spacing, float(step.get("mm", 3.0)),
-                                       float(step.get("tissue_hu", -300.0)))
-            parts = {v: m & ~band for v, m in parts.items()}
+            found = partial_volume_band(inside, hu, spacing, float(step.get("mm", 3.0)),
+                                        float(step.get("tissue_hu", -300.0)))
+            if found is not None:
+                box, band = found
+                for m in parts.values():
+                    m[box] &= ~band
         elif op == "remove_small":
             from skimage.morphology import remove_small_objects
 
