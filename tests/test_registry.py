@@ -280,6 +280,8 @@ def test_a_derived_version_has_its_base_network_and_a_new_definition(tmp_path, c
     assert main(["models", "derive", "lungs", "v1", "--weights", str(root), "--out", str(root / "lungs" / "v2"),
                  "--definition", str(definition)]) == 0
     assert "postprocess changed" in capsys.readouterr().out
+    assert main(["models", "list", "lungs", "--weights", str(root)]) == 0
+    assert "v1's network, new definition" in capsys.readouterr().out
     reg = ModelRegistry([root], user_dir=tmp_path / "user")
     card = reg.get_card("lungs", "v2")
     assert card.postprocess == steps and card.notes == "v1 without specks"

@@ -321,6 +321,7 @@ def _cmd_models(args) -> int:
                 rows.append({"target": target, "version": c.version, "source": registry.version_source(c),
                              "status": c.extra.get("status", ""), "created": c.created,
                              "validation_dice": dice, "active": c.version == active,
+                             "derived_from": (c.extra.get("derived_from") or {}).get("version"),
                              "path": str(c.path)})
         if args.json:
             for r in rows:
@@ -329,6 +330,8 @@ def _cmd_models(args) -> int:
         for r in rows:
             dice = "   n/a" if r["validation_dice"] is None else f"{r['validation_dice']:.4f}"
             status = f" ({r['status']})" if r["status"] in ("candidate",) else ""
+            if r["derived_from"]:
+                status += f" ({r['derived_from']}'s network, new definition)"
             print(f"{'*' if r['active'] else ' '} {r['target']:<9} {r['version']:<14} {r['source']:<10} "
                   f"{(r['created'] or 'undated')[:10]:<10}  validation Dice {dice}{status}")
         print("(* active)")
