@@ -52,6 +52,34 @@ def test_segment_adds_labels_on_image_geometry(make_napari_viewer, qtbot, tmp_pa
     assert "liver" in QApplication.clipboard().text()
 
 
+def test_result_layers_are_added_one_per_event_loop_turn(make_napari_viewer, qtbot, tmp_path, tiny_weights):
+    """napari builds a layer's visuals in the GUI thread, so the result layers arrive one per turn
+    of the event loop (the window repaints between them), and the run ends with the last one."""
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer(show=True)
+    _open(viewer, tmp_path)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentIndex(1)
+    turns = {"n": 0}
+    ticker = QTimer()
+    ticker.setInterval(0)
+    ticker.timeout.connect(lambda: turns.__setitem__("n", turns["n"] + 1))
+    seen = []
+    viewer.layers.events.inserted.connect(
+        lambda e: seen.append((e.value.name, turns["n"], widget.worker is None, widget.status.text())))
+    ticker.start()
+    widget.start()
+    _run(qtbot, widget)
+    ticker.stop()
+    assert [name for name, *_ in seen] == ["lungs", "liver", "infection"]
+    at = [n for _, n, *_ in seen]
+    assert at[0] < at[1] < at[2]  # each in its own turn
+    assert not any(done for _, _, done, _ in seen)  # the run is not over before its last layer
+    assert all(not status.startswith("done") for *_, status in seen)
+    assert widget.status.text().startswith("done") and widget.run_button.isEnabled()
+
+
 def test_cancel_mid_run_leaves_no_layer(make_napari_viewer, qtbot, tmp_path, tiny_weights):
     viewer = make_napari_viewer()
     _open(viewer, tmp_path, shape=(40, 36, 300))

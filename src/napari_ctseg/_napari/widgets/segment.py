@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -108,6 +109,8 @@ class SegmentWidget(QWidget):
         self.worker = None
         self.result: SegmentResult | None = None
         self.added_layers: list[Labels] = []
+        self._pending: list[tuple] = []  # result layers still to add (one per event-loop turn)
+        self._job_ended = False
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -317,6 +320,8 @@ class SegmentWidget(QWidget):
         base_meta = dict(image.metadata)
         # Stacked by the cards' order (infection above the lungs' outlines).
         order = sorted(result.masks, key=lambda t: card_style(result.cards[t])["order"] if t in result.cards else 0)
+        geometry = None
+        self._pending = []
         for target in order:
             mask = result.masks[target]
             meta = {**base_meta, "target": target, "model_version": result.versions.get(target, "")}
@@ -324,14 +329,36 @@ class SegmentWidget(QWidget):
                 # the baseline of 'changed slices' (Save corrected mask), from the moment it exists
                 meta[BASELINE_KEY] = digests.get(target) or slice_digests(mask)
                 if METADATA_KEY not in meta:
-                    meta[METADATA_KEY] = volume_from_layer(image).geometry.to_metadata()
-            kwargs = labels_layer_kwargs(result.cards[target])
-            contour = kwargs.pop("contour")
+                    geometry = geometry or volume_from_layer(image).geometry.to_metadata()
+                    meta[METADATA_KEY] = geometry
+            self._pending.append((target, mask, meta, labels_layer_kwargs(result.cards[target])))
+        # One layer per turn of the event loop: napari builds each layer's visuals in the GUI
+        # thread (about 0.3 s for a 512x512x129 Labels layer in software rendering), so the
+        # window stays responsive between them. The job counts as running until the last one.
+        self._add_next_layer()
+
+    def _add_next_layer(self):
+        if not self._pending:
+            self._show_result()
+            return
+        target, mask, meta, kwargs = self._pending.pop(0)
+        image = self._image
+        contour = kwargs.pop("contour")
+        try:
             layer = self.viewer.add_labels(
                 mask, name=target, scale=image.scale, translate=image.translate, metadata=meta, **kwargs)
-            layer.contour = contour  # not an add_labels argument
-            self.added_layers.append(layer)
-        self.viewer.layers.selection.active = image
+        except RuntimeError:  # the viewer was closed meanwhile
+            self._pending = []
+            self._release()
+            return
+        layer.contour = contour  # not an add_labels argument
+        self.added_layers.append(layer)
+        QTimer.singleShot(0, self._add_next_layer)
+
+    def _show_result(self):
+        result = self.result
+        if self._image in self.viewer.layers:  # the user may have closed it meanwhile
+            self.viewer.layers.selection.active = self._image
         text = result.report()
         self.results_label.setText(text)
         self.copy_button.setEnabled(True)
@@ -341,9 +368,17 @@ class SegmentWidget(QWidget):
         for note in result.notes:
             show_warning(note)
         show_info(f"Segment volume: {text.replace(chr(10), '; ')}")
+        self._release()
 
     def _on_finished(self):
-        self.worker = None
+        self._job_ended = True
+        self._release()
+
+    def _release(self):
+        """The run is over once the job has ended and its layers are in."""
+        if self._job_ended and not self._pending:
+            self.worker = None
+            self._job_ended = False
 
     def copy_results(self):
         if self.result is not None:
