@@ -110,6 +110,7 @@ class SegmentWidget(QWidget):
         self.result: SegmentResult | None = None
         self.added_layers: list[Labels] = []
         self._pending: list[tuple] = []  # result layers still to add (one per event-loop turn)
+        self._adding = False  # from the result's arrival until its layers are in and it is shown
         self._job_ended = False
 
         layout = QVBoxLayout(self)
@@ -322,6 +323,7 @@ class SegmentWidget(QWidget):
         order = sorted(result.masks, key=lambda t: card_style(result.cards[t])["order"] if t in result.cards else 0)
         geometry = None
         self._pending = []
+        self._adding = True
         for target in order:
             mask = result.masks[target]
             meta = {**base_meta, "target": target, "model_version": result.versions.get(target, "")}
@@ -349,6 +351,7 @@ class SegmentWidget(QWidget):
                 mask, name=target, scale=image.scale, translate=image.translate, metadata=meta, **kwargs)
         except RuntimeError:  # the viewer was closed meanwhile
             self._pending = []
+            self._adding = False
             self._release()
             return
         layer.contour = contour  # not an add_labels argument
@@ -356,19 +359,22 @@ class SegmentWidget(QWidget):
         QTimer.singleShot(0, self._add_next_layer)
 
     def _show_result(self):
-        result = self.result
-        if self._image in self.viewer.layers:  # the user may have closed it meanwhile
-            self.viewer.layers.selection.active = self._image
-        text = result.report()
-        self.results_label.setText(text)
-        self.copy_button.setEnabled(True)
-        secs = sum(result.seconds.values())
-        self.status.setText(f"done on {result.device} in {secs:.1f} s"
-                            + ("; " + "; ".join(result.notes) if result.notes else ""))
-        for note in result.notes:
-            show_warning(note)
-        show_info(f"Segment volume: {text.replace(chr(10), '; ')}")
-        self._release()
+        try:
+            result = self.result
+            if self._image in self.viewer.layers:  # the user may have closed it meanwhile
+                self.viewer.layers.selection.active = self._image
+            text = result.report()
+            self.results_label.setText(text)
+            self.copy_button.setEnabled(True)
+            secs = sum(result.seconds.values())
+            self.status.setText(f"done on {result.device} in {secs:.1f} s"
+                                + ("; " + "; ".join(result.notes) if result.notes else ""))
+            for note in result.notes:
+                show_warning(note)
+            show_info(f"Segment volume: {text.replace(chr(10), '; ')}")
+        finally:
+            self._adding = False
+            self._release()
 
     def _on_finished(self):
         self._job_ended = True
@@ -376,7 +382,7 @@ class SegmentWidget(QWidget):
 
     def _release(self):
         """The run is over once the job has ended and its layers are in."""
-        if self._job_ended and not self._pending:
+        if self._job_ended and not self._adding:
             self.worker = None
             self._job_ended = False
 
