@@ -445,14 +445,15 @@ def partial_volume_band(inside: np.ndarray, hu: np.ndarray, spacing, mm: float =
     never needs another full-size mask), or None when ``inside`` is empty.
     """
     inside = np.asarray(inside)
-    box = _bbox(inside > 0)
+    inside = inside if inside.dtype == bool else inside > 0
+    box = _bbox(inside)
     if box is None:
         return None
     n = inside.shape[0]
     k = max(1, int(np.ceil(float(mm) / float(spacing[0]) - 1e-6)))
     z0, z1 = max(box[0].start - k, 0), min(box[0].stop + k, n)
     wide = (slice(z0, z1), box[1], box[2])  # the tissue up to k slices beyond the lungs counts too
-    lung = inside[wide] > 0
+    lung = inside[wide]
     tissue = ~lung & (np.asarray(hu[wide]) > tissue_hu)
     near = np.zeros(lung.shape, dtype=bool)
     for s in range(1, min(k, lung.shape[0] - 1) + 1):

@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -553,8 +554,9 @@ def derive_version(base: ModelCard, folder, definition: dict[str, Any], notes: s
                                            "changed": sorted(changed)}})
     folder.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(folder / card.weights_file) as tmp:
-        tmp.write_bytes(source.read_bytes())
+        shutil.copyfile(source, tmp)
     card.save(folder)
+    verify_weights(card)  # the copy is the base's file, byte for byte
     return card
 
 
