@@ -1,10 +1,14 @@
-"""Draw liver training samples with synthetic tumour-like lesions, to check them by eye.
+"""Draw liver training samples with synthetic tumour-like lesions (or a new liver contrast),
+to check them by eye.
 
     python scripts/show_liver_lesions.py --data ../shared/data --out .scratch/liver_lesions.png
+    python scripts/show_liver_lesions.py --change contrast --config weights/liver/v3/card.json
 
-Each pair of tiles: a training sample of liver v2 (the liver's square, liver window) as it
-is, and the same sample with lesions painted in; the liver outline (the label, which the
-lesions do not change) in orange on the second.
+Each pair of tiles: a training sample (the newest liver recipe's crop, or that of
+``--config``: a card or a config file, as ``ctseg train --config`` takes it; liver window)
+as it is, and the same sample with lesions painted in (``--change lesions``) or the liver's
+HU and inner contrast changed (``--change contrast``); the liver outline (the label, which
+neither changes) in orange on the second.
 """
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from PIL import Image
 from scipy import ndimage
 
 from napari_ctseg.models.preprocess import Preprocessing
-from napari_ctseg.synthetic import add_organ_lesions
-from napari_ctseg.training import build_cache, default_config, load_case, load_splits
+from napari_ctseg.synthetic import DEFAULT_ORGAN_CONTRAST, add_organ_lesions, shift_organ_contrast
+from napari_ctseg.training import build_cache, config_from_file, default_config, load_case, load_splits
 
 
 def main(argv=None) -> int:
@@ -25,8 +29,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=".scratch/liver_lesions.png")
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--change", choices=("lesions", "contrast"), default="lesions")
+    ap.add_argument("--config", default=None, help="a model card or config file (default: the newest recipe)")
     args = ap.parse_args(argv)
-    cfg = default_config("liver")
+    cfg = config_from_file(args.config) if args.config else default_config("liver")
     prep = Preprocessing.from_dict(cfg.preprocessing)
     cases = [load_case("liver", args.data, n) for n in load_splits()["liver"]["train"]]
     cache = build_cache(cases, prep, 2, 1.0)
@@ -40,7 +46,10 @@ def main(argv=None) -> int:
         if organ[prep.context].sum() < 400:
             continue
         x = stack[idx].numpy()
-        painted = add_organ_lesions(x, organ, prep.window, rng, {**cfg.organ_lesions})
+        if args.change == "lesions":
+            painted = add_organ_lesions(x, organ, prep.window, rng, {**cfg.organ_lesions})
+        else:
+            painted = shift_organ_contrast(x, organ, prep.window, rng, cfg.organ_contrast or DEFAULT_ORGAN_CONTRAST)
         a = (x[prep.context] * 255).astype(np.uint8)
         b = (painted[prep.context] * 255).astype(np.uint8)
         rgb = np.stack([b] * 3, axis=-1)

@@ -67,3 +67,16 @@ def test_changed_slices_against_digests():
     assert corrections.changed_slices(digests, mask) == [4]
     # without a baseline every slice holding a label counts
     assert corrections.changed_slices(None, mask) == [1, 2, 3, 4]
+
+
+def test_store_stamp_changes_with_every_save_and_only_then(store, tmp_path):
+    assert corrections.store_stamp() == ()  # no store yet
+    scan = tmp_path / "ct.nii.gz"
+    corrections.record_correction(scan, tmp_path / "a.nii.gz", "lungs", "", [1])
+    first = corrections.store_stamp()
+    assert len(first) == 1 and corrections.store_stamp() == first  # reading changes nothing
+    (store / "notes.txt").write_text("not a manifest")
+    assert corrections.store_stamp() == first
+    corrections.record_correction(scan, tmp_path / "b.nii.gz", "liver", "", [2])
+    second = corrections.store_stamp()
+    assert len(second) == 2 and second != first

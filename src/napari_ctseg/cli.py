@@ -73,11 +73,12 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .training import train
+    from .training import config_from_file, train
 
+    config = config_from_file(args.config) if args.config else None
     reports = train(args.target, args.data, args.out, epochs=args.epochs, seed=args.seed,
                     device=args.device, version=args.version, threads=args.threads,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, config=config)
     card = None
     for report in reports:
         if report.kind == "start":
@@ -412,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data folder (one subfolder per case)")
     p.add_argument("--out", required=True, help="new folder for model.pt and card.json, e.g. weights/lungs/v2")
     p.add_argument("--epochs", type=int, default=None, help="default: the target's default")
+    p.add_argument("--config", default=None,
+                   help="the run's whole settings from a JSON file: a model card (its training.config, "
+                        "to train an older version's recipe again) or a bare config (default: the "
+                        "target's newest recipe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--version", default=None, help="version name for the card (default: --out's name)")

@@ -128,6 +128,18 @@ def record_correction(scan_path, mask_path, target: str, model_version: str = ""
     return corr
 
 
+def store_stamp() -> tuple:
+    """What the store holds now, cheaply: each manifest's name, size and modification time
+    (no file is read). Equal stamps mean ``list_corrections`` would read the same manifests
+    (they are written by atomic rename, so a save always changes the stamp)."""
+    try:
+        with os.scandir(corrections_dir()) as entries:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                                for e in entries if e.name.endswith(".json") and e.is_file()))
+    except OSError:
+        return ()
+
+
 def list_corrections(target: str | None = None) -> list[Correction]:
     """The recorded corrections, oldest first; only those for ``target`` when given.
 

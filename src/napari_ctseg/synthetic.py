@@ -194,3 +194,47 @@ def add_organ_lesions(x: np.ndarray, organ: np.ndarray, window: tuple[float, flo
                 out[ch][ring] += 25.0 / width
         out[:] = np.clip(out, 0.0, 1.0)
     return out
+
+
+# --- the organ's contrast changed, its mask unchanged ------------------------------------
+# Our training livers are contrast-enhanced (112-120 HU); a plain CT's liver is 40-65 HU, an
+# arterial phase's 70-90 HU, a late portal phase's up to 150 HU, while the tissue around it
+# (muscle, heart, spleen, bowel) changes by other amounts. Shifting only the organ's HU (and
+# scaling its inner contrast) makes the organ's brightness relative to its neighbours a
+# random variable, so the network must find the organ by its shape and context (the idea of
+# label-conditioned intensity randomisation, as in SynthSeg, Billot et al., MedIA 2023).
+
+DEFAULT_ORGAN_CONTRAST: dict[str, Any] = {
+    "p": 0.5,                      # chance that a sample holding the organ gets a new contrast
+    "median_hu": [30.0, 170.0],    # the organ's new median HU (uniform)
+    "scale": [0.6, 1.2],           # the organ's inner contrast around its median (uniform)
+    "edge_px": 1.0,                # Gaussian blend at the mask's edge (network pixels), so the
+                                   # change has no step at the expert's line
+}
+
+
+def shift_organ_contrast(x: np.ndarray, organ: np.ndarray, window: tuple[float, float],
+                         rng: np.random.Generator, settings: dict[str, Any] | None = None) -> np.ndarray:
+    """Give the organ in a windowed stack ``x`` (C, H, W) a new median HU and inner contrast.
+
+    ``organ`` (C, H, W bool) is its mask on each slice. The organ's median (over the whole
+    stack) moves to a random HU of ``median_hu`` and its voxels' spread around it is scaled
+    by a random factor of ``scale``; a Gaussian blend of ``edge_px`` carries the change across
+    the mask's edge (partial-volume voxels move with the organ). Returns a new stack; the
+    mask does not change. A stack without the organ comes back as it is.
+    """
+    s = {**DEFAULT_ORGAN_CONTRAST, **(settings or {})}
+    x = np.asarray(x, dtype=np.float32)
+    organ = np.asarray(organ, dtype=bool)
+    if not organ.any():
+        return x
+    lo, hi = window
+    width = hi - lo
+    median = float(np.median(x[organ]))
+    target = (rng.uniform(*s["median_hu"]) - lo) / width
+    k = rng.uniform(*s["scale"])
+    edge = float(s["edge_px"])
+    soft = ndimage.gaussian_filter(organ.astype(np.float32), (0.0, edge, edge)) if edge > 0 else organ.astype(np.float32)
+    soft = np.maximum(soft, organ)  # the whole organ moves, not only its blended edge
+    changed = target + (x - median) * k
+    return np.clip(x + soft * (changed - x), 0.0, 1.0)

@@ -29,7 +29,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Generator, Sequence
 
@@ -210,6 +210,9 @@ class TrainingConfig:
     # Tumour-like lesions painted inside the labelled organ, its label unchanged
     # (napari_ctseg.synthetic.DEFAULT_ORGAN_LESIONS); empty = none.
     organ_lesions: dict[str, Any] = field(default_factory=dict)
+    # The organ's HU and inner contrast changed at random, its mask unchanged
+    # (napari_ctseg.synthetic.DEFAULT_ORGAN_CONTRAST): other contrast phases; empty = none.
+    organ_contrast: dict[str, Any] = field(default_factory=dict)
     # Before each validation, re-estimate the BatchNorm statistics on this many training
     # batches (exact averages for the current weights: "precise BN"); 0 = the running
     # averages. Running averages lag the weights at a high learning rate, and the liver's
@@ -305,6 +308,26 @@ INFECTION_WINDOW_NOTE = (
     "(IQR 213..310); the images vary (auto-windowed exports), hence wide intensity augmentation. "
     "8-bit slices in this window are read as v/255."
 )
+
+
+def config_from_file(path) -> TrainingConfig:
+    """A run's whole settings from a JSON file: a model card (its ``training.config``, so an
+    older version's recipe runs again) or a bare config. Fields it leaves out take the
+    ``TrainingConfig`` defaults, not the target's default recipe. ``TrainingError`` for a file
+    that cannot be read or names an unknown setting."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path}: cannot read a training config ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("training"), dict):
+        data = data["training"].get("config")
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path}: neither a model card with training.config nor a config object")
+    unknown = sorted(set(data) - {f.name for f in fields(TrainingConfig)})
+    if unknown:
+        raise TrainingError(f"{path}: unknown training setting(s): {', '.join(unknown)}")
+    return TrainingConfig(**data)
 
 
 def check_target(target: str) -> None:
@@ -653,10 +676,12 @@ def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weigh
 def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
                   rng: np.random.Generator, hosts: _Hosts | None = None,
                   synthetic=None, organ_lesions: dict[str, Any] | None = None,
+                  organ_contrast: dict[str, Any] | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of (x, y): from the labelled cases and, with ``hosts``, a share
     (``synthetic.host_fraction``) of host slices, some with synthetic lesions; with
-    ``organ_lesions``, some organ slices get tumour-like lesions (labels unchanged)."""
+    ``organ_contrast``, some organ stacks get a new organ contrast, and with
+    ``organ_lesions`` tumour-like lesions (labels unchanged)."""
     n_hosts = 0
     if hosts is not None and len(hosts.index):
         n_hosts = int(rng.binomial(batch_size, synthetic.host_fraction))
@@ -672,6 +697,13 @@ def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
         else:
             idx = torch.as_tensor(context_indices([z], stack.shape[0], prep.context)[0])
             x = stack[idx]
+            p_contrast = float((organ_contrast or {}).get("p", 0.0))
+            if p_contrast > 0 and rng.random() < p_contrast:
+                from .synthetic import shift_organ_contrast
+
+                organ = (cache.targets[ci][idx] > 0).numpy()
+                if organ.any():
+                    x = torch.from_numpy(shift_organ_contrast(x.numpy(), organ, prep.window, rng, organ_contrast))
             p_lesion = float((organ_lesions or {}).get("p_lesion", 0.0))
             if p_lesion > 0 and rng.random() < p_lesion:
                 from .synthetic import add_organ_lesions
@@ -978,9 +1010,11 @@ class _TrainingData:
     hosts: _Hosts | None = None
     lesion_settings: Any = None
     organ_lesions: dict[str, Any] | None = None
+    organ_contrast: dict[str, Any] | None = None
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return sample_batch(self.cache, self.prep, n, rng, self.hosts, self.lesion_settings, self.organ_lesions)
+        return sample_batch(self.cache, self.prep, n, rng, self.hosts, self.lesion_settings,
+                            self.organ_lesions, self.organ_contrast)
 
 
 def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: TrainingConfig,
@@ -1006,7 +1040,7 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
     n_classes = int(cfg.architecture.get("n_classes", len(TARGET_LABELS[target]) + 1))
     data = _TrainingData(names, prep, train_cases, val_cases, pseudo_names,
                          build_cache(train_cases, prep, n_classes, cfg.foreground_weight),
-                         organ_lesions=cfg.organ_lesions)
+                         organ_lesions=cfg.organ_lesions, organ_contrast=cfg.organ_contrast)
     if names.hosts:
         from .synthetic import LesionSettings
 

@@ -10,6 +10,7 @@ from qtpy.QtCore import Qt
 from test_cohort import mixed, run, weights  # noqa: F401 - fixtures
 
 from napari_ctseg import cohort, cohort_review, corrections
+from napari_ctseg._napari.widgets import cohort as cohort_widget
 from napari_ctseg._napari.widgets.cohort import COLUMNS, CohortWidget
 from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
 from napari_ctseg.io import read_scan
@@ -38,8 +39,11 @@ def wait_opened(qtbot, widget, scan_id):
     qtbot.waitUntil(lambda: widget.worker is None and scan_id in widget.opened, timeout=60_000)
 
 
-def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
+def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir, monkeypatch):
     out, by_kind = cohort_dir
+    reads = []  # the widget's reads of the corrections store (the real reader, counted)
+    monkeypatch.setattr(cohort_widget, "list_corrections",
+                        lambda *a: reads.append(1) or corrections.list_corrections(*a))
     dicom, nifti = by_kind["dicom"], by_kind["nifti"]
     viewer = make_napari_viewer()
     widget = CohortWidget(viewer)
@@ -49,6 +53,10 @@ def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
     assert column(widget, "Scan")[:2] == [dicom["scan_id"], nifti["scan_id"]]  # least certain first
     assert column(widget, "Status")[2] == "failed"  # no score: last
     assert "3 scans, 1 failed, 0 reviewed, 2 to review" in widget.status.text()
+    # A run writing rows refreshes the table; the store, unchanged, is not read again.
+    widget.refresh()
+    widget._folder_changed(str(out))
+    assert len(reads) == 1
     # Sorting by a column sorts by value.
     widget.table.sortItems([c[0] for c in COLUMNS].index("Review score"), Qt.SortOrder.AscendingOrder)
     assert column(widget, "Review score")[:2] == ["0.100", "0.400"]
@@ -86,7 +94,7 @@ def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir):
     # The corrected mask beside the run's masks is not taken for a target's mask.
     again = cohort_review.open_scan(out, dicom)
     assert sorted(again.masks) == ["infection", "lungs"] and again.masks["lungs"][0][2, 0, 0] == 1
-    assert widget.reviews[dicom["scan_id"]]["how"] == "corrected"
+    assert widget.reviews[dicom["scan_id"]]["how"] == "corrected" and len(reads) == 2
     assert "1 reviewed, 1 to review" in widget.status.text()
 
     # Next: the other scan (open already, not reviewed: shown again); the reviewed scan's

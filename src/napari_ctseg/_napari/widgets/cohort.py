@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from ... import cohort_review
 from ...cohort import TABLE_CSV, TABLE_PARQUET, read_table, volume_changes
-from ...corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests
+from ...corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests, store_stamp
 from ...errors import CTSegError
 from ...models.definition import style as card_style
 from ...models.registry import ModelRegistry, as_registry
@@ -84,6 +84,7 @@ class CohortWidget(QWidget):
         self.worker = None
         self.opened: dict[str, list] = {}  # scan id -> the layers added for it
         self.current: str | None = None  # the scan shown last
+        self._store_seen: tuple | None = None  # (corrections store stamp, its manifests)
         self.setMinimumWidth(360)
 
         layout = QVBoxLayout(self)
@@ -161,7 +162,7 @@ class CohortWidget(QWidget):
             self.status.setText(f"could not read the cohort table ({type(exc).__name__}); showing the last one")
             return
         self.rows = table.astype(object).where(table.notna(), None).to_dict("records") if len(table) else []
-        cohort_review.reviews_from_corrections(self.folder, self.rows, list_corrections())
+        cohort_review.reviews_from_corrections(self.folder, self.rows, self._corrections())
         self.reviews = cohort_review.load_reviews(self.folder)
         selected = self.selected_scan()
         sorting = self.table.isSortingEnabled()
@@ -184,6 +185,14 @@ class CohortWidget(QWidget):
         self.status.setText(f"{len(self.rows)} scans, {failed} failed, {len(self.rows) - failed - left} reviewed, "
                             f"{left} to review")
         self._enable(bool(self.rows))
+
+    def _corrections(self) -> list:
+        """The corrections store's manifests, read again only when the store changed (the
+        table refreshes on every write of a cohort run; the store changes on a save)."""
+        stamp = store_stamp()
+        if self._store_seen is None or self._store_seen[0] != stamp:
+            self._store_seen = (stamp, list_corrections())
+        return self._store_seen[1]
 
     def _reviewed_text(self, row) -> str:
         r = self.reviews.get(str(row.get("scan_id")))
