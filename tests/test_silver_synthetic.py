@@ -77,3 +77,32 @@ def test_lesion_hu_within_the_chosen_ranges(seed):
     core = mask & (np.abs(out[0] - out[0][mask].max()) < 1e-3)
     hu = out[0][core] * (hi - lo) + lo
     assert hu.size and np.all(hu <= -350 + 1) and np.all(hu >= -870)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_organ_contrast_moves_the_organ_only(seed):
+    from napari_ctseg.synthetic import DEFAULT_ORGAN_CONTRAST, shift_organ_contrast
+
+    window = (-200.0, 300.0)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64]
+    organ2d = (yy - 30) ** 2 + (xx - 28) ** 2 <= 14 ** 2
+    hu = np.where(organ2d, 115.0, 40.0) + rng.normal(0, 8, (3, 64, 64))  # an enhanced liver in muscle
+    hu[:, 58:, :] = -100.0  # fat
+    x = ((hu - window[0]) / (window[1] - window[0])).astype(np.float32)
+    organ = np.stack([organ2d] * 3)
+    settings = {**DEFAULT_ORGAN_CONTRAST, "scale": [1.0, 1.0]}
+    out = shift_organ_contrast(x, organ, window, np.random.default_rng(seed), settings)
+    target = np.random.default_rng(seed).uniform(*settings["median_hu"])  # the first draw
+    new_hu = out * 500.0 - 200.0
+    assert abs(np.median(new_hu[organ]) - target) < 1.0  # the organ's median moved there
+    # Its texture came along (scale 1: the voxels keep their spread), far outside nothing moved.
+    assert np.std(new_hu[organ]) == pytest.approx(np.std(hu[organ]), rel=0.05)
+    far = ~np.stack([(yy - 30) ** 2 + (xx - 28) ** 2 <= 19 ** 2] * 3)
+    assert np.array_equal(out[far], x[far])
+    # At the edge the change is blended: the ring just outside moves part of the way.
+    ring = np.stack([((yy - 30) ** 2 + (xx - 28) ** 2 > 14 ** 2) & ((yy - 30) ** 2 + (xx - 28) ** 2 <= 15 ** 2)] * 3)
+    moved = (out - x)[ring].mean() / ((target - 115.0) / 500.0)
+    assert 0.05 < moved < 0.95
+    # No organ in the stack: it comes back as it is.
+    assert np.array_equal(shift_organ_contrast(x, np.zeros_like(organ), window, rng), x)

@@ -5,6 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_ctseg.cli import build_parser, main
 from napari_ctseg.errors import TrainingError
@@ -313,3 +314,55 @@ def test_batchnorm_recalibration_sets_exact_averages():
     recalibrate_batchnorm(model, iter(batches), "cpu")
     assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
     assert bn.momentum == 0.1 and model.training
+
+
+def test_config_from_a_card_or_a_file_runs_that_recipe(data, tmp_path, capsys):
+    from napari_ctseg.training import TrainingConfig, config_from_file
+
+    out = tmp_path / "m"
+    card = run_to_end(train("liver", data, out, epochs=1, split=SPLIT, config={**TINY, "steps_per_epoch": 1}))
+    again = config_from_file(out / "card.json")  # a card: its recipe, whole
+    assert isinstance(again, TrainingConfig) and again.to_dict() == card.training["config"]
+    bare = tmp_path / "recipe.json"
+    net = {"architecture": TINY["architecture"], "preprocessing": TINY["preprocessing"]}
+    bare.write_text(json.dumps({**net, "epochs": 3, "batch_size": 2}))
+    cfg = config_from_file(bare)  # a bare config: what it leaves out is the dataclass default
+    assert cfg.epochs == 3 and cfg.batch_size == 2 and cfg.stages == [] and cfg.organ_contrast == {}
+    bare.write_text(json.dumps({"epochs": 3}))
+    with pytest.raises(TrainingError, match="needs architecture and preprocessing"):
+        config_from_file(bare)
+    bare.write_text(json.dumps({**net, "learning_rate": 1.0}))
+    with pytest.raises(TrainingError, match="unknown training setting.*learning_rate"):
+        config_from_file(bare)
+    bare.write_text("{not json")
+    with pytest.raises(TrainingError, match="cannot read"):
+        config_from_file(bare)
+    # ctseg train --config: the card's recipe, trained again (its split is the shipped one).
+    for name in ("liver_ircad01", "liver_ircad07", "liver_chaos03", "liver_dcmqi_3slice"):
+        write_case(tmp_path / "named" / name, len(name))
+    assert main(["train", "--target", "liver", "--data", str(tmp_path / "named"), "--out",
+                 str(tmp_path / "m2"), "--config", str(out / "card.json")]) == 0
+    trained = json.loads((tmp_path / "m2" / "card.json").read_text())
+    assert trained["training"]["config"] == card.training["config"]
+    assert trained["architecture"]["base"] == 8
+
+
+def test_organ_contrast_in_training_batches(data):
+    from napari_ctseg.models.preprocess import Preprocessing
+    from napari_ctseg.training import build_cache, load_case, sample_batch
+
+    cfg = {**default_config("liver").preprocessing, **TINY["preprocessing"]}
+    prep = Preprocessing.from_dict(cfg)
+    cache = build_cache([load_case("liver", data, "case_a")], prep, 2, 2.0)
+    plain, y = sample_batch(cache, prep, 6, np.random.default_rng(0))
+    changed, y2 = sample_batch(cache, prep, 6, np.random.default_rng(0),
+                               organ_contrast={"p": 1.0, "median_hu": [-50.0, -50.0], "scale": [1.0, 1.0]})
+    assert torch.equal(y, y2)  # the labels never change
+    organ = y > 0
+    assert organ.any()
+    centre = prep.context
+    # The synthetic liver (160 HU) now has a median of -50 HU; far from it nothing moved.
+    hu = changed[:, centre] * (prep.window[1] - prep.window[0]) + prep.window[0]
+    assert float(hu[organ].median()) == pytest.approx(-50.0, abs=15.0)
+    far = torch.from_numpy(np.stack([ndimage.distance_transform_edt(~o) > 5 for o in organ.numpy()]))
+    assert torch.allclose(changed[:, centre][far], plain[:, centre][far], atol=1e-6)

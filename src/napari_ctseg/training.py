@@ -327,6 +327,9 @@ def config_from_file(path) -> TrainingConfig:
     unknown = sorted(set(data) - {f.name for f in fields(TrainingConfig)})
     if unknown:
         raise TrainingError(f"{path}: unknown training setting(s): {', '.join(unknown)}")
+    missing = [name for name in ("architecture", "preprocessing") if not isinstance(data.get(name), dict)]
+    if missing:
+        raise TrainingError(f"{path}: a training config needs {' and '.join(missing)}")
     return TrainingConfig(**data)
 
 
