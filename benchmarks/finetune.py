@@ -79,9 +79,9 @@ def child_step(size: int, steps: int, threads: int | None, how: str) -> dict:
 
 def child_gui(epochs: int, steps: int) -> dict:
     import napari
-    from qtpy.QtCore import QElapsedTimer, QTimer
     from qtpy.QtWidgets import QApplication
 
+    from _gui_stall import StallMeter, settle, spin
     from napari_ctseg import corrections
     from napari_ctseg._napari.widgets.fine_tune import FineTuneWidget
 
@@ -96,36 +96,16 @@ def child_gui(epochs: int, steps: int) -> dict:
     widget.device_combo.setCurrentIndex(1)
     widget.data_edit.setText(str(DATA))  # replay and validation from the training data
     app = QApplication.instance()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    clock, gaps, state = QElapsedTimer(), [], {"last": None}
-
-    def tick():
-        now = clock.elapsed()
-        if state["last"] is not None:
-            gaps.append(now - state["last"])
-        state["last"] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    clock.start()
-    timer.start()
-    t0 = time.perf_counter()
-    widget.start()
-    while widget.worker is not None:
-        app.processEvents()
-        time.sleep(0.001)
-    timer.stop()
+    settle(app)
+    with StallMeter() as meter:
+        t0 = time.perf_counter()
+        widget.start()
+        spin(app, lambda: widget.worker is None)
     total = time.perf_counter() - t0
     card = widget.card
     status = widget.status.text()
     viewer.close()
-    s = sorted(gaps)
-    return {"max_stall_ms": max(gaps), "p99_stall_ms": s[int(0.99 * (len(s) - 1))], "ticks": len(gaps),
-            "seconds": total, "version": card.version if card else None,
-            "status": status}
+    return {**meter.figures(), "seconds": total, "version": card.version if card else None, "status": status}
 
 
 def child_accuracy(epochs: int, steps: int, lr: float, seed: int, replay: bool = True) -> dict:

@@ -98,9 +98,9 @@ def child_gui(source: str, versions: str = "{}") -> dict:
     """Longest gap between 10 ms timer ticks while the widget segments ``source`` (with the
     versions ``{target: version}`` picked in its version boxes; the active ones otherwise)."""
     import napari
-    from qtpy.QtCore import QElapsedTimer, QTimer
     from qtpy.QtWidgets import QApplication
 
+    from _gui_stall import StallMeter, settle, spin
     from napari_ctseg._napari.widgets.segment import SegmentWidget
 
     viewer = napari.Viewer(show=True)
@@ -112,48 +112,19 @@ def child_gui(source: str, versions: str = "{}") -> dict:
         combo = widget.version_combos[target]
         combo.setCurrentIndex(combo.findData(version))
     app = QApplication.instance()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    clock = QElapsedTimer()
-    gaps: list[float] = []
-    state = {"last": None, "running": False}
-
-    late: list[float] = []  # gaps once the result is in (adding the Labels layers)
-
-    def tick():
-        now = clock.elapsed()
-        if state["running"] and state["last"] is not None:
-            (late if widget.result is not None else gaps).append(now - state["last"])
-        state["last"] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    clock.start()
-    timer.start()
-    t0 = time.perf_counter()
-    state["running"] = True
-    widget.start()
-    worker_time = None
-    while widget.worker is not None:
-        app.processEvents()
-        time.sleep(0.001)
-        if widget.result is not None and worker_time is None:
-            worker_time = time.perf_counter() - t0
-    end = time.perf_counter() + 0.5  # catch the gap of adding the result layers too
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.001)
-    state["running"] = False
-    timer.stop()
+    settle(app)
+    # Two phases: the run, and adding the result's Labels layers once the result is in.
+    with StallMeter(lambda: "adding" if widget.result is not None else "run") as meter:
+        t0 = time.perf_counter()
+        widget.start()
+        spin(app, lambda: widget.worker is None)
+        end = time.perf_counter() + 0.5  # catch the gap of adding the result layers too
+        spin(app, lambda: time.perf_counter() >= end)
     total = time.perf_counter() - t0
     used = dict(widget.result.versions) if widget.result is not None else {}
     viewer.close()
-    gaps_sorted = sorted(gaps)
-    return {"max_stall_ms": max(gaps) if gaps else None, "adding_layers_max_ms": max(late) if late else None,
-            "p99_stall_ms": gaps_sorted[int(0.99 * (len(gaps_sorted) - 1))] if gaps else None,
-            "ticks": len(gaps), "seconds": total, "versions": used}
+    return {**meter.figures(), "adding_layers_max_ms": meter.figures("adding")["max_stall_ms"],
+            "seconds": total, "versions": used}
 
 
 def run_child(*args: str) -> dict:
