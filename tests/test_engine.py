@@ -110,3 +110,33 @@ def test_an_existing_folder_is_filled_file_by_file(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     assert sha256_file(out / "model.pt") == json.loads((out / "card.json").read_text())["sha256"]
     assert not partial_dir(out).exists()
+
+
+def test_weight_average_is_what_is_evaluated_and_written(tmp_path):
+    out = tmp_path / "liver" / "v1"
+    plan = toy_plan(out, keep="last", ema_decay=0.5)
+    weights = []  # the optimiser's weights after each step, read through the batches
+    batch = plan.batch
+
+    def watching():
+        weights.append(plan.model.weight.detach().clone())
+        return batch()
+
+    evaluate = plan.evaluate
+
+    def evaluating(model, epoch):
+        assert model is not plan.model
+        if epoch == 3:
+            weights.append(plan.model.weight.detach().clone())
+        return evaluate(model, epoch)
+
+    plan.batch, plan.evaluate = watching, evaluating
+    list(run(plan))
+    steps = weights[1:]  # after step 1, 2, ..., 9
+    ema = steps[0]
+    for w in steps[1:]:
+        ema = 0.5 * ema + 0.5 * w
+    stored = torch.load(out / "model.pt")
+    torch.testing.assert_close(stored["weight"], ema)  # the average is written,
+    torch.testing.assert_close(plan.seen[3], ema)  # and it is what the last evaluation saw
+    assert not torch.allclose(ema, steps[-1])  # not the last step's weights

@@ -254,7 +254,10 @@ class TrainingPlan:
     ``checkpoint(outcome)``: the card of a checkpoint written after every epoch into the
     partial folder (None: no checkpoints). ``keep``: ``"best"`` (the best-scored state) or
     ``"last"``. ``keep_on_cancel``: a cancelled run still writes what it kept (when
-    anything was evaluated); otherwise a cancel leaves nothing.
+    anything was evaluated); otherwise a cancel leaves nothing. ``ema_decay`` > 0: an
+    exponential moving average of the weights (and BatchNorm buffers) is updated after every
+    step (``torch.optim.swa_utils.AveragedModel``), and it is the average that is evaluated,
+    kept and written; the optimiser's weights only feed it.
     """
 
     model: torch.nn.Module
@@ -278,6 +281,7 @@ class TrainingPlan:
     penalty: Callable[[], torch.Tensor] | None = None
     freeze_batchnorm: bool = False
     save_half: bool = True
+    ema_decay: float = 0.0
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -295,13 +299,18 @@ def run(plan: TrainingPlan) -> Generator[TrainingReport, None, ModelCard | None]
     lr_at = warmup_cosine(plan.lr, epochs * steps, plan.warmup_steps, floor=plan.lr_floor)
     partial = partial_dir(Path(plan.out_dir))
     shutil.rmtree(partial, ignore_errors=True)
-    keeper = _Keeper(plan)
+    averaged = None
+    if plan.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(plan.ema_decay), use_buffers=True)
+    keeper = _Keeper(plan, model if averaged is None else averaged.module)
     out = keeper.outcome
     try:
         for epoch in range(1, epochs + 1):
             out.epochs_run = epoch
-            losses = yield from _epoch_steps(plan, opt, lr_at, keeper, epoch)
-            ev = plan.evaluate(model, epoch)
+            losses = yield from _epoch_steps(plan, opt, lr_at, keeper, epoch, averaged)
+            ev = plan.evaluate(keeper.source, epoch)
             keeper.consider(ev, epoch)
             mean_loss = float(np.mean(losses))
             figures = ev.figures if ev is not None else {"val_dice": None}
@@ -334,9 +343,10 @@ def run(plan: TrainingPlan) -> Generator[TrainingReport, None, ModelCard | None]
     return card
 
 
-def _epoch_steps(plan: TrainingPlan, opt, lr_at, keeper: "_Keeper", epoch: int
+def _epoch_steps(plan: TrainingPlan, opt, lr_at, keeper: "_Keeper", epoch: int, averaged=None
                  ) -> Generator[TrainingReport, None, list[float]]:
-    """One epoch's optimisation steps, a ``"step"`` report after each; returns their losses."""
+    """One epoch's optimisation steps (each folded into ``averaged``, a weight average, when
+    given), a ``"step"`` report after each; returns their losses."""
     model, out, losses = plan.model, keeper.outcome, []
     model.train()
     if plan.freeze_batchnorm:
@@ -346,6 +356,8 @@ def _epoch_steps(plan: TrainingPlan, opt, lr_at, keeper: "_Keeper", epoch: int
         losses.append(optimisation_step(model, opt, x, y, lr_at(out.steps), dice_weight=plan.dice_weight,
                                         precision=plan.precision, penalty=plan.penalty))
         out.steps += 1
+        if averaged is not None:
+            averaged.update_parameters(model)
         if not math.isfinite(losses[-1]):
             raise TrainingError(f"the loss became {losses[-1]} at step {out.steps}; lower the learning rate")
         yield keeper.report("step", epoch, step, loss=losses[-1], message=f"epoch {epoch}/{plan.epochs}, "
@@ -355,10 +367,12 @@ def _epoch_steps(plan: TrainingPlan, opt, lr_at, keeper: "_Keeper", epoch: int
 
 class _Keeper:
     """Which state a run keeps: the best-scored one (a copy, taken when an evaluation beats the
-    best so far) or the model's last; and the reports that say so."""
+    best so far) or the last, of ``source`` (the model, or its weight average); and the
+    reports that say so."""
 
-    def __init__(self, plan: TrainingPlan):
+    def __init__(self, plan: TrainingPlan, source: torch.nn.Module):
         self.plan, self.by_best = plan, plan.keep == "best"
+        self.source = source
         self.outcome = Outcome()
         self.best_state: dict[str, torch.Tensor] | None = None
 
@@ -366,10 +380,10 @@ class _Keeper:
         out = self.outcome
         if self.by_best and ev is not None and ev.score > out.best_score:
             out.best_score, out.best_epoch = ev.score, epoch
-            self.best_state = copy.deepcopy(self.plan.model.state_dict())
+            self.best_state = copy.deepcopy(self.source.state_dict())
 
     def kept(self) -> dict[str, torch.Tensor] | None:
-        return self.best_state if self.by_best else self.plan.model.state_dict()
+        return self.best_state if self.by_best else self.source.state_dict()
 
     def report(self, kind: str, epoch: int, step: int, **kw) -> TrainingReport:
         out, best = self.outcome, {}

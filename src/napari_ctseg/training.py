@@ -218,6 +218,10 @@ class TrainingConfig:
     # averages. Running averages lag the weights at a high learning rate, and the liver's
     # second stage then swung between 0.0 and 0.84 validation Dice from epoch to epoch.
     bn_recalibration_batches: int = 0
+    # > 0: validate, keep and ship an exponential moving average of the weights (decay per
+    # step; 0.98 averages about the last 50 steps, two epochs) rather than the last step's
+    # weights: a flatter, less lucky choice than one epoch's weights (Polyak averaging).
+    ema_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -917,7 +921,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         model, dev, out_dir, cfg.epochs, cfg.steps_per_epoch, cfg.lr, cfg.weight_decay,
         int(cfg.warmup_fraction * cfg.epochs * cfg.steps_per_epoch), 0.01, batch, evaluate, finish,
         _written, keep="best", keep_on_cancel=True, dice_weight=cfg.dice_weight, save_half=cfg.save_half,
-        t0=t0)))
+        ema_decay=cfg.ema_decay, t0=t0)))
 
 
 def _written(card: ModelCard, outcome: Outcome) -> tuple[ModelCard, dict[str, Any]]:
