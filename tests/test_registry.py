@@ -325,3 +325,15 @@ def test_bundled_derived_versions_are_reproducible_from_their_definition():
             spec.pop("notes", None)
             for key, value in spec.items():
                 assert getattr(card, key) == value, (target, card.version, key)
+
+
+def test_the_same_weights_make_the_same_file(tmp_path):
+    model = build_model({"name": "unet2d", "base": 4, "depth": 2, "in_channels": 1, "n_classes": 2})
+    state = registry.half_state_dict(model.state_dict())
+    cards = []
+    for name in ("v1", "v2"):
+        card = ModelCard("lungs", name, {"right lung": 1}, {"base": 4, "depth": 2}, {})
+        cards.append(write_version(tmp_path / "lungs" / name, state, card))
+    # A retrained version with the same weights has the same sha256, whatever its folder.
+    assert cards[0].sha256 == cards[1].sha256 == sha256_file(tmp_path / "lungs" / "v2" / "model.pt")
+    assert (tmp_path / "lungs" / "v1" / "model.pt").read_bytes() == (tmp_path / "lungs" / "v2" / "model.pt").read_bytes()

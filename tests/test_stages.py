@@ -21,6 +21,7 @@ TINY = {
     "augmentation": {"rotate_deg": 0.0, "scale": [1.0, 1.0], "translate": 0.0, "noise": 0.0,
                      "brightness": 0.0, "contrast": 0.0},
     "organ_lesions": {"p_lesion": 0.0},
+    "ema_decay": 0.0,  # a few dozen steps: the plain weights (the average has its own test)
 }
 SPACING = (0.9, 0.9, 2.5)  # x, y, z mm
 

@@ -26,6 +26,7 @@ TINY = {
     "preprocessing": {"size": [32, 32], "crop": "body"},
     "stages": [],  # one network (the coarse-to-fine liver v2 has its own test)
     "organ_lesions": {"p_lesion": 0.0},
+    "ema_decay": 0.0,  # a few dozen steps: the plain weights (the average has its own test)
     "bn_recalibration_batches": 0,
     "steps_per_epoch": 6,
     "batch_size": 4,

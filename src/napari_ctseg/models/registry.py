@@ -33,6 +33,7 @@ bundled version offered for trying).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -564,13 +565,15 @@ def write_version(folder, state_dict: dict[str, torch.Tensor], card: ModelCard) 
     """Write ``model.pt`` and then ``card.json`` (with the file's sha256) into ``folder``.
 
     Each file goes to a temporary file in the folder first and is renamed into place,
-    so an interrupted write never leaves a half-written model behind.
+    so an interrupted write never leaves a half-written model behind. The same weights
+    always make the same bytes (and sha256): ``torch.save`` to a file names the archive's
+    folder after the file, here a random temporary name, so it is serialised in memory.
     """
     folder = Path(folder)
-    with replaced_atomically(folder / card.weights_file) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
-        digest = sha256_file(tmp)
-    card.sha256 = digest
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    write_atomically(folder / card.weights_file, buffer.getvalue())
+    card.sha256 = hashlib.sha256(buffer.getvalue()).hexdigest()
     if not card.created:
         card.created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     card.save(folder)
