@@ -144,6 +144,7 @@ def _paint_disc(layer, z, centre, radius, label=1):
 
 def test_whole_journey_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
     digests = bundled_digests()
+    base = active_version("liver")  # the bundled default
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-ctseg", "sample_ct")
     image = viewer.layers[0]
@@ -157,7 +158,7 @@ def test_whole_journey_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
     click(qtbot, segment.run_button)
     wait_idle(qtbot, segment)
     liver = viewer.layers["liver"]
-    assert liver.metadata["model_version"] == "v1" and np.count_nonzero(liver.data) > 0
+    assert liver.metadata["model_version"] == base and np.count_nonzero(liver.data) > 0
 
     # 2. Edit: say the model got slices z0+1..z1-1 wrong: wipe them, paint an extra region on
     #    z0 and z1 through the layer's API, and fill between slices from z0 and z1
@@ -184,7 +185,7 @@ def test_whole_journey_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
     saved = tools.save_corrected()
     assert saved is not None and saved.parent == tmp_path
     (record,) = corrections.list_corrections("liver")
-    assert set(range(z0, z1 + 1)) <= set(record.changed_slices) and record.model_version == "v1"
+    assert set(range(z0, z1 + 1)) <= set(record.changed_slices) and record.model_version == base
 
     # 4. Fine-tune a few steps
     tune = FineTuneWidget(viewer)
@@ -192,35 +193,35 @@ def test_whole_journey_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
     models = ModelsWidget(viewer)
     viewer.window.add_dock_widget(models, name="Models")
     tune.target_combo.setCurrentText("liver")
-    assert tune.base_combo.currentData() == "v1" and len(tune.selected_corrections()) == 1
+    assert tune.base_combo.currentData() == base and len(tune.selected_corrections()) == 1
     tune.epochs_spin.setValue(2)
     tune.steps_spin.setValue(2)
     tune.device_combo.setCurrentIndex(1)
     click(qtbot, tune.start_button)
     wait_idle(qtbot, tune)
     card = tune.card
-    assert card is not None and card.version == "v1-ft1", tune.status.text()
+    assert card is not None and card.version == f"{base}-ft1", tune.status.text()
     assert tune.plot.epochs and len(tune.plot.step_loss) == 4
 
     # 5. The new version is in the Models list (and Segment volume's choice)
-    row = models.rows[models.row_of("liver", "v1-ft1")]
+    row = models.rows[models.row_of("liver", f"{base}-ft1")]
     assert row["source"] == "fine-tuned"
     assert row["active"] == bool(card.extra["fine_tune"]["promoted"])
     if not row["active"]:
-        click(qtbot, models.use_button("liver", "v1-ft1"))
-    assert active_version("liver") == "v1-ft1"
+        click(qtbot, models.use_button("liver", f"{base}-ft1"))
+    assert active_version("liver") == f"{base}-ft1"
 
     # 6. Segment again with it
-    assert segment.version_combos["liver"].currentData() == "v1-ft1"
+    assert segment.version_combos["liver"].currentData() == f"{base}-ft1"
     click(qtbot, segment.run_button)
     wait_idle(qtbot, segment)
     again = viewer.layers[-1]
-    assert again is not liver and again.metadata["model_version"] == "v1-ft1"
+    assert again is not liver and again.metadata["model_version"] == f"{base}-ft1"
 
     # 7. Roll back in one click
-    click(qtbot, models.use_button("liver", "v1"))
-    assert active_version("liver") == "v1"
-    assert segment.version_combos["liver"].currentData() == "v1"
+    click(qtbot, models.use_button("liver", base))
+    assert active_version("liver") == base
+    assert segment.version_combos["liver"].currentData() == base
     assert bundled_digests() == digests  # the bundled weights were never touched
 
 
@@ -255,7 +256,7 @@ def test_screenshot_fine_tune_mid_run_with_live_plot(make_napari_viewer, qtbot, 
     for v in changed:  # the user's edit: one pixel row more along the liver's edge
         corrected[v] |= np.roll(liver[v], 1, axis=1)
     path = write_mask(tmp_path / "sample_liver_corrected.nii.gz", corrected, volume.geometry)
-    corrections.record_correction(volume.geometry.source_path, path, "liver", "v1", changed, {"1": 1})
+    corrections.record_correction(volume.geometry.source_path, path, "liver", active_version("liver"), changed, {"1": 1})
     layer = viewer.add_labels(corrected, name="liver (corrected)", scale=image.scale,
                               translate=image.translate, opacity=0.5)
     viewer.dims.set_point(0, layer.data_to_world((int(np.median(z)), 0, 0))[0])
