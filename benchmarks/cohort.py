@@ -204,7 +204,7 @@ def main() -> int:
         print(f"    this cohort's mix: {per_worker_rate:.2f} scans/min per worker; a typical chest CT "
               f"(512x512x300) at {s_per_slice:.3f} s/slice per worker ~ {chest_s:.0f} s")
         print(f"    memory per worker: peak {peak:.0f} MB here; give each worker >= {max(3.0, 2.5 * peak / 1024):.0f} GiB "
-              "(a 512x512x600 scan peaks near 2 GB in one process)")
+              "(a 512x512x600 scan peaks near 1.5 GB in one process: benchmarks/speed.py)")
         print(f"    disk: masks {per_scan_bytes / 2**20:.2f} MB/scan here -> {10000 * per_scan_bytes / 2**30:.1f} GiB; "
               "table ~ 10,000 rows (a few MB)")
         for workers in (2, 8, 32, 100):

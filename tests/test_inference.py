@@ -250,3 +250,18 @@ def test_segment_gives_torch_threads_back(tiny_weights):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_largest_components_in_place_and_across_slabs():
+    # Components that span more slices than one slab (32) and touch the box's edges.
+    m = np.zeros((80, 20, 20), bool)
+    m[2:75, 2:8, 2:8] = True  # the largest: 73 slices
+    m[5:40, 12:18, 12:18] = True  # the second
+    m[60:62, 15:17, 15:17] = True  # a speck
+    expected = m.copy()
+    expected[60:62, 15:17, 15:17] = False
+    assert np.array_equal(largest_components(m, keep=2), expected)
+    given = m.copy()
+    out = largest_components(given, keep=2, in_place=True)
+    assert out is given and np.array_equal(given, expected)
+    assert not largest_components(np.zeros((3, 4, 4), bool), in_place=True).any()

@@ -401,22 +401,34 @@ def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
     return (slice(z[0], z[-1] + 1), slice(y[0], y[-1] + 1), slice(x[0], x[-1] + 1))
 
 
-def largest_components(mask: np.ndarray, keep: int = 1) -> np.ndarray:
-    """The ``keep`` largest 3D connected components (6-connectivity) of a boolean mask."""
+_SLAB = 32  # slices at a time where a whole-volume temporary would cost hundreds of MB
+
+
+def largest_components(mask: np.ndarray, keep: int = 1, in_place: bool = False) -> np.ndarray:
+    """The ``keep`` largest 3D connected components (6-connectivity) of a boolean mask
+    (``in_place``: written into ``mask`` itself, no second full-size mask).
+
+    Only the mask's bounding box is labelled, and the component sizes and the kept
+    components are computed a slab of slices at a time: a 512x512x600 mask then needs its
+    int32 labels and nothing else of that size (``np.bincount`` of the whole box would
+    first copy the labels to int64)."""
     box = _bbox(mask)
-    out = np.zeros(mask.shape, dtype=bool)
+    out = mask if in_place else np.zeros(mask.shape, dtype=bool)
     if box is None:
         return out
-    sub = mask[box]
-    labels, n = ndimage.label(sub)
+    labels, n = ndimage.label(mask[box])
     if n == 0:
         return out
-    sizes = np.bincount(labels.ravel())
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for z in range(0, labels.shape[0], _SLAB):
+        sizes += np.bincount(labels[z:z + _SLAB].ravel(), minlength=n + 1)
     sizes[0] = 0
     lut = np.zeros(n + 1, dtype=bool)
     lut[np.argsort(sizes)[::-1][:keep]] = True
     lut[0] = False
-    out[box] = lut[labels]
+    target = out[box]  # a view: writing it writes ``out``
+    for z in range(0, labels.shape[0], _SLAB):
+        target[z:z + _SLAB] = lut[labels[z:z + _SLAB]]
     return out
 
 

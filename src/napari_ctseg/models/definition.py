@@ -98,7 +98,7 @@ def style(card) -> dict[str, Any]:
 def _largest(mask: np.ndarray, keep: int) -> np.ndarray:
     from ..inference import largest_components
 
-    return largest_components(mask, keep=keep)
+    return largest_components(mask, keep=keep, in_place=True)  # ``mask`` is post-processing's own
 
 
 def _context_mask(card, context: Mapping[str, np.ndarray], target: str) -> np.ndarray:
@@ -148,8 +148,10 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
             min_vox = int(np.ceil(float(step.get("min_mm3", 0.0)) / vox))
             parts = {v: remove_small_objects(m, max_size=min_vox - 1) for v, m in parts.items()}
     out = np.zeros(raw.shape, dtype=np.uint8)
-    for v, m in parts.items():
-        out[m & (out == 0)] = v
+    for z in range(0, raw.shape[0], 32):  # by slabs: no full-size temporaries
+        o = out[z:z + 32]
+        for v, m in parts.items():
+            o[m[z:z + 32] & (o == 0)] = v
     return out
 
 
