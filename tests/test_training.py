@@ -367,3 +367,23 @@ def test_organ_contrast_in_training_batches(data):
     assert float(hu[organ].median()) == pytest.approx(-50.0, abs=15.0)
     far = torch.from_numpy(np.stack([ndimage.distance_transform_edt(~o) > 5 for o in organ.numpy()]))
     assert torch.allclose(changed[:, centre][far], plain[:, centre][far], atol=1e-6)
+
+
+def test_split_from_a_card_or_a_file(data, tmp_path):
+    from napari_ctseg.training import split_from_file
+
+    out = tmp_path / "m"
+    card = run_to_end(train("liver", data, out, epochs=1, split=SPLIT, config={**TINY, "steps_per_epoch": 1}))
+    assert split_from_file(out / "card.json") == card.training["split"] == SPLIT
+    bare = tmp_path / "split.json"
+    bare.write_text(json.dumps({"train": ["case_b"], "validation": ["case_a"]}))
+    # ctseg train --split: those cases (here the tiny cases, not the shipped split's names).
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(card.training["config"]))
+    assert main(["train", "--target", "liver", "--data", str(data), "--out", str(tmp_path / "m2"),
+                 "--config", str(recipe), "--split", str(bare), "--epochs", "1"]) == 0
+    trained = json.loads((tmp_path / "m2" / "card.json").read_text())
+    assert trained["training"]["split"] == {"train": ["case_b"], "validation": ["case_a"]}
+    bare.write_text(json.dumps({"train": ["case_b"]}))
+    with pytest.raises(TrainingError, match="train and validation lists"):
+        split_from_file(bare)

@@ -73,12 +73,13 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .training import config_from_file, train
+    from .training import config_from_file, split_from_file, train
 
     config = config_from_file(args.config) if args.config else None
+    split = split_from_file(args.split) if args.split else None
     reports = train(args.target, args.data, args.out, epochs=args.epochs, seed=args.seed,
                     device=args.device, version=args.version, threads=args.threads,
-                    overwrite=args.overwrite, config=config)
+                    overwrite=args.overwrite, config=config, split=split)
     card = None
     for report in reports:
         if report.kind == "start":
@@ -417,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's whole settings from a JSON file: a model card (its training.config, "
                         "to train an older version's recipe again) or a bare config (default: the "
                         "target's newest recipe)")
+    p.add_argument("--split", default=None,
+                   help="the cases from a JSON file: a model card (its training.split) or a split "
+                        "like those in splits.json (default: the target's split in splits.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--version", default=None, help="version name for the card (default: --out's name)")

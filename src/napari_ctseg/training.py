@@ -333,6 +333,24 @@ def config_from_file(path) -> TrainingConfig:
     return TrainingConfig(**data)
 
 
+def split_from_file(path) -> dict[str, Any]:
+    """A run's split from a JSON file: a model card (its ``training.split``, so an older
+    version's cases are used again) or a bare split ({"train": [...], "validation": [...],
+    ...} as in ``splits.json``). ``TrainingError`` for a file without one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path}: cannot read a split ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("training"), dict):
+        data = data["training"].get("split")
+    if not isinstance(data, dict) or not isinstance(data.get("train"), list) or not isinstance(
+            data.get("validation"), list):
+        raise TrainingError(f"{path}: neither a model card with training.split nor a split with "
+                            "train and validation lists")
+    return data
+
+
 def check_target(target: str) -> None:
     if target not in TARGETS:
         raise TrainingError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
