@@ -17,13 +17,11 @@ def settle(app, seconds: float = 1.0) -> None:
         time.sleep(0.05)
 
 
-def spin(app, until: Callable[[], bool], poll: Callable[[], None] | None = None) -> None:
-    """Run the event loop until ``until()`` is true, calling ``poll()`` on each turn."""
+def spin(app, until: Callable[[], bool]) -> None:
+    """Run the event loop until ``until()`` is true."""
     while not until():
         app.processEvents()
         time.sleep(0.001)
-        if poll is not None:
-            poll()
 
 
 class StallMeter:

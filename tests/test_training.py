@@ -385,5 +385,5 @@ def test_split_from_a_card_or_a_file(data, tmp_path):
     trained = json.loads((tmp_path / "m2" / "card.json").read_text())
     assert trained["training"]["split"] == {"train": ["case_b"], "validation": ["case_a"]}
     bare.write_text(json.dumps({"train": ["case_b"]}))
-    with pytest.raises(TrainingError, match="train and validation lists"):
+    with pytest.raises(TrainingError, match="needs train and validation lists"):
         split_from_file(bare)

@@ -74,7 +74,7 @@ from .models.registry import (
 )
 from .models.unet import build_model, count_parameters
 from .silver import SILVER_LUNGS_METHOD, silver_lung_labels, silver_lungs_and_airways  # noqa: F401
-from .synthetic import DEFAULT_ORGAN_LESIONS, DEFAULT_SYNTHETIC
+from .synthetic import DEFAULT_SYNTHETIC
 from .models.definition import starter_definition
 
 SPLITS_FILE = Path(__file__).resolve().parent / "models" / "splits.json"
@@ -310,20 +310,27 @@ INFECTION_WINDOW_NOTE = (
 )
 
 
+def _card_part(path, key: str, what: str) -> dict[str, Any]:
+    """The object of a JSON file: a model card's ``training[key]``, or the file's own object
+    (a bare config or split). ``TrainingError`` for a file that cannot be read or holds neither."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path}: cannot read a {what} ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("training"), dict):
+        data = data["training"].get(key)
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path}: neither a model card with training.{key} nor a {what} object")
+    return data
+
+
 def config_from_file(path) -> TrainingConfig:
     """A run's whole settings from a JSON file: a model card (its ``training.config``, so an
     older version's recipe runs again) or a bare config. Fields it leaves out take the
     ``TrainingConfig`` defaults, not the target's default recipe. ``TrainingError`` for a file
     that cannot be read or names an unknown setting."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{path}: cannot read a training config ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("training"), dict):
-        data = data["training"].get("config")
-    if not isinstance(data, dict):
-        raise TrainingError(f"{path}: neither a model card with training.config nor a config object")
+    data = _card_part(path, "config", "training config")
     unknown = sorted(set(data) - {f.name for f in fields(TrainingConfig)})
     if unknown:
         raise TrainingError(f"{path}: unknown training setting(s): {', '.join(unknown)}")
@@ -337,17 +344,9 @@ def split_from_file(path) -> dict[str, Any]:
     """A run's split from a JSON file: a model card (its ``training.split``, so an older
     version's cases are used again) or a bare split ({"train": [...], "validation": [...],
     ...} as in ``splits.json``). ``TrainingError`` for a file without one."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{path}: cannot read a split ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("training"), dict):
-        data = data["training"].get("split")
-    if not isinstance(data, dict) or not isinstance(data.get("train"), list) or not isinstance(
-            data.get("validation"), list):
-        raise TrainingError(f"{path}: neither a model card with training.split nor a split with "
-                            "train and validation lists")
+    data = _card_part(path, "split", "split")
+    if not isinstance(data.get("train"), list) or not isinstance(data.get("validation"), list):
+        raise TrainingError(f"{path}: a split needs train and validation lists")
     return data
 
 
@@ -694,6 +693,11 @@ def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weigh
     return SliceCache(images, targets, np.asarray(index, dtype=np.int64), w / w.sum())
 
 
+def _chance(rng: np.random.Generator, p) -> bool:
+    """True with probability ``p`` (no draw when ``p`` is 0, so runs without it sample as before)."""
+    return float(p) > 0 and rng.random() < float(p)
+
+
 def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
                   rng: np.random.Generator, hosts: _Hosts | None = None,
                   synthetic=None, organ_lesions: dict[str, Any] | None = None,
@@ -718,19 +722,15 @@ def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
         else:
             idx = torch.as_tensor(context_indices([z], stack.shape[0], prep.context)[0])
             x = stack[idx]
-            p_contrast = float((organ_contrast or {}).get("p", 0.0))
-            if p_contrast > 0 and rng.random() < p_contrast:
-                from .synthetic import shift_organ_contrast
+            contrast = _chance(rng, (organ_contrast or {}).get("p", 0.0))
+            lesions = _chance(rng, (organ_lesions or {}).get("p_lesion", 0.0))
+            if contrast or lesions:
+                from .synthetic import add_organ_lesions, shift_organ_contrast
 
                 organ = (cache.targets[ci][idx] > 0).numpy()
-                if organ.any():
+                if contrast and organ.any():
                     x = torch.from_numpy(shift_organ_contrast(x.numpy(), organ, prep.window, rng, organ_contrast))
-            p_lesion = float((organ_lesions or {}).get("p_lesion", 0.0))
-            if p_lesion > 0 and rng.random() < p_lesion:
-                from .synthetic import add_organ_lesions
-
-                organ = (cache.targets[ci][idx] > 0).numpy()
-                if organ[prep.context].any():
+                if lesions and organ[prep.context].any():
                     x = torch.from_numpy(add_organ_lesions(x.numpy(), organ, prep.window, rng, organ_lesions))
             xs.append(x)
         ys.append(cache.targets[ci][z])

@@ -115,7 +115,7 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
     ``context`` holds the masks of the targets in ``card.requires`` (for ``restrict_to`` and
     ``drop_partial_volume``); ``hu`` the scan's HU on the same grid.
     """
-    from ..inference import fill_holes_axial, partial_volume_band
+    from ..inference import _SLAB, fill_holes_axial, partial_volume_band
 
     check_postprocess(card.postprocess)
     context = context or {}
@@ -148,10 +148,10 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
             min_vox = int(np.ceil(float(step.get("min_mm3", 0.0)) / vox))
             parts = {v: remove_small_objects(m, max_size=min_vox - 1) for v, m in parts.items()}
     out = np.zeros(raw.shape, dtype=np.uint8)
-    for z in range(0, raw.shape[0], 32):  # by slabs: no full-size temporaries
-        o = out[z:z + 32]
+    for z in range(0, raw.shape[0], _SLAB):  # by slabs: no full-size temporaries
+        o = out[z:z + _SLAB]
         for v, m in parts.items():
-            o[m[z:z + 32] & (o == 0)] = v
+            o[m[z:z + _SLAB] & (o == 0)] = v
     return out
 
 
