@@ -5,7 +5,7 @@ tissue, below the saturated 250..255 of bone and contrast) are matched with typi
 -870 for aerated lung (the expert lung masks of IRCAD patients 1 and 7 have medians of
 -858 and -887 HU) and +40 for unenhanced soft tissue. Each image gives the window's
 lower and upper HU; the figures across images are printed. The infection model's
-window, [-1100, 250] HU, comes from their medians (see napari_ctseg.training).
+window, [-1100, 250] HU, comes from their medians (see napari_ctseg.training.config).
 
     python scripts/measure_infection_window.py /path/to/data/covid_semiseg_train
 """
