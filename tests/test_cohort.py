@@ -105,6 +105,7 @@ def test_mixed_folder_gives_a_row_per_scan_and_masks_equal_to_segment(weights, m
             assert np.allclose(written.affine, reference.affine)
             assert getattr(row, f"{target}_ml") == pytest.approx(sum(direct.volumes_ml[target].values()), abs=1e-3)
         assert row.lung_involvement_pct == pytest.approx(direct.lung_involvement_pct)
+        assert (row.caveats if isinstance(row.caveats, str) else "") == ";".join(c.code for c in direct.caveats)
         for lung, fig in (direct.infection_by_lung or {}).items():  # None: one lung label only
             assert getattr(row, f"infection_{lung.replace(' ', '_')}_ml") == pytest.approx(fig["ml"], abs=1e-3)
         assert 0.0 <= row.review_score <= 1.0

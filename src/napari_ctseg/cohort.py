@@ -368,6 +368,7 @@ def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threa
         "spacing_zyx_mm": "x".join(f"{s:.4g}" for s in volume.spacing),
         "device": result.device,
         "lung_involvement_pct": result.lung_involvement_pct,
+        "caveats": ";".join(c.code for c in result.caveats),  # doubts about that figure (caveats.py)
         "warnings": " | ".join(volume.warnings + result.notes),
     }
     for t, per_label in result.volumes_ml.items():

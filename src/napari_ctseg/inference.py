@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .caveats import Caveat, infection_caveats
 from .errors import CTSegError
 from .jobs import Cancelled, Progress  # the one event type and cancel of long jobs
 from .models.predict import predict_image8, predict_slices
@@ -47,6 +48,9 @@ class SegmentResult:
     infection_slices: tuple[int, int, int] | None = None
     # An 8-bit slice (segment_image8): pixels per target and % of the image; no volumes.
     pixels: dict[str, tuple[int, float]] | None = None
+    # Reasons to doubt the infection figure (raised lung density, gravity-dependent infection:
+    # ``napari_ctseg.caveats``), measured for a HU volume with a lung mask; the figures stay the mask's.
+    caveats: list[Caveat] = field(default_factory=list)
 
     def report(self) -> str:
         """Volumes and lung involvement as plain text, one line per figure."""
@@ -60,6 +64,7 @@ class SegmentResult:
                 lines.append(f"{target}: {sum(per_label.values()):.1f} mL")
         if self.lung_involvement_pct is not None:
             lines.append(f"lung involved by infection: {self.lung_involvement_pct:.1f} %")
+        lines.extend(f"  caution: {c.message}" for c in self.caveats)
         for lung, fig in (self.infection_by_lung or {}).items():
             pct = "n/a" if fig["pct"] is None else f"{fig['pct']:.1f} %"
             lines.append(f"  {lung}: {fig['ml']:.1f} mL infected ({pct} of that lung)")
@@ -83,6 +88,7 @@ class SegmentResult:
             "pixels": self.pixels,
             "infection_slices": None if self.infection_slices is None else
             dict(zip(("first", "last", "count"), self.infection_slices)),
+            "caveats": [c.to_dict() for c in self.caveats],
         }
 
 
@@ -292,6 +298,7 @@ def _segment_steps(volume: CTVolume, targets: str | Iterable[str], device: str =
             result.lung_involvement_pct = lung_involvement_pct(masks["infection"], lung_mask)
             result.infection_by_lung = infection_per_lung(masks["infection"], lung_mask, lung_card,
                                                           volume.voxel_volume_ml)
+            result.caveats = infection_caveats(hu, lung_mask, masks["infection"], volume.spacing)
         result.infection_slices = slices_with(masks["infection"])
     return result
 

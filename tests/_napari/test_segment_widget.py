@@ -159,6 +159,7 @@ def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path
     widget.device_combo.setCurrentIndex(1)
     widget.target_checks["lungs"].setChecked(False)
     widget.target_checks["liver"].setChecked(False)
+    start = len(notification_manager.records)
     widget.start()
     layer.data[0:2] = 2  # painted after Segment was pressed, while it runs
     _run(qtbot, widget)
@@ -172,6 +173,17 @@ def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path
     expected[box] &= ~band
     assert expected.any() and expected.sum() < (lungs > 0).sum()
     assert np.array_equal(inf, expected), (inf.sum(), expected.sum(), np.argwhere(inf ^ expected)[:5])
+    # Those "lungs" lie on the phantom's soft tissue: the lung left unmarked is far too dense
+    # for aerated lung, which the report says next to the figure, with one warning per run.
+    text = widget.results_label.text().splitlines()
+    at = next(i for i, line in enumerate(text) if line.startswith("lung involved by infection"))
+    assert text[at + 1].startswith("  caution: diffuse increased lung density")
+    cautions = [n for n in notification_manager.records[start:]
+                if n.severity == NotificationSeverity.WARNING and "caution" in n.message]
+    assert len(cautions) == 1 and "expiration" in cautions[0].message
+    widget.copy_results()
+    from qtpy.QtWidgets import QApplication
+    assert "caution: diffuse increased lung density" in QApplication.clipboard().text()
 
 
 def test_bundled_models_segment_the_sample(make_napari_viewer, qtbot):

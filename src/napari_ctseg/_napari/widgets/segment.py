@@ -372,6 +372,9 @@ class SegmentWidget(QWidget):
             for note in result.notes:
                 show_warning(note)
             show_info(f"Segment volume: {text.replace(chr(10), '; ')}")
+            if result.caveats:  # one warning per run: the infection figure may not be infection
+                show_warning("Segment volume: caution about the infection figure: "
+                             + "; ".join(c.message for c in result.caveats))
         finally:
             self._adding = False
             self._release()
