@@ -61,13 +61,20 @@ def training_size(target: str, data: Path, version: str | None = None) -> str:
         train = list(split.get("train", []))
         extra = list(split.get("train_silver", [])) + list(split.get("train_hosts", []))
         pseudo = list(split.get("train_pseudo", []))
+        silver_slices = list(split.get("train_silver_slices", []))
+        training = get_card(target, version).training
+        counts = {n: s for n, s in training.get("labels_source", {}).items() if n in silver_slices}
+        hard = "synthetic_hard_negatives" in training
     except Exception:  # noqa: BLE001 - a card without a split: fall back to splits.json
-        train, extra, pseudo = [], [], []
+        train, extra, pseudo, silver_slices, counts, hard = [], [], [], [], {}, False
     if not train:
         train = load_split(target, "train")
     if target == "infection":
-        return (f"{len(train)} 8-bit slices" + (f" + {len(extra)} CT volumes without COVID-19 (negatives, "
-                                                "synthetic-lesion hosts)" if extra else "")
+        silver = "".join(f" + {str(counts.get(f, '')).split(' slices')[0] or 'the'} silver-labelled 8-bit "
+                         f"slices of {f}" for f in silver_slices)
+        return (f"{len(train)} expert 8-bit slices" + silver
+                + (f" + {len(extra)} CT volumes without COVID-19 (negatives, synthetic-lesion hosts"
+                   + (", synthetic hard negatives" if hard else "") + ")" if extra else "")
                 + "".join(f" + {p['case']} instances {p['instances'][0]}-{p['instances'][1]} (pseudo-labels)"
                           for p in pseudo))
     if extra:

@@ -102,14 +102,29 @@ def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, floor: float):
     return at
 
 
+IGNORE_LABEL = 255  # a training target's "unknown" pixels: neither loss term sees them
+
+
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
-    """Cross-entropy plus ``dice_weight`` x (1 - soft Dice of the foreground classes, over the batch)."""
+    """Cross-entropy plus ``dice_weight`` x (1 - soft Dice of the foreground classes, over the batch).
+
+    Pixels whose target is ``IGNORE_LABEL`` (e.g. a silver label's doubtful marks) count in
+    neither term."""
     n_classes = logits.shape[1]
-    ce = F.cross_entropy(logits, target)
+    valid = target != IGNORE_LABEL
+    masked = not bool(valid.all())
+    if masked and not bool(valid.any()):
+        return logits.sum() * 0.0  # nothing to learn from (cross-entropy over no pixel is NaN)
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_LABEL) if masked else F.cross_entropy(logits, target)
     if dice_weight <= 0 or n_classes < 2:
         return ce
     probs = torch.softmax(logits, dim=1)
+    if masked:
+        target = target.where(valid, torch.zeros_like(target))
+        probs = probs * valid[:, None].to(probs.dtype)
     onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    if masked:
+        onehot = onehot * valid[:, None].to(probs.dtype)
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)

@@ -28,6 +28,12 @@ class Case:
     image8: np.ndarray | None = None
     spacing: tuple[float, ...] | None = None
     lungs: np.ndarray | None = None  # lung mask on the volume's grid (infection hosts and negatives)
+    # Pixels the loss ignores (bool, the labels' grid): e.g. the marks a silver label's
+    # cleaning dropped, which may still be real lesions.
+    ignore: np.ndarray | None = None
+    # Sampling group ("expert", "silver_slices", "pseudo_hu", ...): with the config's
+    # ``group_shares`` each group gets its share of the batches, whatever its size.
+    group: str = "expert"
     negative: bool = False  # a scan without the target: scored by what it wrongly marks
     slices: np.ndarray | None = None  # (z,) bool: the slices that carry labels (None: all)
     # "mask"-crop models (a second stage): the square and the slices the network sees. None:
@@ -98,7 +104,7 @@ def load_pseudo_case(data_dir, spec: dict[str, Any]) -> Case:
             keep[0] = False
             m = keep[lab]
         labels[z] = m
-    return Case(name=f"{spec['case']}[{first}-{last}]", labels=labels, hu=np.asarray(vol.hu),
+    return Case(name=f"{spec['case']}[{first}-{last}]", labels=labels, hu=np.asarray(vol.hu), group="pseudo_hu",
                 spacing=tuple(vol.spacing), slices=slices)
 
 

@@ -149,10 +149,12 @@ class _TrainingData:
     lesion_settings: Any = None
     organ_lesions: dict[str, Any] | None = None
     organ_contrast: dict[str, Any] | None = None
+    negatives: Any = None  # HardNegativeSettings for the hosts, or None
+    silver_slice_counts: dict[str, int] | None = None
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_batch(self.cache, self.prep, n, rng, self.hosts, self.lesion_settings,
-                            self.organ_lesions, self.organ_contrast)
+                            self.organ_lesions, self.organ_contrast, self.negatives)
 
 
 def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: TrainingConfig,
@@ -169,6 +171,14 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
                     for n in names.silver]
     train_cases += [load_pseudo_case(data_dir, spec) for spec in names.pseudo]
     pseudo_names = [c.name for c in train_cases[len(train_cases) - len(names.pseudo):]]
+    silver_counts = {}
+    for folder in names.silver_slices:
+        from .silver_slices import load_silver_slices
+
+        yield start(f"reading the silver-labelled slices of {folder}")
+        found = load_silver_slices(data_dir, folder, cleaning=cfg.silver_slices.get("cleaning"))
+        silver_counts[folder] = len(found)
+        train_cases += found
     val_cases = [load_case(target, data_dir, n) for n in names.validation]
     val_cases += [load_host_case(data_dir, n) for n in names.negative]
     if cfg.stages:
@@ -177,8 +187,9 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
         _locate_cases(target, cfg.stages, val_cases, prep)
     n_classes = int(cfg.architecture.get("n_classes", len(TARGET_LABELS[target]) + 1))
     data = _TrainingData(names, prep, train_cases, val_cases, pseudo_names,
-                         build_cache(train_cases, prep, n_classes, cfg.foreground_weight),
-                         organ_lesions=cfg.organ_lesions, organ_contrast=cfg.organ_contrast)
+                         build_cache(train_cases, prep, n_classes, cfg.foreground_weight, cfg.group_shares),
+                         organ_lesions=cfg.organ_lesions, organ_contrast=cfg.organ_contrast,
+                         silver_slice_counts=silver_counts)
     if names.hosts:
         from ..synthetic import LesionSettings
 
@@ -186,7 +197,27 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
         host_cases = [load_host_case(data_dir, n) for n in names.hosts]
         data.hosts = _build_hosts(host_cases, prep, _reference_model(target, cfg.synthetic, prep),
                                   data.lesion_settings.hard_negative_weight)
+        if cfg.hard_negatives:
+            from ..negatives import HardNegativeSettings
+
+            data.negatives = HardNegativeSettings.from_dict(cfg.hard_negatives)
     return data
+
+
+HARD_NEGATIVES_NOTE = (
+    "synthetic hard negatives (napari_ctseg.negatives): host slices made to look as normal lungs do on "
+    "other scanners, the infection label left empty: expiration (aerated lung +100..+300 HU, more in the "
+    "dependent lung), dependent atelectasis bands, cardiac-motion blur next to the mediastinum, thick "
+    "slices (5-8 mm averaged), low-dose noise, sharp or soft kernels")
+
+
+def _silver_slices_note(cfg: TrainingConfig, n: int | None) -> str:
+    from .silver_slices import PSEUDO_CLEANING
+
+    c = {"min_inside": 0.6, "dilate_px": 3, "min_pixels": 10, "min_contact": 0.25, "max_bone": 0.3,
+         **(cfg.silver_slices.get("cleaning") or {})}
+    return (f"{n} slices; " if n else "") + PSEUDO_CLEANING.format(**c) + (
+        "; the marks dropped are ignored by the loss (not taught as background)")
 
 
 def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preprocessing,
@@ -206,7 +237,11 @@ def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preproc
                                  for n in names.hosts},
                               **{n: "no infection (negative validation: scored by the false-positive % of "
                                     "the lung)" for n in names.negative},
-                              **{n: PSEUDO_METHOD for n in data.pseudo_names}},
+                              **{n: PSEUDO_METHOD for n in data.pseudo_names},
+                              **{n: _silver_slices_note(cfg, (data.silver_slice_counts or {}).get(n))
+                                 for n in names.silver_slices}},
+            **({"synthetic_hard_negatives": {"settings": dict(cfg.hard_negatives), "note": HARD_NEGATIVES_NOTE}}
+               if cfg.hard_negatives and data.hosts is not None else {}),
             **({"hard_negative_slices": data.hosts.hard} if data.hosts is not None else {}),
             **({"extra_classes": extra, "extra_classes_note": "training-only classes learnt from the "
                 "silver labels (airway: the trachea and main bronchi found by the classical method); "

@@ -41,6 +41,7 @@ class _Hosts:
     index: np.ndarray  # (N, 2): case, slice
     weights: np.ndarray  # (N,) sampling probabilities
     hard: int = 0  # slices weighted up as hard negatives
+    spacing_z: list[float] | None = None  # per case, mm between slices (thick-slice negatives)
 
 
 def _build_hosts(cases: list[Case], prep: Preprocessing, reference=None,
@@ -72,18 +73,32 @@ def _build_hosts(cases: list[Case], prep: Preprocessing, reference=None,
             index.append((ci, z))
             weights.append(hard_weight if fp[z] else 1.0)
     w = np.asarray(weights, dtype=float)
-    return _Hosts(images, lungs, np.asarray(index, dtype=np.int64), w / w.sum(), hard)
+    return _Hosts(images, lungs, np.asarray(index, dtype=np.int64), w / w.sum(), hard,
+                  [float(c.spacing[0]) if c.spacing else 1.0 for c in cases])
 
 
 def _sample_hosts(hosts: _Hosts, prep: Preprocessing, n: int, rng: np.random.Generator,
-                  settings) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                  settings, negatives=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Host samples: with ``negatives`` (``HardNegativeSettings``) some first look as normal
+    lungs do on other scanners (label unchanged); then some get synthetic lesions."""
     from ..synthetic import add_lesions
 
     xs, ys = [], []
     for k in rng.choice(len(hosts.index), size=n, p=hosts.weights):
         ci, z = hosts.index[k]
         idx = context_indices([z], hosts.images[ci].shape[0], prep.context)[0]
-        x = hosts.images[ci][torch.as_tensor(idx)].numpy()
+        changes = negatives.choose(rng) if negatives is not None else []
+        if "thick" in changes:
+            from ..negatives import thick_slab
+
+            spacing = hosts.spacing_z[ci] if hosts.spacing_z else 1.0
+            x = thick_slab(hosts.images[ci], z, idx, spacing, rng.uniform(*negatives.thick_mm))
+        else:
+            x = hosts.images[ci][torch.as_tensor(idx)].numpy()
+        if changes:
+            from ..negatives import add_hard_negatives
+
+            x = add_hard_negatives(x, hosts.lungs[ci][idx], prep.window, rng, changes, negatives)
         y = np.zeros(x.shape[1:], bool)
         if rng.random() < settings.p_lesion:
             x, y = add_lesions(x, hosts.lungs[ci][idx], prep.window, rng, settings)
@@ -92,8 +107,15 @@ def _sample_hosts(hosts: _Hosts, prep: Preprocessing, n: int, rng: np.random.Gen
     return xs, ys
 
 
-def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float) -> SliceCache:
-    images, targets, index, weights = [], [], [], []
+def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weight: float,
+                group_shares: dict[str, float] | None = None) -> SliceCache:
+    """The cases' slices at the network's size and their sampling weights (slices with
+    foreground ``fg_weight``); ``group_shares`` ({case group: share}) gives each group of
+    cases that share of the draws, whatever its size (groups not named: share 0 unless
+    none is named). A case's ``ignore`` pixels become ``IGNORE_LABEL`` in its targets."""
+    from ..engine import IGNORE_LABEL
+
+    images, targets, index, weights, groups = [], [], [], [], []
     for ci, case in enumerate(cases):
         z_box = None
         if case.hu is not None:
@@ -107,8 +129,12 @@ def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weigh
         else:
             x, crop = image8_to_input(case.image8, prep)
             images.append(x[0, :1])
-            targets.append(labels_to_target(case.labels, crop, prep, n_classes))
-        has_fg = targets[-1].flatten(1).amax(dim=1).numpy() > 0
+            t = labels_to_target(case.labels, crop, prep, n_classes)
+            if case.ignore is not None and case.ignore.any():
+                t[labels_to_target(case.ignore.astype(np.uint8), crop, prep, 2) > 0] = IGNORE_LABEL
+            targets.append(t)
+        tt = targets[-1].flatten(1)
+        has_fg = ((tt > 0) & (tt != IGNORE_LABEL)).any(dim=1).numpy()
         for z in range(targets[-1].shape[0]):
             if case.slices is not None and not case.slices[z]:
                 continue  # not labelled (outside a pseudo-labelled block): context only
@@ -116,7 +142,16 @@ def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weigh
                 continue  # a second stage never sees slices away from the organ
             index.append((ci, z))
             weights.append(fg_weight if has_fg[z] else 1.0)
+            groups.append(case.group)
     w = np.asarray(weights, dtype=float)
+    if group_shares:
+        g = np.asarray(groups)
+        for name in set(groups):
+            sel = g == name
+            share = float(group_shares.get(name, 0.0))
+            w[sel] = share * w[sel] / w[sel].sum()
+        if w.sum() <= 0:
+            raise ValueError(f"group_shares {group_shares} give no weight to the groups {sorted(set(groups))}")
     return SliceCache(images, targets, np.asarray(index, dtype=np.int64), w / w.sum())
 
 
@@ -128,7 +163,7 @@ def _chance(rng: np.random.Generator, p) -> bool:
 def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
                   rng: np.random.Generator, hosts: _Hosts | None = None,
                   synthetic=None, organ_lesions: dict[str, Any] | None = None,
-                  organ_contrast: dict[str, Any] | None = None,
+                  organ_contrast: dict[str, Any] | None = None, negatives=None,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of (x, y): from the labelled cases and, with ``hosts``, a share
     (``synthetic.host_fraction``) of host slices, some with synthetic lesions; with
@@ -140,7 +175,7 @@ def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
     picks = rng.choice(len(cache.index), size=batch_size - n_hosts, p=cache.weights) if cache.index.size else []
     xs, ys = [], []
     if n_hosts:
-        xs, ys = _sample_hosts(hosts, prep, n_hosts, rng, synthetic)
+        xs, ys = _sample_hosts(hosts, prep, n_hosts, rng, synthetic, negatives)
     for k in picks:
         ci, z = cache.index[k]
         stack = cache.images[ci]

@@ -3,7 +3,7 @@ a fixed random split of the infection slices, and a run's split checked and sort
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,15 +64,17 @@ class _SplitNames:
     hosts: list[str]
     pseudo: list[dict[str, Any]]
     negative: list[str]
+    silver_slices: list[str] = field(default_factory=list)  # folders of 8-bit slices with silver labels
 
     @property
     def all(self) -> list[str]:
-        return (self.train + self.silver + self.hosts + [s["case"] for s in self.pseudo]
+        return (self.train + self.silver + self.silver_slices + self.hosts + [s["case"] for s in self.pseudo]
                 + self.validation + self.negative)
 
     def to_card(self) -> dict[str, Any]:
         return {"train": self.train, "validation": self.validation,
                 **({"train_silver": self.silver} if self.silver else {}),
+                **({"train_silver_slices": self.silver_slices} if self.silver_slices else {}),
                 **({"train_hosts": self.hosts} if self.hosts else {}),
                 **({"train_pseudo": self.pseudo} if self.pseudo else {}),
                 **({"validation_negative": self.negative} if self.negative else {})}
@@ -87,7 +89,8 @@ def _checked_split(target: str, data_dir, split, cfg: TrainingConfig) -> _SplitN
     names = _SplitNames(list(split.get("train", [])), list(split.get("validation", [])),
                         list(split.get("train_silver", [])),
                         list(split.get("train_hosts", [])) if cfg.synthetic else [],
-                        list(split.get("train_pseudo", [])), list(split.get("validation_negative", [])))
+                        list(split.get("train_pseudo", [])), list(split.get("validation_negative", [])),
+                        list(split.get("train_silver_slices", [])))
     if not names.train or not names.validation:
         raise TrainingError(f"the {target} split needs training and validation cases")
     overlap = sorted(set(names.train + names.silver + names.hosts) & set(names.validation + names.negative))
