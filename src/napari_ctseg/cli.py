@@ -351,6 +351,97 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _read_clicks(path, geometry) -> list:
+    """CLICKS.json: a list of {"ijk": [i, j, k], "label": "include" | "exclude"} in the scan's
+    own voxel indices, as display-grid ``Click``s (in order)."""
+    from pathlib import Path
+
+    from .errors import RefineError
+    from .refine import Click
+
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RefineError(f"--clicks {path}: cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RefineError(f"--clicks {path}: not valid JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise RefineError(f"--clicks {path}: must hold a JSON list of "
+                          '{"ijk": [i, j, k], "label": "include" | "exclude"}')
+    if not entries:
+        raise RefineError(f"--clicks {path}: the list is empty; give at least one include or exclude click")
+    shape = tuple(geometry.source_shape)
+    clicks = []
+    for n, entry in enumerate(entries, 1):
+        where = f"--clicks {path}: click {n}"
+        if not isinstance(entry, dict) or set(entry) != {"ijk", "label"}:
+            raise RefineError(f'{where}: write {{"ijk": [i, j, k], "label": "include" | "exclude"}}, '
+                              f"got {json.dumps(entry)[:80]}")
+        ijk = entry["ijk"]
+        if not isinstance(ijk, list) or len(ijk) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in ijk):
+            raise RefineError(f'{where}: "ijk" must be three whole voxel indices [i, j, k], got {json.dumps(ijk)[:80]}')
+        kind = entry["label"]
+        if kind not in ("include", "exclude"):
+            raise RefineError(f'{where}: "label" must be "include" or "exclude", got {json.dumps(kind)[:40]}')
+        if any(not 0 <= v < s for v, s in zip(ijk, shape)):
+            raise RefineError(f"{where} at ijk {ijk} is outside the scan (source shape "
+                              f"{'x'.join(map(str, shape))}, indices from 0)")
+        clicks.append((ijk, Click(geometry.source_to_display_index(ijk), include=kind == "include")))
+    return clicks
+
+
+def _cmd_refine(args) -> int:
+    from pathlib import Path
+
+    from .errors import RefineError
+    from .evaluation import read_reference_volume
+    from .io import read_scan, write_mask
+    from .refine import refine
+
+    volume = read_scan(args.scan)
+    for w in volume.warnings:
+        print(f"ctseg: {args.scan}: warning: {w}", file=sys.stderr)
+    clicks = _read_clicks(args.clicks, volume.geometry)
+    card_labels = dict(_registry(args).get_card(args.target).labels)
+    label = args.label
+    if label is None:
+        label = next(iter(card_labels.values())) if len(card_labels) == 1 else 1
+    if label <= 0:
+        raise RefineError(f"--label {label}: give the label value to refine, 1 or more")
+    allowed = {**card_labels, **({f"label {label}": label} if label not in card_labels.values() else {})}
+    source = read_reference_volume(Path(args.mask), volume.geometry, args.target, allowed)
+    present = bool(np.any(source == label))
+    for n, (ijk, click) in enumerate(clicks, 1):  # checked here to name the scan's own indices
+        here = int(source[tuple(ijk)])
+        if click.include and here not in (0, label):
+            raise RefineError(f"--clicks {args.clicks}: click {n} (include) at ijk {ijk} is on label {here}, "
+                              f"not on label {label} or background; an include never takes another label's "
+                              f"voxels (--label {here} to refine that one)")
+        if not click.include and not present:
+            raise RefineError(f"--clicks {args.clicks}: click {n} (exclude): {args.mask} holds no label {label} "
+                              "to remove voxels from")
+    mask = np.ascontiguousarray(volume.geometry.to_display(source))
+    results: list = []
+    new, _edits = refine(np.asarray(volume.hu), mask, label, [c for _, c in clicks], volume.spacing,
+                         results=results)
+    out = write_mask(args.out, new, volume.geometry)
+    ml = volume.voxel_volume_ml
+    rows = [{"ijk": ijk, "label": r.click.kind, "zyx": list(r.click.zyx), "added_voxels": r.added,
+             "removed_voxels": r.removed, "added_ml": round(r.added * ml, 3),
+             "removed_ml": round(r.removed * ml, 3), "seconds": round(r.seconds, 3)}
+            for (ijk, _), r in zip(clicks, results)]
+    if args.json:
+        print(json.dumps({"scan": str(args.scan), "mask": str(args.mask), "out": str(out), "target": args.target,
+                          "label": label, "clicks": rows}))
+        return 0
+    for n, row in enumerate(rows, 1):
+        print(f"click {n} {row['label']} at ijk {row['ijk']}: +{row['added_voxels']} / -{row['removed_voxels']} "
+              f"voxels ({row['added_ml'] - row['removed_ml']:+.2f} mL) in {row['seconds']:.2f} s")
+    print(f"wrote {out} (label {label})")
+    return 0
+
+
 def _cmd_cohort_run(args) -> int:
     from .cohort import run_to_end
 
@@ -495,6 +586,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="derive: the new version's folder, e.g. weights/infection/v3")
     p.add_argument("--definition", default=None, help="derive: a JSON file with the card fields to replace")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("refine", parents=[weights], help="correct a mask with include/exclude clicks, in 3D around each",
+                       description="Apply include/exclude clicks in order to one label of a mask; each "
+                                   "re-segments the mask in 3D around the click (a random walker on the "
+                                   "HU, seeded by the click and the mask; napari_ctseg.refine). The "
+                                   "mask is on the scan's grid; the output is written on the scan's "
+                                   "exact geometry, as ctseg segment writes masks.")
+    p.add_argument("scan", help="NIfTI file, DICOM file or folder")
+    p.add_argument("--target", required=True, help="the mask's target (its card gives the labels), e.g. liver")
+    p.add_argument("--mask", required=True, help="the mask to correct (NIfTI on the scan's grid)")
+    p.add_argument("--clicks", required=True, metavar="CLICKS.json",
+                   help='a JSON list of {"ijk": [i, j, k], "label": "include" | "exclude"} in the scan\'s '
+                        "own voxel indices (source i,j,k of ctseg info; nibabel's array order for NIfTI)")
+    p.add_argument("--out", required=True, help="the corrected mask, .nii or .nii.gz")
+    p.add_argument("--label", type=int, default=None,
+                   help="the label value the clicks refine (default: the target's only label, else 1)")
+    p.add_argument("--json", action="store_true", help="one JSON object with every click's figures")
+    p.set_defaults(func=_cmd_refine)
 
     p = sub.add_parser("cohort", help="segment a cohort of scans on a Dask cluster; summarise it",
                        description="Segment many scans on a local Dask cluster or an existing one, one "

@@ -32,3 +32,7 @@ class ModelError(CTSegError):
 
 class TrainingError(CTSegError):
     """Training could not start or go on (missing data, unknown target, bad settings)."""
+
+
+class RefineError(CTSegError):
+    """Clicks could not refine a mask (a click outside the scan, on another label, no clicks, ...)."""

@@ -119,6 +119,33 @@ class Geometry:
         """Reorient a source-layout array (i, j, k) to the display layout (z, y, x)."""
         return ornt.apply_orientation(source_array, self.display_ornt)
 
+    def source_to_display_index(self, ijk) -> tuple[int, ...]:
+        """The display voxel (z, y, x) of source voxel ``ijk`` (the array order of the file,
+        nibabel's for NIfTI): ``to_display``'s flips and permutation applied to one index,
+        so ``to_display(a)[source_to_display_index(ijk)] == a[ijk]``. ``ValueError`` when
+        ``ijk`` is not three whole indices inside ``source_shape``."""
+        ijk = tuple(ijk)
+        if len(ijk) != len(self.source_shape) or any(not 0 <= int(v) < n for v, n in zip(ijk, self.source_shape)):
+            raise ValueError(f"voxel {list(ijk)} is outside the source shape {list(self.source_shape)}")
+        out = [0] * len(self.source_shape)
+        for axis, (dst_axis, flip) in enumerate(self.display_ornt):
+            i = int(ijk[axis])
+            out[int(dst_axis)] = self.source_shape[axis] - 1 - i if flip < 0 else i
+        return tuple(out)
+
+    def display_to_source_index(self, zyx) -> tuple[int, ...]:
+        """The source voxel (i, j, k) of display voxel ``zyx``: the inverse of
+        ``source_to_display_index``."""
+        zyx = tuple(zyx)
+        shape = self.display_shape
+        if len(zyx) != len(shape) or any(not 0 <= int(v) < n for v, n in zip(zyx, shape)):
+            raise ValueError(f"voxel {list(zyx)} is outside the display shape {list(shape)}")
+        out = [0] * len(shape)
+        for axis, (dst_axis, flip) in enumerate(self.display_ornt):
+            v = int(zyx[int(dst_axis)])
+            out[axis] = self.source_shape[axis] - 1 - v if flip < 0 else v
+        return tuple(out)
+
     def to_source(self, display_array: np.ndarray) -> np.ndarray:
         """Undo ``to_display`` exactly (a permutation and flips, no resampling)."""
         if tuple(display_array.shape) != self.display_shape:
