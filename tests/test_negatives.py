@@ -241,7 +241,7 @@ def test_settings_from_dict():
 
 def test_choose():
     never = neg.HardNegativeSettings.from_dict({"p": 0.0})
-    always = neg.HardNegativeSettings.from_dict({"p": 1.0})
+    always = neg.HardNegativeSettings.from_dict({"p": 1.0, "mass_p": 0.25})
     rng = np.random.default_rng(0)
     assert all(never.choose(rng) == [] for _ in range(50))
     seen = set()
@@ -250,13 +250,32 @@ def test_choose():
         assert got and set(got) <= set(neg.CHANGES) and len(set(got)) == len(got)
         seen.update(got)
     assert seen == set(neg.CHANGES)
-    # every change's own chance 0: still exactly one change
+    # a change whose own chance is 0 is never chosen (masses are off by default)
+    default = neg.HardNegativeSettings.from_dict({"p": 1.0})
+    assert all("mass" not in default.choose(rng) for _ in range(200))
+    # only one change on: exactly that one, even where its own draw fails
+    only = neg.HardNegativeSettings.from_dict({"p": 1.0, **{f"{c}_p": 0.0 for c in neg.CHANGES}, "noise_p": 0.01})
+    assert all(only.choose(rng) == ["noise"] for _ in range(20))
     none_each = neg.HardNegativeSettings.from_dict({"p": 1.0, **{f"{c}_p": 0.0 for c in neg.CHANGES}})
-    assert all(len(none_each.choose(rng)) == 1 for _ in range(20))
+    assert all(none_each.choose(rng) == [] for _ in range(20))
     for name in neg.CHANGES:
         assert never.choose(rng, forced=name) == [name]
     with pytest.raises(ValueError):
         always.choose(rng, forced="sneeze")
+
+
+def test_mass_is_solid_tissue_inside_the_lung():
+    x, lung, hu = _phantom()
+    s = neg.HardNegativeSettings.from_dict({"mass_hu": [30.0, 30.0], "mass_radius_px": [6.0, 6.0]})
+    for seed in range(3):
+        out = neg.mass(x, lung, WINDOW, np.random.default_rng(seed), s)
+        d = (out - x)[0] * (WINDOW[1] - WINDOW[0])
+        raised = d > 300.0  # lung (-860 HU) turned into soft tissue
+        assert raised.sum() > 60  # a mass of several cm2, not a speck
+        assert raised[~lung[0]].sum() == 0  # never outside the lung
+        assert (out >= 0).all() and (out <= 1).all()
+        solid = (WINDOW[0] + out[0] * (WINDOW[1] - WINDOW[0]))[raised]
+        assert abs(np.median(solid) - 30.0) < 40.0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

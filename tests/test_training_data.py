@@ -117,3 +117,26 @@ def test_batches_with_ignored_pixels_give_a_finite_loss_that_skips_them():
     logits2 = logits.clone()
     logits2[:, 1][ign] += 10.0
     assert torch.isclose(dice_ce_loss(logits2, y), loss, rtol=0, atol=1e-12)
+
+
+def test_init_from_loads_a_bundled_versions_weights_and_refuses_another_network():
+    import torch
+
+    from napari_ctseg.errors import TrainingError
+    from napari_ctseg.models.registry import load_model
+    from napari_ctseg.models.unet import build_model
+    from napari_ctseg.training.recipe import _init_weights
+
+    base, card = load_model("infection", "v1", device="cpu")
+    model = build_model(dict(card.architecture))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _init_weights(model, "infection", {"version": "v1"})
+    after = model.state_dict()
+    for k, v in base.state_dict().items():
+        assert torch.equal(after[k].float(), v.float()), k
+    assert any(not torch.equal(before[k], after[k]) for k in after if after[k].is_floating_point())
+    other = build_model({**card.architecture, "base": 8})
+    with pytest.raises(TrainingError, match="differs"):
+        _init_weights(other, "infection", {"version": "v1"})
+    with pytest.raises(TrainingError, match="init_from"):
+        _init_weights(model, "infection", {"version": "v99"})

@@ -21,7 +21,10 @@ volume's neighbouring slices and are made by ``thick_slab``.
   smeared to a haze, the heart's border doubled);
 * thick slices: 5-8 mm of neighbouring slices averaged (vessels and fissures at partial
   volume);
-* low-dose noise, and sharp or soft reconstruction kernels.
+* low-dose noise, and sharp or soft reconstruction kernels;
+* a lung mass (off unless ``mass_p`` > 0): a solid, lobulated soft-tissue mass of 2-5 cm
+  with a few spicules and sometimes a thin hazy rim (a lung cancer and what surrounds it,
+  the look of the bundled chest sample's hilar tumour): not infection.
 """
 from __future__ import annotations
 
@@ -46,9 +49,12 @@ DEFAULT_HARD_NEGATIVES: dict[str, Any] = {
     "noise_p": 0.3,
     "noise_hu": [8.0, 30.0],       # SD on the network grid (512 px noise of 25-90 HU, averaged)
     "kernel_p": 0.3,
+    "mass_p": 0.0,
+    "mass_radius_px": [6.0, 14.0],  # about 2.6-6 cm across at 2.2 mm a pixel
+    "mass_hu": [0.0, 60.0],
 }
 
-CHANGES = ("expiration", "atelectasis", "motion", "thick", "noise", "kernel")
+CHANGES = ("expiration", "atelectasis", "motion", "mass", "thick", "noise", "kernel")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ class HardNegativeSettings:
     noise_p: float = 0.3
     noise_hu: tuple[float, float] = (8.0, 30.0)
     kernel_p: float = 0.3
+    mass_p: float = 0.0
+    mass_radius_px: tuple[float, float] = (6.0, 14.0)
+    mass_hu: tuple[float, float] = (0.0, 60.0)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> HardNegativeSettings:
@@ -86,8 +95,10 @@ class HardNegativeSettings:
             return [forced]
         if rng.random() >= self.p:
             return []
-        chosen = [c for c in CHANGES if rng.random() < getattr(self, f"{c}_p")]
-        return chosen or [CHANGES[int(rng.integers(len(CHANGES)))]]
+        # a change whose chance is 0 draws nothing, so adding one leaves older runs' draws as they were
+        on = [c for c in CHANGES if getattr(self, f"{c}_p") > 0]
+        chosen = [c for c in on if rng.random() < getattr(self, f"{c}_p")]
+        return chosen or [on[int(rng.integers(len(on)))]] if on else []
 
 
 def thick_slab(images, z: int, indices, spacing_z_mm: float, thickness_mm: float):
@@ -179,6 +190,44 @@ def cardiac_motion(x: np.ndarray, lung: np.ndarray, window, rng, s: HardNegative
     return np.clip(out, 0.0, 1.0)
 
 
+def mass(x: np.ndarray, lung: np.ndarray, window, rng, s: HardNegativeSettings) -> np.ndarray:
+    lo, hi = window
+    width = hi - lo
+    c, h, w = x.shape
+    centre = c // 2
+    inner = ndimage.binary_erosion(lung[centre], iterations=3)
+    if inner.sum() < 200:
+        return x
+    cy, cx = divmod(int(rng.choice(inner.size, p=(inner / inner.sum()).ravel())), w)
+    r = rng.uniform(*s.mass_radius_px)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = np.arctan2(yy - cy, xx - cx)
+    lobes = 1.0 + sum(rng.uniform(0.03, 0.12) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+    dist = np.hypot(yy - cy, xx - cx) / (r * lobes)
+    spicules = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(0, 6))):
+        a = rng.uniform(0, 2 * np.pi)
+        along = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+        across = np.abs(-(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a))
+        spicules = np.maximum(spicules, ((along > 0) & (along < r * rng.uniform(1.3, 2.0)) & (across < 0.7))
+                              .astype(np.float32))
+    halo = rng.uniform(1.0, 3.0) if rng.random() < 0.5 else 0.0
+    solid = rng.uniform(*s.mass_hu)
+    out = x.copy()
+    for ch in range(c):
+        shrink = 1.0 + 0.35 * abs(ch - centre)
+        core = ndimage.gaussian_filter((dist * shrink < 1.0).astype(np.float32), 0.7)
+        if halo:
+            rim = np.clip(1.0 - (dist * shrink - 1.0) * r / halo, 0.0, 1.0) * (dist * shrink >= 1.0)
+            out[ch] = np.maximum(out[ch], out[ch] * (1 - 0.5 * rim) + 0.5 * rim * (rng.uniform(-650, -450) - lo) / width)
+        line = ndimage.gaussian_filter(spicules, 0.5) * lung[ch]
+        tissue = (solid + rng.normal(0.0, 10.0, (h, w)) - lo) / width
+        out[ch] = np.maximum(out[ch], out[ch] * (1 - line) + line * (solid - 150.0 - lo) / width)
+        keep = np.maximum(core, 0.0)
+        out[ch] = out[ch] * (1 - keep) + tissue * keep
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def noise(x: np.ndarray, window, rng, s: HardNegativeSettings) -> np.ndarray:
     width = window[1] - window[0]
     sd = rng.uniform(*s.noise_hu) / width
@@ -209,6 +258,8 @@ def add_hard_negatives(x: np.ndarray, lung: np.ndarray, window, rng: np.random.G
             out = atelectasis(out, lung, window, rng, s)
         elif c == "motion":
             out = cardiac_motion(out, lung, window, rng, s)
+        elif c == "mass":
+            out = mass(out, lung, window, rng, s)
         elif c == "noise":
             out = noise(out, window, rng, s)
         elif c == "kernel":

@@ -69,6 +69,8 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     t0 = time.perf_counter()
     data = yield from _read_training_data(target, Path(data_dir), names, cfg, prep)
     model = build_model({**cfg.architecture}).to(dev)
+    if cfg.init_from:
+        _init_weights(model, target, cfg.init_from)
 
     def batch():
         x, y = augment(*data.sample(cfg.batch_size, rng), cfg.augmentation, prep.pad_value, gen)
@@ -95,6 +97,22 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         int(cfg.warmup_fraction * cfg.epochs * cfg.steps_per_epoch), 0.01, batch, evaluate, finish,
         _written, keep="best", keep_on_cancel=True, dice_weight=cfg.dice_weight, save_half=cfg.save_half,
         ema_decay=cfg.ema_decay, t0=t0)))
+
+
+def _init_weights(model, target: str, init: dict[str, Any]) -> None:
+    """Load a bundled version's weights into ``model`` (a warm start); ``TrainingError`` when
+    the version is missing or its network differs."""
+    from ..models.registry import load_model
+
+    version = init.get("version")
+    try:
+        base, card = load_model(target, version, device="cpu")
+    except ModelError as exc:
+        raise TrainingError(f"init_from: {exc}") from None
+    try:
+        model.load_state_dict({k: v.float() for k, v in base.state_dict().items()})
+    except RuntimeError as exc:
+        raise TrainingError(f"init_from: {target} {version}'s network differs from this run's ({exc})") from None
 
 
 def _written(card: ModelCard, outcome: Outcome) -> tuple[ModelCard, dict[str, Any]]:
