@@ -54,6 +54,16 @@ def test_include_click_adds_the_missed_part_in_3d():
     assert np.all(new[mask == 1] == 1)  # an include only adds
 
 
+def test_include_never_adds_a_separate_piece():
+    hu, organ = phantom()
+    other = ellipsoid(SHAPE, (20, 32, 60), (3, 3, 3))  # same HU, in the box, apart from the organ
+    hu = np.where(other, hu + 160, hu).astype(np.int16)
+    mask = organ.astype(np.uint8)
+    mask[:, :, 42:] = 0
+    new = refine_click(hu, mask, 1, Click((20, 32, 47)), SPACING).apply(mask.copy())
+    assert dice(new, organ) > 0.99 and not np.any(new[other])
+
+
 def test_exclude_click_removes_an_extra_blob():
     hu, organ = phantom()
     blob = ellipsoid(SHAPE, (20, 32, 56), (3, 6, 6)) & ~organ  # fat wrongly in the mask
