@@ -143,6 +143,7 @@ def _cmd_segment(args) -> int:
 
     from .inference import ModelSet, parse_targets, segment
     from .io import read_scan, write_mask
+    from .io.dicom_objects import check_seg_source, write_seg
     from .io.nifti import scan_name
 
     registry = _registry(args)
@@ -155,13 +156,21 @@ def _cmd_segment(args) -> int:
     for scan in scans:
         try:
             volume = read_scan(scan)
+            if args.format == "seg":
+                check_seg_source(volume, Path(scan).name)  # before segmenting, not after
             for w in volume.warnings:
                 print(f"ctseg: {scan}: warning: {w}", file=sys.stderr)
             result = segment(volume, targets, args.device, models=models,
                              progress=_progress_printer(Path(scan).name))
             out_dir = out_root if len(scans) == 1 else out_root / scan_name(scan)
-            written = {t: str(write_mask(out_dir / f"{t}.nii.gz", m, volume.geometry))
-                       for t, m in result.masks.items()}
+            written = {}
+            for t, m in result.masks.items():
+                if args.format == "seg":  # the card's label names; the model and its version as the algorithm
+                    labels = {int(v): k for k, v in result.cards[t].labels.items()} if t in result.cards else {1: t}
+                    algorithm = f"napari-ctseg {t} {result.versions.get(t, '')}".strip()
+                    written[t] = str(write_seg(m, labels, volume, out_dir / f"{t}.dcm", algorithm=algorithm))
+                else:
+                    written[t] = str(write_mask(out_dir / f"{t}.nii.gz", m, volume.geometry))
         except CTSegError as exc:
             if len(scans) == 1:
                 raise
@@ -522,7 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", parents=[weights], help="segment lungs, liver and infection; write masks on the scan's geometry")
     p.add_argument("scans", nargs="+", help="NIfTI file, DICOM file or folder, or a folder of scans")
     p.add_argument("--targets", default="lungs,liver,infection", help="comma-separated: lungs,liver,infection")
-    p.add_argument("--out", required=True, help="output folder: <target>.nii.gz (one subfolder per scan when several)")
+    p.add_argument("--out", required=True, help="output folder: <target>.nii.gz, or <target>.dcm with --format seg "
+                   "(one subfolder per scan when several)")
+    p.add_argument("--format", default="nifti", choices=["nifti", "seg"],
+                   help="nifti: <target>.nii.gz; seg: <target>.dcm, a DICOM SEG referencing the scan's DICOM series "
+                        "(the scan must be DICOM, with a Frame of Reference UID)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
     p.add_argument("--json", action="store_true", help="one JSON object per scan")

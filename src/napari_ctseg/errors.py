@@ -36,3 +36,8 @@ class TrainingError(CTSegError):
 
 class RefineError(CTSegError):
     """Clicks could not refine a mask (a click outside the scan, on another label, no clicks, ...)."""
+
+
+class DicomObjectError(CTSegError):
+    """A DICOM SEG or RT Structure Set could not be read onto its CT, or a SEG not written
+    (the series it refers to is not here, a reference does not match, the scan is not DICOM)."""

@@ -64,6 +64,38 @@ def window_presets() -> dict[str, WindowPreset]:
 
 
 @dataclass
+class DicomSeries:
+    """The DICOM series a scan was read from, as a DICOM SEG or RTSTRUCT refers to it.
+
+    Per source slice ``k`` (the third axis of the source array, slices in increasing position
+    along the normal): its SOP Instance UID, ImagePositionPatient (LPS mm; empty when the
+    files carry none) and file. Plain types only, so it travels in a layer's metadata.
+    """
+
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str  # "" when the series has none
+    sop_class_uid: str
+    sop_instance_uids: list[str]
+    positions: list[list[float]]
+    orientation: list[float]  # ImageOrientationPatient (row then column cosines); [] if unknown
+    pixel_spacing: list[float]  # (between rows, between columns) mm
+    rows: int
+    columns: int
+    files: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> DicomSeries | None:
+        if not d:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
 class Geometry:
     """Everything needed to map a display-grid mask back onto the source voxels.
 
@@ -79,6 +111,7 @@ class Geometry:
     source_path: str = ""
     source_kind: str = ""  # "nifti" | "dicom"
     nifti_header: bytes | None = None  # the source NIfTI header, to write masks alike
+    dicom: DicomSeries | None = None  # the source DICOM series' UIDs, to write DICOM SEG
 
     @property
     def source_axcodes(self) -> tuple[str, ...]:
@@ -167,6 +200,7 @@ class Geometry:
             "source_path": self.source_path,
             "source_kind": self.source_kind,
             "nifti_header": self.nifti_header,
+            "dicom": self.dicom.to_dict() if self.dicom is not None else None,
         }
 
     @classmethod
@@ -178,6 +212,7 @@ class Geometry:
             source_path=meta.get("source_path", ""),
             source_kind=meta.get("source_kind", ""),
             nifti_header=meta.get("nifti_header"),
+            dicom=DicomSeries.from_dict(meta.get("dicom")),
         )
 
     @classmethod
@@ -219,6 +254,8 @@ class CTVolume:
     warnings: list[str] = field(default_factory=list)
     series: SeriesInfo | None = None
     other_series: list[SeriesInfo] = field(default_factory=list)
+    # DICOM objects in the folder that are not images (kind -> count: {"RTSTRUCT": 1, ...}).
+    other_objects: dict[str, int] = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float, float]:

@@ -1,4 +1,9 @@
-"""napari reader hook: NIfTI files, DICOM files (with or without extension) and folders."""
+"""napari reader hook: NIfTI files, DICOM files (with or without extension) and folders.
+
+A DICOM folder opens its CT series and, as Labels layers on it, the DICOM SEG and RT
+Structure Sets beside it that refer to that series; a SEG/RTSTRUCT file opens with its
+series from the same folder (``io.dicom_objects.open_with_objects``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +11,9 @@ from pathlib import Path
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..errors import CTSegError
-from ..io import is_scan_path, read_scan
-from ._layers import image_layer_data
+from ..io import is_scan_path
+from ..io.dicom_objects import open_with_objects
+from ._layers import image_layer_data, labels_layer_data
 
 
 def napari_get_reader(path):
@@ -25,11 +31,12 @@ def napari_get_reader(path):
 
 
 def read_ct(path):
-    """Read one scan into an Image layer; expected errors become a notification."""
+    """Read one scan into an Image layer, plus a Labels layer per SEG/RTSTRUCT label map on
+    it; expected errors become a notification."""
     if isinstance(path, list):
         path = path[0]
     try:
-        volume = read_scan(path)
+        volume, label_maps, problems = open_with_objects(path)
     except CTSegError as exc:
         show_error(str(exc))
         return [(None,)]  # napari's sentinel for "read, nothing to show"
@@ -37,7 +44,18 @@ def read_ct(path):
         msg = f"{Path(path).name}: opened {volume.series.label()}"
         if volume.other_series:
             msg += "; other series here: " + "; ".join(s.label() for s in volume.other_series)
+        if label_maps:
+            files = sorted({Path(m.source_path).name for m in label_maps})
+            msg += f"; with {len(label_maps)} mask layer(s) from {', '.join(files)}"
         show_info(msg)
     for warning in volume.warnings:
         show_warning(f"{volume.name}: {warning}")
-    return [image_layer_data(volume)]
+    for problem in problems:
+        show_error(f"not shown: {problem}")
+    seen = set()
+    for labelmap in label_maps:
+        for warning in labelmap.warnings:
+            if (labelmap.source_path, warning) not in seen:
+                seen.add((labelmap.source_path, warning))
+                show_warning(f"{Path(labelmap.source_path).name}: {warning}")
+    return [image_layer_data(volume)] + [labels_layer_data(m, volume) for m in label_maps]

@@ -1,4 +1,5 @@
-"""napari writer hook: a Labels layer as NIfTI on its scan's exact geometry."""
+"""napari writer hooks: a Labels layer as NIfTI on its scan's exact geometry, or as DICOM SEG
+on the DICOM series it was made on (File > Save Selected Layers with a .dcm name)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..errors import CTSegError, MaskWriteError
 from ..io import write_mask
-from ._layers import geometry_from_metadata
+from ._layers import OBJECT_KEY, geometry_from_metadata
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
@@ -23,6 +24,61 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         return []
     show_info(f"saved {written.name} on the geometry of {geometry.source_path or 'the scan'}")
     return [str(written)]
+
+
+def write_labels_seg(path: str, data, meta: dict) -> list[str]:
+    """Write a Labels layer to ``path`` (.dcm) as a DICOM SEG referencing the CT series it was
+    made on (the geometry and UIDs from the layer's metadata, or from the one open CT it
+    matches). Segment names: a SEG/RTSTRUCT layer's own, else the layer's ``features`` names
+    (Segment volume's), else the target or layer name. The algorithm: the model and version
+    (SEMIAUTOMATIC once slices were changed by hand), or manual. Refusals (a NIfTI scan, a
+    series without Frame of Reference) are shown as a notification; nothing is written."""
+    from ..io.dicom_objects import write_seg
+
+    try:
+        geometry = geometry_from_metadata(meta.get("metadata")) or _geometry_from_viewer(data, meta)
+        mask = np.asarray(data)
+        labels, colours = _segments_of(mask, meta)
+        algorithm, corrected = _algorithm_of(mask, meta.get("metadata") or {})
+        written = write_seg(mask, labels, geometry, path, algorithm=algorithm, corrected=corrected,
+                            colours=colours)
+    except CTSegError as exc:
+        show_error(str(exc))
+        return []
+    show_info(f"saved {written.name} as DICOM SEG on series {geometry.dicom.series_uid}")
+    return [str(written)]
+
+
+def _segments_of(mask: np.ndarray, meta: dict) -> tuple[dict[int, str], dict[int, tuple]]:
+    """{value: name} and {value: RGB} for a layer's labels."""
+    metadata = meta.get("metadata") or {}
+    obj = metadata.get(OBJECT_KEY) or {}
+    if obj.get("segments"):
+        segments = obj["segments"]
+        return ({int(s["value"]): str(s["name"]) for s in segments},
+                {int(s["value"]): tuple(s["color"]) for s in segments if s.get("color")})
+    values = [int(v) for v in np.unique(mask) if v > 0]
+    names: dict[int, str] = {}
+    features = meta.get("features")
+    if features is not None and "name" in getattr(features, "columns", ()):
+        for value, name in zip(features.index, features["name"]):
+            if int(value) > 0 and str(name) and str(name) != "background":
+                names[int(value)] = str(name)
+    base = str(metadata.get("target") or meta.get("name") or "label")
+    for v in values:
+        names.setdefault(v, base if len(values) == 1 and not names else f"{base} {v}")
+    return names, {}
+
+
+def _algorithm_of(mask: np.ndarray, metadata: dict) -> tuple[str, bool]:
+    """("napari-ctseg <target> <version>", changed by hand?) for a model's mask, else ("manual", False)."""
+    from ..corrections import BASELINE_KEY, changed_slices
+
+    target, version = metadata.get("target"), metadata.get("model_version")
+    if not target or not version or metadata.get(OBJECT_KEY):
+        return "manual", False
+    baseline = metadata.get(BASELINE_KEY)
+    return f"napari-ctseg {target} {version}", bool(baseline is not None and changed_slices(baseline, mask))
 
 
 def _geometry_from_viewer(data, meta):

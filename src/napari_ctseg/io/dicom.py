@@ -17,7 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import NotAScanError, ScanReadError
-from ..volume import CTVolume, SeriesInfo
+from ..volume import CTVolume, DicomSeries, SeriesInfo
 from ._common import build_volume
 from ._memory import check_fits
 
@@ -247,6 +247,7 @@ def _volume_from(path: Path, folder: Path, wanted: Path | None, slices: list[_Sl
     row_spacing, col_spacing = _pixel_spacing(ds0, warnings)
     affine, ordered = _geometry(group, rows, cols, row_spacing, col_spacing, warnings)
     n = len(ordered)
+    reference = _series_reference(ordered, rows, cols, row_spacing, col_spacing)
     slopes = [float(s.ds.get("RescaleSlope", 1) or 1) for s in ordered]
     inters = [float(s.ds.get("RescaleIntercept", 0) or 0) for s in ordered]
     integral = all(v.is_integer() for v in slopes + inters)
@@ -276,9 +277,31 @@ def _volume_from(path: Path, folder: Path, wanted: Path | None, slices: list[_Sl
     source = stack.transpose(2, 1, 0)
     volume = build_volume(source, affine, name=name, source_path=str(path.resolve()),
                           source_kind="dicom", warnings=warnings)
+    volume.geometry.dicom = reference
     volume.series = series
     volume.other_series = others
+    volume.other_objects = dict(shown)
     return volume
+
+
+def _series_reference(ordered: list[_Slice], rows: int, cols: int, row_spacing: float,
+                      col_spacing: float) -> DicomSeries:
+    """The UIDs, positions and files of the slices in source order (what SEG/RTSTRUCT refer to)."""
+    ds0 = ordered[0].ds
+    have_positions = all(s.position is not None for s in ordered)
+    iop = ds0.get("ImageOrientationPatient")
+    return DicomSeries(
+        study_uid=str(ds0.get("StudyInstanceUID", "") or ""),
+        series_uid=str(ds0.get("SeriesInstanceUID", "") or ""),
+        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "") or ""),
+        sop_class_uid=str(ds0.get("SOPClassUID", "") or ""),
+        sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "") or "") for s in ordered],
+        positions=[[float(v) for v in s.position] for s in ordered] if have_positions else [],
+        orientation=[float(v) for v in iop] if iop is not None and len(iop) == 6 else [],
+        pixel_spacing=[row_spacing, col_spacing],
+        rows=rows, columns=cols,
+        files=[str(s.path.resolve()) for s in ordered],
+    )
 
 
 def _fits_int16(pixels: np.ndarray, slope: float, inter: float) -> bool:
