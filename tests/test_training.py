@@ -261,7 +261,8 @@ def test_infection_with_hosts_synthetic_lesions_and_a_negative_case(tmp_path):
         Image.fromarray(mask).save(data / "slices" / "masks" / f"{i}.png")
     _write_host(data / "host_a", 0)
     _write_host(data / "neg_b", 1)
-    cfg = {**TINY, "synthetic": {"p_lesion": 1.0, "host_fraction": 0.5, "radius_px": [2.0, 5.0]}}
+    cfg = {**TINY, "synthetic": {"p_lesion": 1.0, "host_fraction": 0.5, "radius_px": [2.0, 5.0]},
+           "init_from": {"version": None}}  # a tiny network: no warm start from v1
     split = {"train": ["slices/0", "slices/1"], "validation": ["slices/2"],
              "train_hosts": ["host_a"], "validation_negative": ["neg_b"]}
     card = run_to_end(train("infection", data, tmp_path / "m", epochs=2, split=split, config=cfg))

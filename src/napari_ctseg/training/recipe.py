@@ -69,7 +69,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
     t0 = time.perf_counter()
     data = yield from _read_training_data(target, Path(data_dir), names, cfg, prep)
     model = build_model({**cfg.architecture}).to(dev)
-    if cfg.init_from:
+    if cfg.init_from and cfg.init_from.get("version"):
         _init_weights(model, target, cfg.init_from)
 
     def batch():
