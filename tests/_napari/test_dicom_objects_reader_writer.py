@@ -17,10 +17,17 @@ def notifications():
     return lambda: notification_manager.records[start:]
 
 
-def test_highdicom_folder_opens_image_and_labels(make_napari_viewer, shared_data, notifications):
+@pytest.fixture
+def highdicom_folder(shared_data):
+    # skipped at set-up, before the viewer fixture: a skip inside a viewer test breaks napari's teardown
     folder = shared_data / "dicom_objects" / "highdicom"
     if not folder.is_dir():
         pytest.skip("dicom_objects/highdicom is not in ../shared/data")
+    return folder
+
+
+def test_highdicom_folder_opens_image_and_labels(highdicom_folder, make_napari_viewer, notifications):
+    folder = highdicom_folder
     viewer = make_napari_viewer()
     viewer.open(folder, plugin="napari-ctseg")
     kinds = [type(layer).__name__ for layer in viewer.layers]
