@@ -44,3 +44,14 @@ def write_atomically(path, data: bytes | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name the same file (the same inode where both exist, else the same resolved path)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()

@@ -32,7 +32,6 @@ and names the algorithm (napari-ctseg and the model's version, or manual).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -42,7 +41,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .._files import replaced_atomically
+from .._files import replaced_atomically, same_file
 from ..errors import CTSegError, DicomObjectError
 from ..volume import CTVolume, DicomSeries, Geometry
 
@@ -791,7 +790,7 @@ def write_seg(mask: np.ndarray, labels: dict[int, str], ct, path, *, algorithm: 
     name = path.name
     geometry = ct.geometry if isinstance(ct, CTVolume) else ct
     ref = check_seg_source(geometry, name)
-    if any(_same_path(path, f) for f in ref.files):
+    if any(same_file(path, f) for f in ref.files):
         raise DicomObjectError(f"{name}: this is one of the CT's own files; choose another name "
                                "(the scan is never overwritten)")
     mask = np.asarray(mask)
@@ -889,16 +888,6 @@ def write_seg(mask: np.ndarray, labels: dict[int, str], ct, path, *, algorithm: 
     except OSError as exc:
         raise DicomObjectError(f"{path}: could not write the SEG ({exc.strerror or exc})") from None
     return path
-
-
-def _same_path(a, b) -> bool:
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import zlib
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from .._files import replaced_atomically
+from .._files import replaced_atomically, same_file as _same_file
 from ..errors import MaskWriteError, ScanReadError
 from ..volume import CTVolume, Geometry
 from ._common import build_volume, hu_dtype
@@ -198,11 +197,3 @@ def write_mask(path, mask: np.ndarray, geometry: Geometry) -> Path:
     return path
 
 
-def _same_file(a, b) -> bool:
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
