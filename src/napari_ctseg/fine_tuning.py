@@ -550,7 +550,7 @@ def _card(target, version, base_card: ModelCard, prep, labels, cfg, items, data_
         license=LICENSE_NOTE, cite=list(base_card.cite),
         display=dict(base_card.display), postprocess=[dict(p) for p in base_card.postprocess],
         requires=list(base_card.requires), stages=[dict(st) for st in base_card.stages],
-        inputs=list(base_card.inputs),
+        inputs=list(base_card.inputs), decision=dict(base_card.decision),
         notes=(f"Fine-tuned from {target} {base_card.version} on the user's corrected masks. "
                + (base_card.notes or "")).strip(),
         extra={"status": "incomplete", "fine_tune": {"base": base_card.version,

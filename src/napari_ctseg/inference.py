@@ -146,9 +146,11 @@ def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     try:
-        return fuse(model)
+        fused = fuse(model)
     except Exception:  # noqa: BLE001 - tracing is an optimisation, never a requirement
         return model
+    fused.ctseg_logit_bias = getattr(model, "ctseg_logit_bias", None)  # the card's operating point
+    return fused
 
 
 def parse_targets(targets: str | Iterable[str], registry: ModelRegistry | None = None) -> list[str]:

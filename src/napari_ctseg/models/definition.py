@@ -55,6 +55,35 @@ def check_postprocess(steps: Sequence[Mapping[str, Any]]) -> None:
                              "this model needs a newer napari-ctseg")
 
 
+def logit_bias(card):
+    """The card's operating point as a bias added to the logits, or None (plain argmax).
+
+    ``decision = {"threshold": t}`` on a network with one foreground class: a voxel is that
+    class when its probability is above ``t`` (argmax means 0.5). Softmax gives p1 > t exactly
+    when logit1 - logit0 > log(t / (1 - t)), so adding ``log((1 - t) / t)`` to the foreground
+    logit and taking the argmax is the same decision, on every path that takes labels.
+    """
+    import math
+
+    import torch
+
+    decision = dict(card.decision or {})
+    if not decision:
+        return None
+    unknown = sorted(set(decision) - {"threshold", "chosen_on", "rule", "sweep"})
+    if unknown:
+        raise ModelError(f"{card.target}/{card.version}: decision {', '.join(unknown)} is not understood; "
+                         "this model needs a newer napari-ctseg")
+    t = decision.get("threshold")
+    if not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
+        raise ModelError(f"{card.target}/{card.version}: decision threshold {t!r} is not a probability "
+                         "between 0 and 1")
+    if card.n_classes != 2:
+        raise ModelError(f"{card.target}/{card.version}: a decision threshold needs a network with one "
+                         f"foreground class, not {card.n_classes - 1}")
+    return torch.tensor([0.0, math.log((1.0 - float(t)) / float(t))], dtype=torch.float32)
+
+
 def locate_stage(card) -> dict[str, Any] | None:
     """The card's first stage (``{"name": "locate", "version": ..., "every_mm": ...}``), or None."""
     stages = list(card.stages or [])

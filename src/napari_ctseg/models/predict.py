@@ -22,6 +22,16 @@ from .preprocess import (
 )
 
 
+def class_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax of the network's logits for input ``x`` (float32, on the CPU), with the card's
+    operating point (``model.ctseg_logit_bias``, set by the registry's loader) added first."""
+    logits = model(x).float()
+    bias = getattr(model, "ctseg_logit_bias", None)
+    if bias is not None:
+        logits = logits + bias.to(logits.device).view(1, -1, *([1] * (logits.dim() - 2)))
+    return torch.softmax(logits, dim=1).cpu()
+
+
 def predict_slices(model: nn.Module, hu_zyx: np.ndarray, zs, prep: dict | Preprocessing,
                    crop: SliceCrop, device: str | torch.device = "cpu", batch_size: int = 8,
                    on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -47,7 +57,7 @@ def predict_slices(model: nn.Module, hu_zyx: np.ndarray, zs, prep: dict | Prepro
                 x = x.contiguous(memory_format=torch.channels_last)
             if half:
                 x = x.half()
-            probs = torch.softmax(model(x).float(), dim=1).cpu()
+            probs = class_probs(model, x)
             out[start:start + len(z)] = labels_from_probs(probs, crop)
             if on_batch is not None:
                 on_batch(start + len(z), len(zs))
@@ -74,5 +84,5 @@ def predict_image8(model: nn.Module, image: np.ndarray, prep: dict | Preprocessi
     """Labels (y, x) uint8 for one 8-bit slice already in the model's window (see ``image8_to_input``)."""
     x, crop = image8_to_input(image, prep)
     with torch.inference_mode():
-        probs = torch.softmax(model(x.to(device)), dim=1).float().cpu()
+        probs = class_probs(model, x.to(device))
     return labels_from_probs(probs, crop)[0]

@@ -103,6 +103,9 @@ class ModelCard:
     # What the network can be given: "hu" (a CT in Hounsfield units) and/or "image8" (an 8-bit
     # slice already in the preprocessing window, e.g. a JPG export: value v = low + v/255 * width).
     inputs: list[str] = field(default_factory=lambda: ["hu"])
+    # The operating point: {"threshold": t} labels a voxel as the (one) foreground class when its
+    # probability is above t instead of above the background's (0.5); see definition.logit_bias.
+    decision: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -497,8 +500,12 @@ def load_card_model(card: ModelCard, device: str | torch.device = "cpu") -> tupl
     The weights' sha256 is checked against the card before anything is loaded, and the
     file is read with ``torch.load(..., weights_only=True)``. Raises ``ModelError`` for
     a missing version or file, a corrupt or modified file, an unknown architecture, or
-    weights that do not fit the architecture.
+    weights that do not fit the architecture. The card's operating point (``decision``) rides
+    on the model as ``ctseg_logit_bias`` (``definition.logit_bias``), which ``models.predict``
+    adds to the logits before taking labels.
     """
+    from .definition import logit_bias
+
     path = verify_weights(card)
     target = card.target
     model = build_model(card.architecture)
@@ -518,12 +525,15 @@ def load_card_model(card: ModelCard, device: str | torch.device = "cpu") -> tupl
     except (RuntimeError, AssertionError) as exc:
         raise ModelError(f"cannot put the {target} model on device {device!r}: {exc}") from None
     model.eval()
+    # Not a parameter or buffer: never trained, never saved with the weights (fine-tuning keeps the
+    # network calibrated as trained; the card's operating point is applied when labels are taken).
+    model.ctseg_logit_bias = logit_bias(card)
     return model, card
 
 
 # The fields of a card that say what its output means and how it is finished and shown: a
 # version derived from another (``derive_version``) changes only these.
-DEFINITION_FIELDS = ("postprocess", "display", "requires", "inputs")
+DEFINITION_FIELDS = ("postprocess", "display", "requires", "inputs", "decision")
 
 
 def derive_version(base: ModelCard, folder, definition: dict[str, Any], notes: str | None = None) -> ModelCard:
@@ -531,26 +541,37 @@ def derive_version(base: ModelCard, folder, definition: dict[str, Any], notes: s
     checked) and ``base``'s card with ``definition``'s fields (``DEFINITION_FIELDS``) replaced.
 
     The card records what it was derived from and what changed (``derived_from``); its
-    ``validation`` figures, which are the raw network's, stay as they were. ``ModelError``
+    ``validation`` figures, which are the raw network's, stay as they were, except the mean Dice
+    when a new ``decision`` brings its sweep (``training.operating_point``): then the sweep's
+    figure at the chosen threshold. ``ModelError``
     for another field, an unknown post-processing step or an existing version in ``folder``.
     """
     from dataclasses import replace
 
-    from .definition import check_postprocess
+    from .definition import check_postprocess, logit_bias
 
     folder = Path(folder)
     unknown = sorted(set(definition) - set(DEFINITION_FIELDS))
     if unknown:
         raise ModelError(f"a derived version changes only {', '.join(DEFINITION_FIELDS)}, not {', '.join(unknown)}")
     check_postprocess(definition.get("postprocess", base.postprocess))
+    logit_bias(replace(base, decision=definition.get("decision", base.decision)))  # a bad threshold: ModelError
     if (folder / CARD_FILE).exists():
         raise ModelError(f"{folder}: already holds a model version")
     source = verify_weights(base)
     changed = {k: v for k, v in definition.items() if getattr(base, k) != v}
-    card = replace(base, **definition, version=folder.name, path=None,
+    validation = dict(base.validation)
+    chosen = next((row for row in (definition.get("decision") or {}).get("sweep", [])
+                   if row.get("threshold") == definition["decision"].get("threshold")), None)
+    if "decision" in changed and chosen is not None and "dice" in chosen:
+        # the headline figure at the new operating point; the per-case figures stay the base's
+        validation.update(mean_dice=chosen["dice"], mean_dice_at_argmax=base.validation.get("mean_dice"),
+                          mean_dice_note=f"mean_dice at the decision threshold {chosen['threshold']}; the "
+                                         f"per-case figures are {base.version}'s, at the argmax")
+    card = replace(base, **definition, validation=validation, version=folder.name, path=None,
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    notes=base.notes if notes is None else notes,
-                   extra={**{k: v for k, v in base.extra.items() if k != "status"},
+                   extra={**{k: v for k, v in base.extra.items() if k not in ("status", "status_note")},
                           "derived_from": {"version": base.version, "sha256": base.sha256,
                                            "changed": sorted(changed)}})
     folder.mkdir(parents=True, exist_ok=True)
