@@ -53,7 +53,7 @@ ANCHORS = {
 
 def training_size(target: str, data: Path, version: str | None = None) -> str:
     """What a model was trained on: number of volumes and slices, from its card."""
-    from napari_ctseg.evaluation import load_split
+    from napari_ctseg.evaluation.evaluate import load_split
     from napari_ctseg.models.registry import get_card
 
     try:

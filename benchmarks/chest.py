@@ -50,7 +50,7 @@ def scan_path(data: Path, case: str) -> Path:
 
 
 def segment_case(data: Path, case: str, versions: dict[str, str], targets, cache: dict):
-    from napari_ctseg.inference import ModelSet, segment
+    from napari_ctseg.segmentation.inference import ModelSet, segment
     from napari_ctseg.io import read_scan
 
     if case not in cache:
@@ -61,8 +61,8 @@ def segment_case(data: Path, case: str, versions: dict[str, str], targets, cache
 
 
 def lungs_check(data: Path, case: str, version: str, cache: dict) -> dict:
-    from napari_ctseg.metrics import dice
-    from napari_ctseg.silver import airway_mask, inside_body_air, silver_lung_labels
+    from napari_ctseg.evaluation.metrics import dice
+    from napari_ctseg.training.labels.silver import airway_mask, inside_body_air, silver_lung_labels
 
     vol, res = segment_case(data, case, {"lungs": version}, ["lungs"], cache)
     hu = np.asarray(vol.hu)

@@ -79,8 +79,8 @@ def build_cohort(folder: Path, quick: bool) -> list[Path]:
 
 def sequential(sources: list[str], out: str) -> dict:
     """``ctseg segment``'s loop in this process: one ModelSet, read, segment, write masks."""
-    from napari_ctseg.cohort import discover
-    from napari_ctseg.inference import ModelSet, segment
+    from napari_ctseg.cohort.run import discover
+    from napari_ctseg.segmentation.inference import ModelSet, segment
     from napari_ctseg.io import read_scan, write_mask
 
     tasks = discover(sources).tasks
@@ -102,7 +102,7 @@ def sequential(sources: list[str], out: str) -> dict:
 def with_dask(sources: list[Path], out: Path, workers: int) -> dict:
     import pandas as pd
 
-    from napari_ctseg.cohort import run_cohort
+    from napari_ctseg.cohort.run import run_cohort
 
     t0 = time.perf_counter()
     started = None
@@ -145,7 +145,7 @@ def main() -> int:
 
     import torch
 
-    from napari_ctseg.cohort import discover, local_cluster_size, machine_resources
+    from napari_ctseg.cohort.run import discover, local_cluster_size, machine_resources
     from napari_ctseg.models.registry import get_card
 
     cores, memory = machine_resources()

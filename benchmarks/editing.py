@@ -1,4 +1,4 @@
-"""Mask editing speed: each tool of ``napari_ctseg.editing`` on a 512x512x600 mask.
+"""Mask editing speed: each tool of ``napari_ctseg.editing.tools`` on a 512x512x600 mask.
 
 The mask holds two lung-sized ellipsoids (labels 1 and 2, about 2.6 L each: 250 x 180 x
 110 mm at 0.8 x 0.7 x 0.7 mm) with small islands and holes (vessels) in label 1; the HU volume is
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from napari_ctseg import editing
+from napari_ctseg.editing import tools as editing
 
 SPACING = (0.8, 0.7, 0.7)  # (z, y, x) mm
 GOAL_MS = 200.0
@@ -118,8 +118,8 @@ def napari_path(mask, repeat):
     ``Labels.data_setitem`` (one undo step), then napari's undo of it."""
     from napari.layers import Labels
 
-    from napari_ctseg.editing import label_voxels as _label_voxels
-    from napari_ctseg.corrections import changed_slices, slice_digests
+    from napari_ctseg.editing.tools import label_voxels as _label_voxels
+    from napari_ctseg.editing.corrections import changed_slices, slice_digests
 
     layer = Labels(mask.copy())
     edit = editing.grow(mask, 1, 2.0, SPACING)

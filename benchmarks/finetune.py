@@ -42,7 +42,7 @@ def child_step(size: int, steps: int, threads: int | None, how: str) -> dict:
     channels-last, bfloat16 autocast where the CPU has it) or plainly ("plain": float32)."""
     import torch
 
-    from napari_ctseg.engine import autocast_dtype, freeze_batchnorm
+    from napari_ctseg.training.engine import autocast_dtype, freeze_batchnorm
     from napari_ctseg.models.unet import build_model
     from napari_ctseg.training import dice_ce_loss, default_config
 
@@ -82,7 +82,7 @@ def child_gui(epochs: int, steps: int) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from _gui_stall import StallMeter, settle, spin
-    from napari_ctseg import corrections
+    from napari_ctseg.editing import corrections
     from napari_ctseg._napari.widgets.fine_tune import FineTuneWidget
 
     corrections.record_correction(SCAN, MASK, "liver", "v1", None, {"1": 1})
@@ -109,7 +109,7 @@ def child_gui(epochs: int, steps: int) -> dict:
 
 
 def child_accuracy(epochs: int, steps: int, lr: float, seed: int, replay: bool = True) -> dict:
-    from napari_ctseg.fine_tuning import CorrectionCase, fine_tune
+    from napari_ctseg.training.fine_tuning import CorrectionCase, fine_tune
     from napari_ctseg.models.preprocess import Preprocessing
     from napari_ctseg.models.registry import load_model
     from napari_ctseg.training import load_case, run_to_end, validate
@@ -169,7 +169,7 @@ def main() -> None:
         return
     if not (args.step or args.gui or args.accuracy):
         args.step = args.accuracy = True
-    from napari_ctseg.fine_tuning import FineTuneConfig
+    from napari_ctseg.training.fine_tuning import FineTuneConfig
 
     lr = args.lr if args.lr is not None else FineTuneConfig().lr
     def env():  # each run its own empty user data folder

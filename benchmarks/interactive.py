@@ -122,23 +122,6 @@ PREFERRED = {"liver": ["liver_chaos03"], "lungs": ["liver_ircad01"]}
 SLICE_SPACING = (1.0, 1.0, 1.0)
 
 
-def _core(name: str):
-    """A core module by its name before or after the move into subpackages (``refine`` ->
-    ``editing.refine``, ``inference`` -> ``segmentation.inference``, ``metrics`` ->
-    ``evaluation.metrics``)."""
-    import importlib
-
-    moved = {"refine": "editing.refine", "inference": "segmentation.inference", "metrics": "evaluation.metrics"}
-    for candidate in (moved.get(name), name):
-        if candidate is None:
-            continue
-        try:
-            return importlib.import_module(f"napari_ctseg.{candidate}")
-        except ImportError:
-            continue
-    raise ImportError(f"napari_ctseg.{name} (or napari_ctseg.{moved.get(name)}) cannot be imported")
-
-
 # --- the robot user -------------------------------------------------------------------------------
 def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
@@ -211,7 +194,7 @@ def error_regions(reference: np.ndarray, mask: np.ndarray, labels) -> list[Regio
 
 def next_click(reference, mask, labels, spacing, clicked=frozenset()):
     """(label, Click, region size) the robot makes next, or None when no error is left."""
-    Click = _core("refine").Click
+    from napari_ctseg.editing.refine import Click
 
     for r in error_regions(reference, mask, labels):
         local = deepest_point(r.voxels, spacing)
@@ -223,7 +206,7 @@ def next_click(reference, mask, labels, spacing, clicked=frozenset()):
 
 def score(mask: np.ndarray, reference: np.ndarray, labels) -> dict:
     """Dice of the target as one structure and, for several labels, per label."""
-    dice = _core("metrics").dice
+    from napari_ctseg.evaluation.metrics import dice
 
     out = {"dice": dice(mask > 0, reference > 0)}
     if len(labels) > 1:
@@ -253,7 +236,7 @@ def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_clic
     """Run the robot user for ``n_clicks`` clicks from the automatic ``mask`` (not modified)."""
     from napari_ctseg.errors import RefineError
 
-    refine = _core("refine").refine
+    from napari_ctseg.editing.refine import refine
 
     labels = tuple(int(v) for v in labels)
     cur = np.array(mask, copy=True)
@@ -350,7 +333,7 @@ def run_organ(target: str, case: str, data: Path, registry, n_clicks: int, log) 
     from napari_ctseg.io import read_scan
     from napari_ctseg.training import MASK_FILES, read_mask
 
-    inference = _core("inference")
+    from napari_ctseg.segmentation import inference
     ModelSet, segment = inference.ModelSet, inference.segment
 
     card = registry.get_card(target)
@@ -374,7 +357,7 @@ def run_organ(target: str, case: str, data: Path, registry, n_clicks: int, log) 
 def run_slices(data: Path, registry, n_clicks: int, log) -> list[dict]:
     from napari_ctseg.training import load_case
 
-    inference = _core("inference")
+    from napari_ctseg.segmentation import inference
     ModelSet, segment_image8 = inference.ModelSet, inference.segment_image8
 
     card = registry.get_card("infection")

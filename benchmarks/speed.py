@@ -60,7 +60,7 @@ def synthetic_volume(n_slices: int):
 def child_ours(source: str, targets: str, device: str, versions: str = "{}") -> dict:
     import torch
 
-    from napari_ctseg.inference import ModelSet, segment
+    from napari_ctseg.segmentation.inference import ModelSet, segment
     from napari_ctseg.io import read_scan
 
     volume = synthetic_volume(int(source[1:])) if source.startswith("x") else read_scan(source)

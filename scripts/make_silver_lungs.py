@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ctseg.io import read_scan, write_mask
-from napari_ctseg.silver import airway_mask, inside_body_air, silver_lung_labels
+from napari_ctseg.training.labels.silver import airway_mask, inside_body_air, silver_lung_labels
 
 CASES = ["chest_itk00", "chest_lungdx_a0001", "chest_ctmd_normal001", "chest_ctmd_covid_p001",
          "liver_ircad01", "liver_ircad07", "liver_chaos03"]

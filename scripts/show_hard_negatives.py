@@ -1,4 +1,4 @@
-"""Draw the synthetic hard negatives (napari_ctseg.negatives), to check them by eye before training.
+"""Draw the synthetic hard negatives (napari_ctseg.training.labels.negatives), to check them by eye before training.
 
     python scripts/show_hard_negatives.py --data ../shared/data --out .scratch/hard_negatives.png
 
@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from napari_ctseg.models.preprocess import Preprocessing
-from napari_ctseg.negatives import CHANGES, HardNegativeSettings, add_hard_negatives, thick_slab
+from napari_ctseg.training.labels.negatives import CHANGES, HardNegativeSettings, add_hard_negatives, thick_slab
 from napari_ctseg.training import _build_hosts, default_config, load_host_case, load_splits
 
 

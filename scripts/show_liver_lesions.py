@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 
 from napari_ctseg.models.preprocess import Preprocessing
-from napari_ctseg.synthetic import DEFAULT_ORGAN_CONTRAST, add_organ_lesions, shift_organ_contrast
+from napari_ctseg.training.labels.synthetic import DEFAULT_ORGAN_CONTRAST, add_organ_lesions, shift_organ_contrast
 from napari_ctseg.training import build_cache, config_from_file, default_config, load_case, load_splits
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from napari_ctseg.inference import ModelSet, segment
+from napari_ctseg.segmentation.inference import ModelSet, segment
 from napari_ctseg.io import read_scan
 
 

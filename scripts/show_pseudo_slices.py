@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from napari_ctseg.training.silver_slices import (PSEUDO_FOLDER, clean_pseudo_label, lung_region_8bit,
+from napari_ctseg.training.labels.silver_slices import (PSEUDO_FOLDER, clean_pseudo_label, lung_region_8bit,
                                         pseudo_volumes, read_pseudo_slice)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from napari_ctseg.models.preprocess import Preprocessing
-from napari_ctseg.synthetic import LesionSettings
+from napari_ctseg.training.labels.synthetic import LesionSettings
 from napari_ctseg.training import _build_hosts, _sample_hosts, default_config, load_host_case, load_splits
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from synthetic import make_hu_volume, write_nifti
 
-from napari_ctseg.caveats import (
+from napari_ctseg.segmentation.caveats import (
     DENSE_LUNG_HU,
     RAISED_LUNG_HU,
     infection_caveats,
     lung_figures,
 )
-from napari_ctseg.inference import segment
+from napari_ctseg.segmentation.inference import segment
 from napari_ctseg.io import read_nifti
 
 SHAPE = (40, 96, 128)  # (z, y, x): y runs anterior -> posterior, x right -> left

@@ -11,9 +11,9 @@ import torch
 
 from synthetic import make_hu_volume, write_dicom_series, write_nifti, write_structured_report, write_tiny_weights
 
-from napari_ctseg import cohort
+from napari_ctseg.cohort import run as cohort
 from napari_ctseg.cli import main
-from napari_ctseg.inference import segment
+from napari_ctseg.segmentation.inference import segment
 from napari_ctseg.io import read_scan, write_mask
 
 TARGETS = "lungs,infection"
@@ -165,7 +165,7 @@ def test_changed_input_reruns_only_that_scan(weights, mixed, tmp_path):
 
 def test_flip_disagreement_is_zero_for_a_symmetric_answer_and_one_for_a_mirrored_one(weights):
     from napari_ctseg.models.registry import get_card
-    from napari_ctseg.volume import CTVolume
+    from napari_ctseg.io.volume import CTVolume
 
     volume = read_scan_like(make_hu_volume((24, 28, 6)))
     card = get_card("lungs", "t1")
@@ -242,7 +242,7 @@ def test_an_existing_scheduler_is_used_and_left_running(weights, mixed, tmp_path
 
 
 def test_review_queue_follows_the_score_and_skips_reviewed_and_failed_scans(tmp_path):
-    from napari_ctseg import cohort_review
+    from napari_ctseg.cohort import review as cohort_review
 
     rows = [{"scan_id": "a", "status": "ok", "review_score": 0.1},
             {"scan_id": "b", "status": "ok", "review_score": 0.7},
@@ -262,8 +262,8 @@ def test_review_queue_follows_the_score_and_skips_reviewed_and_failed_scans(tmp_
 def test_a_correction_saved_after_the_run_marks_the_scan_reviewed(tmp_path):
     from datetime import datetime, timedelta, timezone
 
-    from napari_ctseg import cohort_review
-    from napari_ctseg.corrections import list_corrections, record_correction
+    from napari_ctseg.cohort import review as cohort_review
+    from napari_ctseg.editing.corrections import list_corrections, record_correction
 
     scans = {name: tmp_path / f"{name}.nii.gz" for name in ("a", "b")}
     for p in scans.values():

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from napari_ctseg import corrections
+from napari_ctseg.editing import corrections
 
 
 @pytest.fixture

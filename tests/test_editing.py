@@ -1,10 +1,10 @@
-"""Mask editing tools on synthetic masks with known answers (napari_ctseg.editing)."""
+"""Mask editing tools on synthetic masks with known answers (napari_ctseg.editing.tools)."""
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_ctseg import editing
-from napari_ctseg.editing import RegionEdit
+from napari_ctseg.editing import tools as editing
+from napari_ctseg.editing.tools import RegionEdit
 
 
 def disc(shape, centre, radius):
@@ -281,7 +281,7 @@ def test_label_volume_ml():
 
 @pytest.mark.parametrize("dtype, values", [(np.uint8, (1, 2)), (np.uint16, (3, 300)), (np.int32, (7, 70000))])
 def test_label_voxels_counts_each_label_and_leaves_out_background(dtype, values):
-    from napari_ctseg.editing import label_voxels
+    from napari_ctseg.editing.tools import label_voxels
 
     mask = np.zeros((4, 5, 6), dtype)
     mask[0, :2, :3] = values[0]  # 6 voxels

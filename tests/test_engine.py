@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from napari_ctseg.engine import Evaluation, TrainingPlan, TrainingReport, partial_dir, run
+from napari_ctseg.training.engine import Evaluation, TrainingPlan, TrainingReport, partial_dir, run
 from napari_ctseg.errors import TrainingError
 from napari_ctseg.models.registry import ModelCard, sha256_file
 

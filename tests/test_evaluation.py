@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from synthetic import make_hu_volume, write_nifti, write_tiny_weights
 
-from napari_ctseg import metrics
+from napari_ctseg.evaluation import metrics
 from napari_ctseg.cli import main
-from napari_ctseg.evaluation import (
+from napari_ctseg.evaluation.evaluate import (
     EvaluationError,
     detect_layout,
     evaluate,
@@ -130,7 +130,7 @@ def test_a_perfect_prediction_scores_one(tiny_weights, volume_data, tmp_path, mo
     The scan is RAS, so the display grid is a flipped, permuted view of the source: a prediction
     compared without mapping it back would not line up with the expert mask.
     """
-    import napari_ctseg.inference as inference
+    import napari_ctseg.segmentation.inference as inference
     from napari_ctseg.io import read_nifti
 
     expert = np.asarray(read_nifti(volume_data / "a" / "lungs.nii.gz").hu).astype(np.uint8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_ctseg.errors import ModelError, TrainingError
-from napari_ctseg.fine_tuning import CorrectionCase, fine_tune
+from napari_ctseg.training.fine_tuning import CorrectionCase, fine_tune
 from napari_ctseg.models import registry
 from napari_ctseg.models.registry import (
     active_version,

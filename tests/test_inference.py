@@ -7,7 +7,7 @@ import torch
 from synthetic import make_hu_volume, write_nifti
 
 from napari_ctseg.errors import CTSegError, ModelError
-from napari_ctseg.inference import (
+from napari_ctseg.segmentation.inference import (
     infection_per_lung,
     slices_with,
     Cancelled,
@@ -220,7 +220,7 @@ def test_legacy_card_gets_the_starter_definition():
 
 
 def test_fused_model_gives_the_same_output(tiny_weights):
-    from napari_ctseg.inference import fuse_for_inference
+    from napari_ctseg.segmentation.inference import fuse_for_inference
     from napari_ctseg.models.registry import load_model
 
     model, _ = load_model("lungs")
@@ -238,7 +238,7 @@ def test_segment_gives_torch_threads_back(tiny_weights):
     import torch
     from synthetic import make_hu_volume
 
-    from napari_ctseg.inference import segment
+    from napari_ctseg.segmentation.inference import segment
     from napari_ctseg.io._common import build_volume
 
     vol = build_volume(make_hu_volume((24, 24, 6)), np.diag([0.8, 0.8, 2.0, 1.0]), name="t",

@@ -6,7 +6,7 @@ from synthetic import make_hu_volume, write_nifti
 
 from napari_ctseg.errors import MaskWriteError
 from napari_ctseg.io import read_nifti, read_scan, write_mask
-from napari_ctseg.volume import DISPLAY_AXCODES, Geometry
+from napari_ctseg.io.volume import DISPLAY_AXCODES, Geometry
 
 
 def _rot(deg_x, deg_y):

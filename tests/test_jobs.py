@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from napari_ctseg import inference
+from napari_ctseg.segmentation import inference
 from napari_ctseg.errors import CTSegError, TrainingError
 from napari_ctseg.jobs import (
     CancelToken,

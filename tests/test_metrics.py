@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_ctseg.metrics import asd, compare, dice, hd95, iou, surface, surface_distances, volume_ml
+from napari_ctseg.evaluation.metrics import asd, compare, dice, hd95, iou, surface, surface_distances, volume_ml
 
 
 def vol(shape=(5, 6, 7), *points):

@@ -1,4 +1,4 @@
-"""Synthetic hard negatives (``napari_ctseg.negatives``) on a windowed phantom slice, and the
+"""Synthetic hard negatives (``napari_ctseg.training.labels.negatives``) on a windowed phantom slice, and the
 loss's ignore label (Qt-free, synthetic data only)."""
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from napari_ctseg import negatives as neg
-from napari_ctseg.engine import IGNORE_LABEL, dice_ce_loss
+from napari_ctseg.training.labels import negatives as neg
+from napari_ctseg.training.engine import IGNORE_LABEL, dice_ce_loss
 
 WINDOW = (-1100.0, 250.0)
 WIDTH = WINDOW[1] - WINDOW[0]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_ctseg.errors import ModelError, TrainingError
-from napari_ctseg.inference import fuse_for_inference
+from napari_ctseg.segmentation.inference import fuse_for_inference
 from napari_ctseg.models import registry
 from napari_ctseg.models.definition import logit_bias
 from napari_ctseg.models.predict import predict_image8, predict_volume

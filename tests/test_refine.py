@@ -1,4 +1,4 @@
-"""Click to correct (napari_ctseg.refine) and ``ctseg refine``, on small synthetic volumes."""
+"""Click to correct (napari_ctseg.editing.refine) and ``ctseg refine``, on small synthetic volumes."""
 import json
 
 import nibabel as nib
@@ -7,10 +7,10 @@ import pytest
 from synthetic import write_nifti
 
 from napari_ctseg.cli import main
-from napari_ctseg.editing import RegionEdit
+from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import CTSegError, RefineError
-from napari_ctseg.refine import Click, choose_radius_mm, refine, refine_click
-from napari_ctseg.volume import Geometry
+from napari_ctseg.editing.refine import Click, choose_radius_mm, refine, refine_click
+from napari_ctseg.io.volume import Geometry
 
 SHAPE = (40, 64, 64)
 SPACING = (2.0, 1.0, 1.0)

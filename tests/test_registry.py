@@ -226,7 +226,7 @@ def test_targets_are_discovered_from_the_registry_in_display_order(tmp_path):
     reg = ModelRegistry([tmp_path])
     assert reg.targets() == ["lungs", "spleen"]
     assert reg.get_card("spleen").labels == {"spleen": 1}
-    from napari_ctseg.inference import parse_targets
+    from napari_ctseg.segmentation.inference import parse_targets
 
     assert parse_targets("spleen,lungs", reg) == ["spleen", "lungs"]
     with pytest.raises(CTSegError, match="choose from lungs, spleen"):

@@ -1,11 +1,11 @@
 """Semi-Inf-Net pseudo-labels on 8-bit slices: reading, orientation and cleaning
-(``napari_ctseg.training.silver_slices``; Qt-free, synthetic slices only)."""
+(``napari_ctseg.training.labels.silver_slices``; Qt-free, synthetic slices only)."""
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from napari_ctseg.errors import TrainingError
-from napari_ctseg.training.silver_slices import (
+from napari_ctseg.training.labels.silver_slices import (
     clean_pseudo_label,
     load_silver_slices,
     lung_region_8bit,

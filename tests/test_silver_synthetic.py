@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from napari_ctseg.silver import airway_mask, find_trachea_seed, inside_body_air, silver_lung_labels
-from napari_ctseg.synthetic import LesionSettings, add_lesions
+from napari_ctseg.training.labels.silver import airway_mask, find_trachea_seed, inside_body_air, silver_lung_labels
+from napari_ctseg.training.labels.synthetic import LesionSettings, add_lesions
 
 SPACING = (4.0, 2.0, 2.0)
 
@@ -81,7 +81,7 @@ def test_lesion_hu_within_the_chosen_ranges(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_organ_contrast_moves_the_organ_only(seed):
-    from napari_ctseg.synthetic import DEFAULT_ORGAN_CONTRAST, shift_organ_contrast
+    from napari_ctseg.training.labels.synthetic import DEFAULT_ORGAN_CONTRAST, shift_organ_contrast
 
     window = (-200.0, 300.0)
     rng = np.random.default_rng(seed)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from napari_ctseg.errors import ModelError
-from napari_ctseg.inference import segment
+from napari_ctseg.segmentation.inference import segment
 from napari_ctseg.io.nifti import read_nifti
-from napari_ctseg.metrics import dice
+from napari_ctseg.evaluation.metrics import dice
 from napari_ctseg.models.definition import locate_stage
 from napari_ctseg.models.preprocess import Preprocessing, find_crop, mask_crop
 from napari_ctseg.models.registry import ModelCard, describe, get_card
@@ -125,7 +125,7 @@ def test_bad_stages_are_refused():
 
 
 def test_fine_tuning_a_staged_version_keeps_its_stages(staged, tmp_path, private_user_data):
-    from napari_ctseg.fine_tuning import CorrectionCase, fine_tune
+    from napari_ctseg.training.fine_tuning import CorrectionCase, fine_tune
 
     tmp, _ = staged
     scan = tmp / "data" / "c" / "ct.nii.gz"

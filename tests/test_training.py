@@ -246,7 +246,7 @@ def test_infection_with_hosts_synthetic_lesions_and_a_negative_case(tmp_path):
     from PIL import Image
 
     from napari_ctseg.models.preprocess import Preprocessing
-    from napari_ctseg.synthetic import LesionSettings
+    from napari_ctseg.training.labels.synthetic import LesionSettings
     from napari_ctseg.training import _build_hosts, _sample_hosts, load_host_case
 
     data = tmp_path / "data"

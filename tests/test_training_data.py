@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ctseg.engine import IGNORE_LABEL, dice_ce_loss
+from napari_ctseg.training.engine import IGNORE_LABEL, dice_ce_loss
 from napari_ctseg.models.preprocess import Preprocessing
 from napari_ctseg.training import default_config
 from napari_ctseg.training.cases import Case

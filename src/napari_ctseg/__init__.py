@@ -10,6 +10,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-from .volume import CTVolume, window_presets  # noqa: E402
+from napari_ctseg.io.volume import CTVolume, window_presets  # noqa: E402
 
 __all__ = ["CTVolume", "window_presets", "__version__"]

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .errors import CTSegError
+from napari_ctseg.errors import CTSegError
 
 
 def _model_versions(items) -> dict[str, str]:
@@ -23,13 +23,13 @@ def _model_versions(items) -> dict[str, str]:
 
 def _registry(args):
     """The model registry of this command: ``--weights`` folders first, then the default roots."""
-    from .models.registry import ModelRegistry
+    from napari_ctseg.models.registry import ModelRegistry
 
     return ModelRegistry.default(extra=getattr(args, "weights", None) or ())
 
 
 def _cmd_info(args) -> int:
-    from .io import read_scan
+    from napari_ctseg.io import read_scan
 
     for src in args.scans:
         volume = read_scan(src)
@@ -73,7 +73,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .training import config_from_file, split_from_file, train
+    from napari_ctseg.training import config_from_file, split_from_file, train
 
     config = config_from_file(args.config) if args.config else None
     split = split_from_file(args.split) if args.split else None
@@ -102,8 +102,8 @@ def _scan_sources(sources) -> list:
     """Expand folders of NIfTI files (or of DICOM series folders) into scans, in order."""
     from pathlib import Path
 
-    from .io.dicom import is_dicom_file
-    from .io.nifti import is_nifti_path
+    from napari_ctseg.io.dicom import is_dicom_file
+    from napari_ctseg.io.nifti import is_nifti_path
 
     scans = []
     for src in sources:
@@ -141,10 +141,10 @@ def _progress_printer(name: str):
 def _cmd_segment(args) -> int:
     from pathlib import Path
 
-    from .inference import ModelSet, parse_targets, segment
-    from .io import read_scan, write_mask
-    from .io.dicom_objects import check_seg_source, write_seg
-    from .io.nifti import scan_name
+    from napari_ctseg.segmentation.inference import ModelSet, parse_targets, segment
+    from napari_ctseg.io import read_scan, write_mask
+    from napari_ctseg.io.dicom_objects import check_seg_source, write_seg
+    from napari_ctseg.io.nifti import scan_name
 
     registry = _registry(args)
     targets = parse_targets(args.targets, registry)
@@ -191,7 +191,7 @@ def _cmd_segment(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluation import EvaluationError, evaluate, load_split
+    from napari_ctseg.evaluation.evaluate import EvaluationError, evaluate, load_split
 
     if args.cases and args.split:
         raise EvaluationError("give --cases or --split, not both")
@@ -228,8 +228,8 @@ def _parse_slices(text: str) -> list[int]:
 def _cmd_finetune(args) -> int:
     import os
 
-    from .fine_tuning import CorrectionCase, corrections_from_store, fine_tune
-    from .inference import choose_device
+    from napari_ctseg.training.fine_tuning import CorrectionCase, corrections_from_store, fine_tune
+    from napari_ctseg.segmentation.inference import choose_device
 
     registry = _registry(args)
     registry.check_target(args.target)
@@ -299,7 +299,7 @@ def _f(v) -> str:
 def _derive(registry, args) -> int:
     from pathlib import Path
 
-    from .models.registry import derive_version
+    from napari_ctseg.models.registry import derive_version
 
     if not args.out or not args.definition:
         raise CTSegError("ctseg models derive T V needs --out FOLDER and --definition FILE.json")
@@ -365,8 +365,8 @@ def _read_clicks(path, geometry) -> list:
     own voxel indices, as display-grid ``Click``s (in order)."""
     from pathlib import Path
 
-    from .errors import RefineError
-    from .refine import Click
+    from napari_ctseg.errors import RefineError
+    from napari_ctseg.editing.refine import Click
 
     try:
         entries = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -403,10 +403,10 @@ def _read_clicks(path, geometry) -> list:
 def _cmd_refine(args) -> int:
     from pathlib import Path
 
-    from .errors import RefineError
-    from .evaluation import read_reference_volume
-    from .io import read_scan, write_mask
-    from .refine import refine
+    from napari_ctseg.errors import RefineError
+    from napari_ctseg.evaluation.evaluate import read_reference_volume
+    from napari_ctseg.io import read_scan, write_mask
+    from napari_ctseg.editing.refine import refine
 
     volume = read_scan(args.scan)
     for w in volume.warnings:
@@ -452,7 +452,7 @@ def _cmd_refine(args) -> int:
 
 
 def _cmd_cohort_run(args) -> int:
-    from .cohort import run_to_end
+    from napari_ctseg.cohort.run import run_to_end
 
     tty = sys.stderr.isatty()
 
@@ -482,7 +482,7 @@ def _cmd_cohort_run(args) -> int:
 
 
 def _cmd_cohort_report(args) -> int:
-    from .cohort import cohort_report
+    from napari_ctseg.cohort.run import cohort_report
 
     text, _, _ = cohort_report(args.dir)
     print(text)
@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per scan")
     p.set_defaults(func=_cmd_info)
 
-    from .models.registry import TARGETS
+    from napari_ctseg.models.registry import TARGETS
 
     # Where models are found, for the commands that use them.
     weights = argparse.ArgumentParser(add_help=False)
@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refine", parents=[weights], help="correct a mask with include/exclude clicks, in 3D around each",
                        description="Apply include/exclude clicks in order to one label of a mask; each "
                                    "re-segments the mask in 3D around the click (a random walker on the "
-                                   "HU, seeded by the click and the mask; napari_ctseg.refine). The "
+                                   "HU, seeded by the click and the mask; napari_ctseg.editing.refine). The "
                                    "mask is on the scan's grid; the output is written on the scan's "
                                    "exact geometry, as ctseg segment writes masks.")
     p.add_argument("scan", help="NIfTI file, DICOM file or folder")

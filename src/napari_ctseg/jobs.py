@@ -47,7 +47,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CTSegError
+from napari_ctseg.errors import CTSegError
 
 POLL_S = 0.1
 

@@ -9,7 +9,11 @@ from qtpy.QtCore import Qt
 
 from test_cohort import mixed, run, weights  # noqa: F401 - fixtures
 
-from napari_ctseg import cohort, cohort_review, corrections
+from napari_ctseg.cohort import run as cohort
+
+from napari_ctseg.cohort import review as cohort_review
+
+from napari_ctseg.editing import corrections
 from napari_ctseg._napari.widgets import cohort as cohort_widget
 from napari_ctseg._napari.widgets.cohort import COLUMNS, CohortWidget
 from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget

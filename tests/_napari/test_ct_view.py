@@ -16,11 +16,11 @@ import numpy as np
 from qtpy.QtCore import Qt
 import pytest
 
-from napari_ctseg import planes
+from napari_ctseg.io import planes
 from napari_ctseg._napari._layers import image_layer_data
 from napari_ctseg._napari.widgets.ct_view import CROSSHAIR_KEY, CTViewWidget, window_text
 from napari_ctseg.io import read_nifti
-from napari_ctseg.volume import WINDOW_PRESETS
+from napari_ctseg.io.volume import WINDOW_PRESETS
 
 SHAPE = (40, 100, 140)
 SPACING = (3.0, 0.7, 0.7)

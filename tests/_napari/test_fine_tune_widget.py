@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_ctseg import corrections
+from napari_ctseg.editing import corrections
 from napari_ctseg._napari.widgets.fine_tune import FineTuneWidget
 from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
 from napari_ctseg._napari.widgets.models import ModelsWidget
@@ -240,7 +240,7 @@ def _colour_pixels(image, colour, tol=40) -> int:
 def test_screenshot_fine_tune_mid_run_with_live_plot(make_napari_viewer, qtbot, tmp_path, screenshots):
     """fine_tune.png (in $CTSEG_SCREENSHOTS, else a temporary folder): the sample, its corrected liver, Fine-tune mid-run
     with the live plot, and the Models list; the plot's curves are checked on its pixels."""
-    from napari_ctseg.inference import segment
+    from napari_ctseg.segmentation.inference import segment
     from napari_ctseg.io import read_scan, write_mask
     from napari_ctseg._napari.widgets.fine_tune import TrainingPlot
 

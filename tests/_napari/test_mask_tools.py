@@ -18,7 +18,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QMessageBox
 from synthetic import make_hu_volume, write_nifti
 
-from napari_ctseg import corrections, editing
+from napari_ctseg.editing import corrections
+
+from napari_ctseg.editing import tools as editing
 from napari_ctseg._napari.widgets.mask_tools import PREVIEW_KEY, MaskToolsWidget
 
 AFFINE = np.diag([-0.8, -0.9, 2.0, 1.0])

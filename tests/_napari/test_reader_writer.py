@@ -138,7 +138,7 @@ def test_sample_data(make_napari_viewer):
 
 
 def test_chest_sample_is_a_full_chest(make_napari_viewer):
-    from napari_ctseg.silver import airway_mask, silver_lung_labels
+    from napari_ctseg.training.labels.silver import airway_mask, silver_lung_labels
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-ctseg", "chest_ct")

@@ -166,7 +166,7 @@ def test_infection_uses_existing_lungs_layer(make_napari_viewer, qtbot, tmp_path
     assert "lungs" not in viewer.layers  # no lungs model ran
     inf = viewer.layers["infection"].data > 0
     # the card's steps: inside those lungs, less the slices that touch tissue above or below them
-    from napari_ctseg.inference import partial_volume_band
+    from napari_ctseg.segmentation.postprocess import partial_volume_band
 
     box, band = partial_volume_band(lungs > 0, np.asarray(image.data), image.scale)
     expected = lungs > 0
@@ -282,7 +282,7 @@ def test_report_gives_infection_per_lung_and_slices(make_napari_viewer, qtbot, t
 def test_changed_slices_are_measured_from_when_segment_made_the_layer(make_napari_viewer, qtbot, tmp_path,
                                                                       tiny_weights, monkeypatch):
     """A slice painted with napari's brush before Mask tools ever saw the layer still counts as changed."""
-    from napari_ctseg import corrections
+    from napari_ctseg.editing import corrections
     from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))

@@ -28,8 +28,8 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error
 
-from ..errors import CTSegError
-from ..jobs import Cancelled, CancelToken, Eta, Job, as_progress, error_line, steps
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.jobs import Cancelled, CancelToken, Eta, Job, as_progress, error_line, steps
 
 log = logging.getLogger(__name__)
 

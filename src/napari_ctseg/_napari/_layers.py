@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..volume import DEFAULT_WINDOW, METADATA_KEY, WINDOW_PRESETS, CTVolume, Geometry
+from napari_ctseg.io.volume import DEFAULT_WINDOW, METADATA_KEY, WINDOW_PRESETS, CTVolume, Geometry
 
 
 def image_layer_data(volume: CTVolume) -> tuple[Any, dict, str]:

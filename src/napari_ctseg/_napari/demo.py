@@ -18,7 +18,7 @@ def main(argv=None) -> None:
 
     import napari
 
-    from ._compat import qt_window
+    from napari_ctseg._napari._compat import qt_window
 
     viewer = napari.Viewer(title="napari-ctseg demo")
     viewer.open_sample("napari-ctseg", "chest_ct")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..errors import CTSegError
-from ..io import is_scan_path
-from ..io.dicom_objects import open_with_objects
-from ._layers import image_layer_data, labels_layer_data
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.io import is_scan_path
+from napari_ctseg.io.dicom_objects import open_with_objects
+from napari_ctseg._napari._layers import image_layer_data, labels_layer_data
 
 
 def napari_get_reader(path):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from importlib.resources import as_file, files
 
-from ..io import read_nifti
-from ..volume import WINDOW_PRESETS
-from ._layers import image_layer_data
+from napari_ctseg.io import read_nifti
+from napari_ctseg.io.volume import WINDOW_PRESETS
+from napari_ctseg._napari._layers import image_layer_data
 
 SAMPLE = "sample_ct.nii.gz"
 CHEST = "chest_ct.nii.gz"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 
-from ..errors import CTSegError, MaskWriteError
-from ..io import write_mask
-from ._layers import OBJECT_KEY, geometry_from_metadata
+from napari_ctseg.errors import CTSegError, MaskWriteError
+from napari_ctseg.io import write_mask
+from napari_ctseg._napari._layers import OBJECT_KEY, geometry_from_metadata
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
@@ -33,7 +33,7 @@ def write_labels_seg(path: str, data, meta: dict) -> list[str]:
     (Segment volume's), else the target or layer name. The algorithm: the model and version
     (SEMIAUTOMATIC once slices were changed by hand), or manual. Refusals (a NIfTI scan, a
     series without Frame of Reference) are shown as a notification; nothing is written."""
-    from ..io.dicom_objects import write_seg
+    from napari_ctseg.io.dicom_objects import write_seg
 
     try:
         geometry = geometry_from_metadata(meta.get("metadata")) or _geometry_from_viewer(data, meta)
@@ -72,7 +72,7 @@ def _segments_of(mask: np.ndarray, meta: dict) -> tuple[dict[int, str], dict[int
 
 def _algorithm_of(mask: np.ndarray, metadata: dict) -> tuple[str, bool]:
     """("napari-ctseg <target> <version>", changed by hand?) for a model's mask, else ("manual", False)."""
-    from ..corrections import BASELINE_KEY, changed_slices
+    from napari_ctseg.editing.corrections import BASELINE_KEY, changed_slices
 
     target, version = metadata.get("target"), metadata.get("model_version")
     if not target or not version or metadata.get(OBJECT_KEY):
@@ -84,8 +84,8 @@ def _algorithm_of(mask: np.ndarray, metadata: dict) -> tuple[str, bool]:
 def _geometry_from_viewer(data, meta):
     import napari
 
-    from ._compat import is_image_layer
-    from ._layers import geometry_from_metadata as from_meta
+    from napari_ctseg._napari._compat import is_image_layer
+    from napari_ctseg._napari._layers import geometry_from_metadata as from_meta
 
     viewer = napari.current_viewer()
     candidates = []

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import NotAScanError, ScanReadError
-from ..volume import CTVolume
-from .nifti import is_nifti_path, read_nifti, write_mask
+from napari_ctseg.errors import NotAScanError, ScanReadError
+from napari_ctseg.io.volume import CTVolume
+from napari_ctseg.io.nifti import is_nifti_path, read_nifti, write_mask
 
 __all__ = ["read_scan", "write_mask", "is_scan_path", "read_nifti"]
 
 
 def is_scan_path(path) -> bool:
     """Whether napari-ctseg should try to open ``path`` (cheap: name or first bytes)."""
-    from .dicom import is_dicom_file
+    from napari_ctseg.io.dicom import is_dicom_file
 
     p = Path(path)
     if p.is_dir():
@@ -28,7 +28,7 @@ def read_scan(path) -> CTVolume:
     A DICOM file opens the whole series it belongs to (from its folder). Raises a
     ``ScanReadError`` with a message for the user when the path holds no usable scan.
     """
-    from .dicom import is_dicom_file, read_dicom
+    from napari_ctseg.io.dicom import is_dicom_file, read_dicom
 
     p = Path(path)
     if not p.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from nibabel.affines import obliquity
 
-from ..volume import CTVolume, Geometry, looks_like_hu
+from napari_ctseg.io.volume import CTVolume, Geometry, looks_like_hu
 
 NAN_FILL_HU = -1024
 OBLIQUE_TOLERANCE_DEG = 1.0

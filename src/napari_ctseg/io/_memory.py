@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ScanTooLargeError
+from napari_ctseg.errors import ScanTooLargeError
 
 # Reading needs the stored array and the HU array at once, so about twice the HU bytes.
 READ_OVERHEAD = 2.0

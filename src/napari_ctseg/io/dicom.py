@@ -16,10 +16,10 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import NotAScanError, ScanReadError
-from ..volume import CTVolume, DicomSeries, SeriesInfo
-from ._common import build_volume
-from ._memory import check_fits
+from napari_ctseg.errors import NotAScanError, ScanReadError
+from napari_ctseg.io.volume import CTVolume, DicomSeries, SeriesInfo
+from napari_ctseg.io._common import build_volume
+from napari_ctseg.io._memory import check_fits
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

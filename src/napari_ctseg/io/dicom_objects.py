@@ -41,9 +41,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .._files import replaced_atomically, same_file
-from ..errors import CTSegError, DicomObjectError
-from ..volume import CTVolume, DicomSeries, Geometry
+from napari_ctseg._files import replaced_atomically, same_file
+from napari_ctseg.errors import CTSegError, DicomObjectError
+from napari_ctseg.io.volume import CTVolume, DicomSeries, Geometry
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -162,7 +162,7 @@ def _referenced_series(ds: pydicom.Dataset, kind: str) -> tuple[list[str], str]:
 
 def describe_object(path) -> DicomObject | None:
     """What a SEG/RTSTRUCT file refers to (None when the file is neither)."""
-    from .dicom import dicom_kind
+    from napari_ctseg.io.dicom import dicom_kind
 
     path = Path(path)
     kind = dicom_kind(path)
@@ -183,7 +183,7 @@ def describe_object(path) -> DicomObject | None:
 def find_objects(folder) -> list[DicomObject]:
     """The DICOM SEG and RTSTRUCT files below ``folder`` (by content: no extension needed),
     each with the series it references."""
-    from .dicom import _scan_files
+    from napari_ctseg.io.dicom import _scan_files
 
     files, _ = _scan_files(Path(folder))
     found = []
@@ -592,7 +592,7 @@ OTHER_OBJECTS_NOTE = "also here, not images and not shown: "
 def _series_file(folder: Path, obj: DicomObject) -> Path | None:
     """A file of the series ``obj`` refers to, in ``folder`` (the largest such series when the
     object names only a frame of reference)."""
-    from .dicom import _scan_files
+    from napari_ctseg.io.dicom import _scan_files
 
     files, _ = _scan_files(folder)
     by_series: dict[str, list[Path]] = defaultdict(list)
@@ -624,8 +624,8 @@ def open_with_objects(path) -> tuple[CTVolume, list[LabelMap], list[str]]:
     anything ``read_scan`` opens. Returns (volume, label maps, one-line problems of objects
     that could not be read: the scan opens anyway).
     """
-    from . import read_scan
-    from .dicom import is_dicom_file, read_dicom
+    from napari_ctseg.io import read_scan
+    from napari_ctseg.io.dicom import is_dicom_file, read_dicom
 
     p = Path(path)
     obj = describe_object(p) if p.is_file() and is_dicom_file(p) else None
@@ -784,7 +784,7 @@ def write_seg(mask: np.ndarray, labels: dict[int, str], ct, path, *, algorithm: 
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from .. import __version__
+    from napari_ctseg import __version__
 
     path = Path(path)
     name = path.name

@@ -11,11 +11,11 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from .._files import replaced_atomically, same_file as _same_file
-from ..errors import MaskWriteError, ScanReadError
-from ..volume import CTVolume, Geometry
-from ._common import build_volume, hu_dtype
-from ._memory import check_fits
+from napari_ctseg._files import replaced_atomically, same_file as _same_file
+from napari_ctseg.errors import MaskWriteError, ScanReadError
+from napari_ctseg.io.volume import CTVolume, Geometry
+from napari_ctseg.io._common import build_volume, hu_dtype
+from napari_ctseg.io._memory import check_fits
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, ImageFileError,
@@ -37,7 +37,7 @@ def scan_name(path) -> str:
 
 
 def read_nifti(path) -> CTVolume:
-    """Read a NIfTI CT into HU on the display grid (z, y, x); see ``napari_ctseg.volume``.
+    """Read a NIfTI CT into HU on the display grid (z, y, x); see ``napari_ctseg.io.volume``.
 
     Scaling (scl_slope/scl_inter) is applied. 2D images become one-slice volumes; a 4D
     image with one volume is squeezed, with several the first is shown and a warning says so.

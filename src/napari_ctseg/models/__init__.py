@@ -6,8 +6,8 @@
 * ``registry``: ``ModelRegistry`` (where versions are found, which one is active),
   ``ModelCard``, ``load_model``.
 """
-from ..errors import ModelError
-from .preprocess import (
+from napari_ctseg.errors import ModelError
+from napari_ctseg.models.preprocess import (
     Preprocessing,
     SliceCrop,
     find_crop,
@@ -16,9 +16,9 @@ from .preprocess import (
     probs_to_grid,
     slices_to_input,
 )
-from .predict import predict_image8, predict_slices, predict_volume
-from .registry import TARGETS, ModelCard, ModelRegistry, active_version, get_card, list_versions, load_model
-from .unet import UNet2D, build_model
+from napari_ctseg.models.predict import predict_image8, predict_slices, predict_volume
+from napari_ctseg.models.registry import TARGETS, ModelCard, ModelRegistry, active_version, get_card, list_versions, load_model
+from napari_ctseg.models.unet import UNet2D, build_model
 
 __all__ = [
     "TARGETS", "ModelCard", "ModelError", "ModelRegistry", "Preprocessing", "SliceCrop", "UNet2D", "active_version",

@@ -16,7 +16,7 @@ Post-processing steps (``op``):
 * ``drop_partial_volume`` (``within``, ``mm``, ``tissue_hu``): drop voxels of the ``within``
   target's mask that lie within ``mm`` along the slice axis of tissue outside it (HU above
   ``tissue_hu``): where a slice cuts the diaphragm's dome or the apex almost flat, the lung
-  looks like ground glass (``inference.partial_volume_band``); needs the scan's HU.
+  looks like ground glass (``segmentation.postprocess.partial_volume_band``); needs the scan's HU.
 
 Stages (coarse-to-fine). ``stages`` lists what runs before the version's own network;
 one kind exists, ``{"name": "locate", "version": "v1", "every_mm": 4.0}``: the named version
@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ModelError
+from napari_ctseg.errors import ModelError
 
 STAGE_KEYS = ("name", "version", "every_mm")
 OPS = ("largest_component", "fill_holes_axial", "restrict_to", "remove_small", "drop_partial_volume")
@@ -125,7 +125,7 @@ def style(card) -> dict[str, Any]:
 
 
 def _largest(mask: np.ndarray, keep: int) -> np.ndarray:
-    from ..inference import largest_components
+    from napari_ctseg.segmentation.postprocess import largest_components
 
     return largest_components(mask, keep=keep, in_place=True)  # ``mask`` is post-processing's own
 
@@ -144,7 +144,7 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
     ``context`` holds the masks of the targets in ``card.requires`` (for ``restrict_to`` and
     ``drop_partial_volume``); ``hu`` the scan's HU on the same grid.
     """
-    from ..inference import _SLAB, fill_holes_axial, partial_volume_band
+    from napari_ctseg.segmentation.postprocess import SLAB, fill_holes_axial, partial_volume_band
 
     check_postprocess(card.postprocess)
     context = context or {}
@@ -177,10 +177,10 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
             min_vox = int(np.ceil(float(step.get("min_mm3", 0.0)) / vox))
             parts = {v: remove_small_objects(m, max_size=min_vox - 1) for v, m in parts.items()}
     out = np.zeros(raw.shape, dtype=np.uint8)
-    for z in range(0, raw.shape[0], _SLAB):  # by slabs: no full-size temporaries
-        o = out[z:z + _SLAB]
+    for z in range(0, raw.shape[0], SLAB):  # by slabs: no full-size temporaries
+        o = out[z:z + SLAB]
         for v, m in parts.items():
-            o[m[z:z + _SLAB] & (o == 0)] = v
+            o[m[z:z + SLAB] & (o == 0)] = v
     return out
 
 

@@ -1,7 +1,7 @@
 """Run a network over a whole volume or one 8-bit slice: labels on the input's own grid.
 
 The raw network output, without post-processing (largest components, hole filling),
-exactly as validation during training measures it. ``napari_ctseg.inference`` builds
+exactly as validation during training measures it. ``napari_ctseg.segmentation.inference`` builds
 the user-facing segmentation (device choice, post-processing, progress) on top.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .preprocess import (
+from napari_ctseg.models.preprocess import (
     Preprocessing,
     SliceCrop,
     find_crop,

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..errors import ModelError
+from napari_ctseg.errors import ModelError
 
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "input": "hu",

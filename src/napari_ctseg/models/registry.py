@@ -46,9 +46,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .._files import replaced_atomically, write_atomically
-from ..errors import ModelError
-from .unet import build_model
+from napari_ctseg._files import replaced_atomically, write_atomically
+from napari_ctseg.errors import ModelError
+from napari_ctseg.models.unet import build_model
 
 __all__ = [
     "TARGETS", "ModelCard", "ModelError", "ModelRegistry", "as_registry", "load_card_model", "WEIGHTS_ENV",
@@ -143,11 +143,11 @@ class ModelCard:
             card = cls(**known, extra=extra, path=path)
             card.labels = {str(k): int(v) for k, v in card.labels.items()}
             if not any(k in d for k in ("display", "postprocess", "requires")):
-                from .definition import upgrade_legacy_card
+                from napari_ctseg.models.definition import upgrade_legacy_card
 
                 upgrade_legacy_card(card)
             if "inputs" not in d:  # cards written before inputs were recorded
-                from .definition import starter_definition
+                from napari_ctseg.models.definition import starter_definition
 
                 card.inputs = list(starter_definition(card.target, card.labels).get("inputs", ["hu"]))
         except (TypeError, ValueError, AttributeError) as exc:
@@ -504,7 +504,7 @@ def load_card_model(card: ModelCard, device: str | torch.device = "cpu") -> tupl
     on the model as ``ctseg_logit_bias`` (``definition.logit_bias``), which ``models.predict``
     adds to the logits before taking labels.
     """
-    from .definition import logit_bias
+    from napari_ctseg.models.definition import logit_bias
 
     path = verify_weights(card)
     target = card.target
@@ -548,7 +548,7 @@ def derive_version(base: ModelCard, folder, definition: dict[str, Any], notes: s
     """
     from dataclasses import replace
 
-    from .definition import check_postprocess, logit_bias
+    from napari_ctseg.models.definition import check_postprocess, logit_bias
 
     folder = Path(folder)
     unknown = sorted(set(definition) - set(DEFINITION_FIELDS))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from napari_ctseg.errors import ModelError
 
 ARCHITECTURES = ("unet2d",)
 

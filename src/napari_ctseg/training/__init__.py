@@ -16,7 +16,7 @@ This package holds what training data is and how it is seen, one part a file:
 * ``recipe.py``: ``train(...)``, the from-scratch strategy.
 
 ``train(...)`` is the from-scratch strategy on the one training engine
-(``napari_ctseg.engine``, shared with fine-tuning): it reads the data, builds a fresh network
+(``napari_ctseg.training.engine``, shared with fine-tuning): it reads the data, builds a fresh network
 and hands the engine a plan that samples augmented batches, validates (after re-estimating
 BatchNorm statistics when asked, through the locate stage's crops for a second stage) and
 keeps the checkpoint with the best validation score. The engine yields a ``TrainingReport``
@@ -39,16 +39,16 @@ patches one must patch it in the submodule that looks it up.
 """
 from __future__ import annotations
 
-from ..engine import (  # noqa: F401 - public here too
+from napari_ctseg.training.engine import (  # noqa: F401 - public here too
     TrainingReport,
     dice_ce_loss,
     optimisation_step,
     recalibrate_batchnorm,
     warmup_cosine,
 )
-from ..silver import SILVER_LUNGS_METHOD, silver_lung_labels, silver_lungs_and_airways  # noqa: F401
-from .augment import augment
-from .cases import (  # noqa: F401
+from napari_ctseg.training.labels.silver import SILVER_LUNGS_METHOD, silver_lung_labels, silver_lungs_and_airways  # noqa: F401
+from napari_ctseg.training.augment import augment
+from napari_ctseg.training.cases import (  # noqa: F401
     MASK_FILES,
     PSEUDO_METHOD,
     Case,
@@ -61,7 +61,7 @@ from .cases import (  # noqa: F401
     load_pseudo_case,
     read_mask,
 )
-from .config import (  # noqa: F401
+from napari_ctseg.training.config import (  # noqa: F401
     _ORGAN_AUG,
     INFECTION_WINDOW,
     INFECTION_WINDOW_NOTE,
@@ -74,8 +74,8 @@ from .config import (  # noqa: F401
     default_config,
     split_from_file,
 )
-from .datasets import DATASETS, _citations, _data_record, _dataset_of  # noqa: F401
-from .recipe import (  # noqa: F401
+from napari_ctseg.training.datasets import DATASETS, _citations, _data_record, _dataset_of  # noqa: F401
+from napari_ctseg.training.recipe import (  # noqa: F401
     _checked_config,
     _final_validation,
     _locate_cases,
@@ -88,7 +88,7 @@ from .recipe import (  # noqa: F401
     torch_device,
     train,
 )
-from .sampling import (  # noqa: F401
+from napari_ctseg.training.sampling import (  # noqa: F401
     _CHUNK,
     SliceCache,
     _build_hosts,
@@ -98,7 +98,7 @@ from .sampling import (  # noqa: F401
     build_cache,
     sample_batch,
 )
-from .splits import (  # noqa: F401
+from napari_ctseg.training.splits import (  # noqa: F401
     SPLITS_FILE,
     _checked_split,
     _natural,
@@ -106,7 +106,7 @@ from .splits import (  # noqa: F401
     load_splits,
     make_infection_split,
 )
-from .validation import NEGATIVE_TOLERANCE_PCT, _predict_case, case_dice, validate  # noqa: F401
+from napari_ctseg.training.validation import NEGATIVE_TOLERANCE_PCT, _predict_case, case_dice, validate  # noqa: F401
 
 __all__ = [
     "TARGET_LABELS", "TrainingConfig", "TrainingReport", "Case", "default_config", "train", "validate",

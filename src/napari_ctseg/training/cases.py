@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TrainingError
-from ..models.preprocess import Preprocessing, SliceCrop, find_crop, mask_crop
-from ..silver import silver_lung_labels, silver_lungs_and_airways
-from .config import TARGET_LABELS
+from napari_ctseg.errors import TrainingError
+from napari_ctseg.models.preprocess import Preprocessing, SliceCrop, find_crop, mask_crop
+from napari_ctseg.training.labels.silver import silver_lung_labels, silver_lungs_and_airways
+from napari_ctseg.training.config import TARGET_LABELS
 
 MASK_FILES = {"lungs": "lungs.nii.gz", "liver": "liver.nii.gz"}
 
@@ -72,8 +72,8 @@ def load_pseudo_case(data_dir, spec: dict[str, Any]) -> Case:
 
     ``spec``: ``{"case": folder, "instances": [first, last], "lungs": version, "infection": version}``.
     """
-    from ..inference import ModelSet, segment
-    from ..io import read_scan
+    from napari_ctseg.segmentation.inference import ModelSet, segment
+    from napari_ctseg.io import read_scan
 
     folder = Path(data_dir) / spec["case"]
     vol = read_scan(folder / "dicom")
@@ -152,7 +152,7 @@ def load_case(target: str, data_dir, name: str, silver: bool = False, airway_lab
     data_dir = Path(data_dir)
     if target == "infection":
         return _load_infection_case(data_dir, name)
-    from ..io.nifti import read_nifti
+    from napari_ctseg.io.nifti import read_nifti
 
     folder = data_dir / name
     if silver:
@@ -177,7 +177,7 @@ def read_mask(path: Path, ct, target: str, labels: dict[str, int] | None = None)
     """An expert or corrected mask (NIfTI) on the CT's display grid, uint8: the one mask reader
     of training, fine-tuning and evaluation (same shape *and* affine as the scan, only the
     ``labels`` values, default the target's training labels; ``TrainingError`` otherwise)."""
-    from ..evaluation import EvaluationError, read_reference_volume
+    from napari_ctseg.evaluation.evaluate import EvaluationError, read_reference_volume
 
     try:
         labels = read_reference_volume(Path(path), ct.geometry, target,
@@ -189,8 +189,8 @@ def read_mask(path: Path, ct, target: str, labels: dict[str, int] | None = None)
 
 def _read_case_scan(folder: Path, name: str):
     """A case's CT: ``ct.nii.gz``, or else the DICOM series in ``dicom/`` (read by our reader)."""
-    from ..io import read_scan
-    from ..io.nifti import read_nifti
+    from napari_ctseg.io import read_scan
+    from napari_ctseg.io.nifti import read_nifti
 
     if (folder / "ct.nii.gz").is_file():
         return read_nifti(folder / "ct.nii.gz")

@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError
-from ..models.registry import TARGETS
-from ..negatives import DEFAULT_HARD_NEGATIVES
-from ..synthetic import DEFAULT_SYNTHETIC
+from napari_ctseg.errors import TrainingError
+from napari_ctseg.models.registry import TARGETS
+from napari_ctseg.training.labels.negatives import DEFAULT_HARD_NEGATIVES
+from napari_ctseg.training.labels.synthetic import DEFAULT_SYNTHETIC
 
 TARGET_LABELS: dict[str, dict[str, int]] = {
     "lungs": {"right_lung": 1, "left_lung": 2},
@@ -79,7 +79,7 @@ class TrainingConfig:
     val_every: int = 1
     save_half: bool = True  # store float16 weights (half the size); validated as stored
     # Infection: synthetic lesions painted into the host volumes' lungs (see
-    # napari_ctseg.synthetic.DEFAULT_SYNTHETIC); empty = none. "hard_negative_model" names a
+    # napari_ctseg.training.labels.synthetic.DEFAULT_SYNTHETIC); empty = none. "hard_negative_model" names a
     # version of the same target whose false positives on the hosts are sampled more often.
     synthetic: dict[str, Any] = field(default_factory=dict)
     # Training-only classes (name -> value after the card's labels), e.g. {"airway": 3}: the
@@ -90,10 +90,10 @@ class TrainingConfig:
     # seen through the locate version's crop, as at inference.
     stages: list[dict[str, Any]] = field(default_factory=list)
     # Tumour-like lesions painted inside the labelled organ, its label unchanged
-    # (napari_ctseg.synthetic.DEFAULT_ORGAN_LESIONS); empty = none.
+    # (napari_ctseg.training.labels.synthetic.DEFAULT_ORGAN_LESIONS); empty = none.
     organ_lesions: dict[str, Any] = field(default_factory=dict)
     # The organ's HU and inner contrast changed at random, its mask unchanged
-    # (napari_ctseg.synthetic.DEFAULT_ORGAN_CONTRAST): other contrast phases; empty = none.
+    # (napari_ctseg.training.labels.synthetic.DEFAULT_ORGAN_CONTRAST): other contrast phases; empty = none.
     organ_contrast: dict[str, Any] = field(default_factory=dict)
     # Before each validation, re-estimate the BatchNorm statistics on this many training
     # batches (exact averages for the current weights: "precise BN"); 0 = the running
@@ -105,10 +105,10 @@ class TrainingConfig:
     # weights: a flatter, less lucky choice than one epoch's weights (Polyak averaging).
     ema_decay: float = 0.0
     # Infection: host slices made to look as normal lungs do on other scanners, the label
-    # left empty (napari_ctseg.negatives.DEFAULT_HARD_NEGATIVES); empty = none.
+    # left empty (napari_ctseg.training.labels.negatives.DEFAULT_HARD_NEGATIVES); empty = none.
     hard_negatives: dict[str, Any] = field(default_factory=dict)
     # 8-bit slices with silver labels (the split's train_silver_slices): {"cleaning": {...}}
-    # overrides napari_ctseg.training.silver_slices.clean_pseudo_label's settings.
+    # overrides napari_ctseg.training.labels.silver_slices.clean_pseudo_label's settings.
     silver_slices: dict[str, Any] = field(default_factory=dict)
     # Share of the labelled draws per case group ("expert", "silver_slices", "pseudo_hu"),
     # whatever each group's size; empty = every slice by its own weight.

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import TrainingError
-from ..metrics import dice
+from napari_ctseg.errors import TrainingError
+from napari_ctseg.evaluation.metrics import dice
 
 DEFAULT_GRID = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1)
 
@@ -47,10 +47,10 @@ def sweep(target: str, version: str, positives: Sequence[tuple[str, np.ndarray, 
     """One ``SweepRow`` per threshold. ``positives``: (name, 8-bit image (y, x), expert mask);
     ``negatives``: (name, ``CTVolume`` without the target). The network is loaded once; each
     threshold only changes the bias added to its logits."""
-    from ..inference import ModelSet, segment
-    from ..models.definition import logit_bias
-    from ..models.predict import predict_image8
-    from ..models.registry import as_registry
+    from napari_ctseg.segmentation.inference import ModelSet, segment
+    from napari_ctseg.models.definition import logit_bias
+    from napari_ctseg.models.predict import predict_image8
+    from napari_ctseg.models.registry import as_registry
 
     registry = as_registry(registry)
     card = registry.get_card(target, version)

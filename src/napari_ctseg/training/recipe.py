@@ -1,4 +1,4 @@
-"""Training from scratch: a strategy on the one engine (``napari_ctseg.engine``).
+"""Training from scratch: a strategy on the one engine (``napari_ctseg.training.engine``).
 
 ``train`` checks its input, reads the cases and hands the engine a plan (sample augmented
 batches, validate, keep the best checkpoint); the card of the trained version records the
@@ -14,8 +14,8 @@ from typing import Any, Generator, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
-from ..engine import (
+from napari_ctseg import __version__
+from napari_ctseg.training.engine import (
     Evaluation,
     Outcome,
     TrainingPlan,
@@ -25,20 +25,20 @@ from ..engine import (
     run,
     seeded,
 )
-from ..errors import ModelError, TrainingError
-from ..models.definition import starter_definition
-from ..models.predict import predict_volume
-from ..models.preprocess import Preprocessing, find_crop, mask_crop
-from ..models.registry import LICENSE_NOTE, WEIGHTS_FILE, ModelCard
-from ..models.unet import build_model, count_parameters
-from ..silver import SILVER_LUNGS_METHOD
-from .augment import augment
-from .cases import PSEUDO_METHOD, Case, load_case, load_host_case, load_pseudo_case
-from .config import TARGET_LABELS, TARGET_NOTES, TrainingConfig, check_target, default_config
-from .datasets import _citations, _data_record
-from .sampling import SliceCache, _build_hosts, _Hosts, build_cache, sample_batch
-from .splits import _checked_split, _SplitNames
-from .validation import NEGATIVE_TOLERANCE_PCT, validate
+from napari_ctseg.errors import ModelError, TrainingError
+from napari_ctseg.models.definition import starter_definition
+from napari_ctseg.models.predict import predict_volume
+from napari_ctseg.models.preprocess import Preprocessing, find_crop, mask_crop
+from napari_ctseg.models.registry import LICENSE_NOTE, WEIGHTS_FILE, ModelCard
+from napari_ctseg.models.unet import build_model, count_parameters
+from napari_ctseg.training.labels.silver import SILVER_LUNGS_METHOD
+from napari_ctseg.training.augment import augment
+from napari_ctseg.training.cases import PSEUDO_METHOD, Case, load_case, load_host_case, load_pseudo_case
+from napari_ctseg.training.config import TARGET_LABELS, TARGET_NOTES, TrainingConfig, check_target, default_config
+from napari_ctseg.training.datasets import _citations, _data_record
+from napari_ctseg.training.sampling import SliceCache, _build_hosts, _Hosts, build_cache, sample_batch
+from napari_ctseg.training.splits import _checked_split, _SplitNames
+from napari_ctseg.training.validation import NEGATIVE_TOLERANCE_PCT, validate
 
 
 def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int = 0,
@@ -102,7 +102,7 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
 def _init_weights(model, target: str, init: dict[str, Any]) -> None:
     """Load a bundled version's weights into ``model`` (a warm start); ``TrainingError`` when
     the version is missing or its network differs."""
-    from ..models.registry import load_model
+    from napari_ctseg.models.registry import load_model
 
     version = init.get("version")
     try:
@@ -191,7 +191,7 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
     pseudo_names = [c.name for c in train_cases[len(train_cases) - len(names.pseudo):]]
     silver_counts = {}
     for folder in names.silver_slices:
-        from .silver_slices import load_silver_slices
+        from napari_ctseg.training.labels.silver_slices import load_silver_slices
 
         yield start(f"reading the silver-labelled slices of {folder}")
         found = load_silver_slices(data_dir, folder, cleaning=cfg.silver_slices.get("cleaning"))
@@ -209,28 +209,28 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
                          organ_lesions=cfg.organ_lesions, organ_contrast=cfg.organ_contrast,
                          silver_slice_counts=silver_counts)
     if names.hosts:
-        from ..synthetic import LesionSettings
+        from napari_ctseg.training.labels.synthetic import LesionSettings
 
         data.lesion_settings = LesionSettings.from_dict(cfg.synthetic)
         host_cases = [load_host_case(data_dir, n) for n in names.hosts]
         data.hosts = _build_hosts(host_cases, prep, _reference_model(target, cfg.synthetic, prep),
                                   data.lesion_settings.hard_negative_weight)
         if cfg.hard_negatives:
-            from ..negatives import HardNegativeSettings
+            from napari_ctseg.training.labels.negatives import HardNegativeSettings
 
             data.negatives = HardNegativeSettings.from_dict(cfg.hard_negatives)
     return data
 
 
 HARD_NEGATIVES_NOTE = (
-    "synthetic hard negatives (napari_ctseg.negatives): host slices made to look as normal lungs do on "
+    "synthetic hard negatives (napari_ctseg.training.labels.negatives): host slices made to look as normal lungs do on "
     "other scanners, the infection label left empty: expiration (aerated lung +100..+300 HU, more in the "
     "dependent lung), dependent atelectasis bands, cardiac-motion blur next to the mediastinum, thick "
     "slices (5-8 mm averaged), low-dose noise, sharp or soft kernels")
 
 
 def _silver_slices_note(cfg: TrainingConfig, n: int | None) -> str:
-    from .silver_slices import PSEUDO_CLEANING
+    from napari_ctseg.training.labels.silver_slices import PSEUDO_CLEANING
 
     c = {"min_inside": 0.6, "dilate_px": 3, "min_pixels": 10, "min_contact": 0.25, "max_bone": 0.3,
          **(cfg.silver_slices.get("cleaning") or {})}
@@ -300,8 +300,8 @@ def _final_validation(model, data: _TrainingData, outcome: Outcome, prep: Prepro
 
 def _locate_cases(target: str, stages: list[dict[str, Any]], cases: list[Case], prep: Preprocessing) -> None:
     """Set each volume case's crop and slices from the locate stage's mask, as at inference."""
-    from ..models.definition import apply_postprocess
-    from ..models.registry import load_model
+    from napari_ctseg.models.definition import apply_postprocess
+    from napari_ctseg.models.registry import load_model
 
     version = stages[0].get("version")
     try:
@@ -327,7 +327,7 @@ def _reference_model(target: str, synthetic: dict[str, Any], prep: Preprocessing
     version = synthetic.get("hard_negative_model")
     if not version:
         return None
-    from ..models.registry import load_model
+    from napari_ctseg.models.registry import load_model
 
     try:
         model, card = load_model(target, version, device="cpu")

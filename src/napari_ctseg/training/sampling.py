@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.preprocess import (
+from napari_ctseg.models.preprocess import (
     Preprocessing,
     context_indices,
     find_crop,
@@ -16,7 +16,7 @@ from ..models.preprocess import (
     labels_to_target,
     window_and_resize,
 )
-from .cases import Case, case_crop
+from napari_ctseg.training.cases import Case, case_crop
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _sample_hosts(hosts: _Hosts, prep: Preprocessing, n: int, rng: np.random.Gen
                   settings, negatives=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Host samples: with ``negatives`` (``HardNegativeSettings``) some first look as normal
     lungs do on other scanners (label unchanged); then some get synthetic lesions."""
-    from ..synthetic import add_lesions
+    from napari_ctseg.training.labels.synthetic import add_lesions
 
     xs, ys = [], []
     for k in rng.choice(len(hosts.index), size=n, p=hosts.weights):
@@ -89,14 +89,14 @@ def _sample_hosts(hosts: _Hosts, prep: Preprocessing, n: int, rng: np.random.Gen
         idx = context_indices([z], hosts.images[ci].shape[0], prep.context)[0]
         changes = negatives.choose(rng) if negatives is not None else []
         if "thick" in changes:
-            from ..negatives import thick_slab
+            from napari_ctseg.training.labels.negatives import thick_slab
 
             spacing = hosts.spacing_z[ci] if hosts.spacing_z else 1.0
             x = thick_slab(hosts.images[ci], z, idx, spacing, rng.uniform(*negatives.thick_mm))
         else:
             x = hosts.images[ci][torch.as_tensor(idx)].numpy()
         if changes:
-            from ..negatives import add_hard_negatives
+            from napari_ctseg.training.labels.negatives import add_hard_negatives
 
             x = add_hard_negatives(x, hosts.lungs[ci][idx], prep.window, rng, changes, negatives)
         y = np.zeros(x.shape[1:], bool)
@@ -113,7 +113,7 @@ def build_cache(cases: list[Case], prep: Preprocessing, n_classes: int, fg_weigh
     foreground ``fg_weight``); ``group_shares`` ({case group: share}) gives each group of
     cases that share of the draws, whatever its size (groups not named: share 0 unless
     none is named). A case's ``ignore`` pixels become ``IGNORE_LABEL`` in its targets."""
-    from ..engine import IGNORE_LABEL
+    from napari_ctseg.training.engine import IGNORE_LABEL
 
     images, targets, index, weights, groups = [], [], [], [], []
     for ci, case in enumerate(cases):
@@ -187,7 +187,7 @@ def sample_batch(cache: SliceCache, prep: Preprocessing, batch_size: int,
             contrast = _chance(rng, (organ_contrast or {}).get("p", 0.0))
             lesions = _chance(rng, (organ_lesions or {}).get("p_lesion", 0.0))
             if contrast or lesions:
-                from ..synthetic import add_organ_lesions, shift_organ_contrast
+                from napari_ctseg.training.labels.synthetic import add_organ_lesions, shift_organ_contrast
 
                 organ = (cache.targets[ci][idx] > 0).numpy()
                 if contrast and organ.any():

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import TrainingError
-from .config import TrainingConfig
+from napari_ctseg.errors import TrainingError
+from napari_ctseg.training.config import TrainingConfig
 
 SPLITS_FILE = Path(__file__).resolve().parent.parent / "models" / "splits.json"
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import compare, dice
-from ..models.predict import predict_image8, predict_volume
-from ..models.preprocess import Preprocessing
-from .cases import Case, case_crop
+from napari_ctseg.evaluation.metrics import compare, dice
+from napari_ctseg.models.predict import predict_image8, predict_volume
+from napari_ctseg.models.preprocess import Preprocessing
+from napari_ctseg.training.cases import Case, case_crop
 
 
 def _predict_case(model, case: Case, prep: Preprocessing, device) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from napari.components import ViewerModel
 from napari.layers import Layer, Vectors
 
-from ...planes import PLANE_COLORS, crosshair_lines, line_plane
+from napari_ctseg.io.planes import PLANE_COLORS, crosshair_lines, line_plane
 
 CROSSHAIR_KEY = "ctseg_crosshair"
 """``layer.metadata`` flag of the crosshair layers the tri-planar views add (and remove)."""

@@ -1,7 +1,7 @@
 """Mask tools: the editing operations (fill between slices, islands and holes, smooth, grow,
 shrink) and the HU range limit's controls.
 
-Each tool calls a function of ``napari_ctseg.editing``, which works on the label's bounding
+Each tool calls a function of ``napari_ctseg.editing.tools``, which works on the label's bounding
 box only, and writes just the changed voxels with ``Labels.data_setitem``: napari records
 that as one step of its own undo history, so Ctrl+Z (``layer.undo()``) reverts any tool
 exactly, as it reverts napari's brush and fill. The panels work on the layer and label of
@@ -27,9 +27,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ... import editing
-from ...errors import CTSegError
-from .._compat import unwrap
+from napari_ctseg.editing import tools as editing
+from napari_ctseg.errors import CTSegError
+from napari_ctseg._napari._compat import unwrap
 
 PREVIEW_KEY = "ctseg_preview"
 """``layer.metadata`` flag of the fill-between-slices preview layer the Mask tools add."""

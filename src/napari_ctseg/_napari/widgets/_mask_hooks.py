@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from napari.layers import Image, Labels
 
-from .._compat import PAINT_HOOK, paint_hook_available, unwrap
+from napari_ctseg._napari._compat import PAINT_HOOK, paint_hook_available, unwrap
 
 
 def remove_hooks(hooks: dict) -> None:

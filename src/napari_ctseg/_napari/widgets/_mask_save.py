@@ -3,7 +3,7 @@
 It writes ``<scan>_<target>_corrected.nii.gz`` with ``io.write_mask`` (the scan's exact
 geometry; the scan itself is never overwritten, an existing file only after the user agrees)
 as a job (``save_steps``) through the plugin's one Qt adapter (``_napari/_jobs.py``), off
-the GUI thread, and records the pair in the corrections store (``napari_ctseg.corrections``)
+the GUI thread, and records the pair in the corrections store (``napari_ctseg.editing.corrections``)
 with the z slices changed since the mask was made. The mask is copied when the button is
 pressed, so painting on meanwhile is safe.
 """
@@ -24,13 +24,15 @@ from qtpy.QtWidgets import (
     QToolButton,
 )
 
-from ... import corrections, editing
-from ...errors import CTSegError
-from ...io import write_mask
-from ...io.nifti import is_nifti_path, scan_name
-from ...jobs import Job, Progress, run
-from ...volume import Geometry
-from .._jobs import run_job
+from napari_ctseg.editing import corrections
+
+from napari_ctseg.editing import tools as editing
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.io import write_mask
+from napari_ctseg.io.nifti import is_nifti_path, scan_name
+from napari_ctseg.jobs import Job, Progress, run
+from napari_ctseg.io.volume import Geometry
+from napari_ctseg._napari._jobs import run_job
 
 
 def _bundled_data_dir() -> Path | None:

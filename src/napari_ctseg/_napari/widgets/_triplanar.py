@@ -19,10 +19,10 @@ from napari.qt import QtViewer
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import QSplitter, QVBoxLayout, QWidget
 
-from ...planes import PLANE_COLORS, dims_order, slice_axis, snap_to_grid
-from ._crosshair import SIDE_VIEWS, Crosshairs, is_crosshair
-from ._crosshair import camera as camera_of
-from ._triplanar_layers import LayerMirrors
+from napari_ctseg.io.planes import PLANE_COLORS, dims_order, slice_axis, snap_to_grid
+from napari_ctseg._napari.widgets._crosshair import SIDE_VIEWS, Crosshairs, is_crosshair
+from napari_ctseg._napari.widgets._crosshair import camera as camera_of
+from napari_ctseg._napari.widgets._triplanar_layers import LayerMirrors
 
 
 def _text_overlay(model: ViewerModel):

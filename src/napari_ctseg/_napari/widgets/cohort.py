@@ -7,7 +7,7 @@ are Labels layers like Segment volume's, so Mask tools edits and saves them). **
 yet. Saving a corrected mask with Mask tools records it in the corrections store (which
 Fine-tune learns from) and marks the scan reviewed here; **Mark reviewed** accepts a scan as it
 is. The table follows the cohort folder: a run still going, or a new run with a new model
-version, shows up as it writes its table. The bookkeeping is ``napari_ctseg.cohort_review``.
+version, shows up as it writes its table. The bookkeeping is ``napari_ctseg.cohort.review``.
 """
 from __future__ import annotations
 
@@ -32,15 +32,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ... import cohort_review
-from ...cohort import TABLE_CSV, TABLE_PARQUET, read_table, volume_changes
-from ...corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests, store_stamp
-from ...errors import CTSegError
-from ...models.definition import style as card_style
-from ...models.registry import ModelRegistry, as_registry
-from .._layers import image_layer_data
-from ._mask_save import SAVE_FOLDER_KEY
-from .segment import labels_layer_kwargs
+from napari_ctseg.cohort import review as cohort_review
+from napari_ctseg.cohort.run import TABLE_CSV, TABLE_PARQUET, read_table, volume_changes
+from napari_ctseg.editing.corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests, store_stamp
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.models.definition import style as card_style
+from napari_ctseg.models.registry import ModelRegistry, as_registry
+from napari_ctseg._napari._layers import image_layer_data
+from napari_ctseg._napari.widgets._mask_save import SAVE_FOLDER_KEY
+from napari_ctseg._napari.widgets.segment import labels_layer_kwargs
 
 COHORT_KEY = "ctseg_cohort"  # layer metadata: {"dir": cohort folder, "scan_id": ...}
 COLUMNS = (("Scan", "scan_id"), ("Review score", "review_score"), ("Status", "status"),

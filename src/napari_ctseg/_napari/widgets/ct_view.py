@@ -1,8 +1,8 @@
 """CT view dock widget: anatomical planes, CT window presets, linked tri-planar views.
 
-The geometry contract (``napari_ctseg.volume``): every CT Image layer holds (z, y, x) with
+The geometry contract (``napari_ctseg.io.volume``): every CT Image layer holds (z, y, x) with
 axes pointing to Inferior, Posterior and patient Left, and ``scale`` = spacing in mm. The
-plane buttons therefore only set ``viewer.dims.order`` (``napari_ctseg.planes``); nothing
+plane buttons therefore only set ``viewer.dims.order`` (``napari_ctseg.io.planes``); nothing
 is resampled.
 
 The widget holds the controls; the linked tri-planar mode (the main viewer axial, plus a
@@ -32,11 +32,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...planes import PLANES, dims_order, plane_of_order, slice_axis
-from ...volume import WINDOW_PRESETS
-from .._compat import layer_renamed, unwrap
-from ._crosshair import CROSSHAIR_KEY, CROSSHAIR_NAME, CROSSHAIR_PX, SIDE_VIEWS, is_crosshair  # noqa: F401
-from ._triplanar import TriPlanarViews, disconnect_all
+from napari_ctseg.io.planes import PLANES, dims_order, plane_of_order, slice_axis
+from napari_ctseg.io.volume import WINDOW_PRESETS
+from napari_ctseg._napari._compat import layer_renamed, unwrap
+from napari_ctseg._napari.widgets._crosshair import CROSSHAIR_KEY, CROSSHAIR_NAME, CROSSHAIR_PX, SIDE_VIEWS, is_crosshair  # noqa: F401
+from napari_ctseg._napari.widgets._triplanar import TriPlanarViews, disconnect_all
 
 _PLANE_TIPS = {
     "axial": "Axial slices (z): anterior up, the patient's right on the screen's left",

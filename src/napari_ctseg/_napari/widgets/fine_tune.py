@@ -39,19 +39,19 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...corrections import Correction, list_corrections
-from ...errors import CTSegError
-from ...fine_tuning import CorrectionCase, FineTuneConfig
-from ...jobs import CancelToken, in_child_process
-from ...inference import choose_device
-from ...models.registry import ModelRegistry, as_registry
-from .._jobs import run_job
-from ._models_events import connect_models_changed, models_events
+from napari_ctseg.editing.corrections import Correction, list_corrections
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.training.fine_tuning import CorrectionCase, FineTuneConfig
+from napari_ctseg.jobs import CancelToken, in_child_process
+from napari_ctseg.segmentation.inference import choose_device
+from napari_ctseg.models.registry import ModelRegistry, as_registry
+from napari_ctseg._napari._jobs import run_job
+from napari_ctseg._napari.widgets._models_events import connect_models_changed, models_events
 
 DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
 
 
-FINE_TUNE_JOB = "napari_ctseg.fine_tuning:fine_tune"
+FINE_TUNE_JOB = "napari_ctseg.training.fine_tuning:fine_tune"
 """The job the widget runs in a child process, by name (the child imports it itself)."""
 
 

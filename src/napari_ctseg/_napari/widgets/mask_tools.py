@@ -24,14 +24,14 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
-from ... import corrections
-from ...volume import Geometry
-from .._compat import layer_renamed, unwrap
-from .._layers import geometry_from_metadata
-from ._mask_edits import AXES, CUSTOM, HOLE_MODES, PREVIEW_KEY, EditPanel, HuRangeBox  # noqa: F401
-from ._mask_hooks import PaintGuard
-from ._mask_save import SavePanel, default_output, save_steps  # noqa: F401
-from ._mask_volume import LiveVolume
+from napari_ctseg.editing import corrections
+from napari_ctseg.io.volume import Geometry
+from napari_ctseg._napari._compat import layer_renamed, unwrap
+from napari_ctseg._napari._layers import geometry_from_metadata
+from napari_ctseg._napari.widgets._mask_edits import AXES, CUSTOM, HOLE_MODES, PREVIEW_KEY, EditPanel, HuRangeBox  # noqa: F401
+from napari_ctseg._napari.widgets._mask_hooks import PaintGuard
+from napari_ctseg._napari.widgets._mask_save import SavePanel, default_output, save_steps  # noqa: F401
+from napari_ctseg._napari.widgets._mask_volume import LiveVolume
 
 # The panels' controls, also reachable as attributes of the widget (scripts and tests use them).
 _CONTROLS = {

@@ -22,9 +22,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...errors import CTSegError
-from ...models.registry import ModelRegistry, as_registry
-from ._models_events import connect_models_changed, models_events
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.models.registry import ModelRegistry, as_registry
+from napari_ctseg._napari.widgets._models_events import connect_models_changed, models_events
 
 COLUMNS = ("Target", "Version", "Source", "Date", "Val. Dice", "Status", "")
 

@@ -30,19 +30,19 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...corrections import BASELINE_KEY, slice_digests
-from ...errors import CTSegError
-from ...inference import ModelSet, SegmentResult, check_image8, segment_image8, segment_steps
-from ...jobs import single_step
-from ...models.definition import colors as card_colors
-from ...models.definition import label_display_name
-from ...models.definition import style as card_style
-from ...models.registry import ModelRegistry, as_registry
-from ...volume import METADATA_KEY, CTVolume, Geometry
-from .._compat import layer_renamed
-from .._jobs import run_job
-from .._layers import geometry_from_metadata
-from ._models_events import connect_models_changed
+from napari_ctseg.editing.corrections import BASELINE_KEY, slice_digests
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.segmentation.inference import ModelSet, SegmentResult, check_image8, segment_image8, segment_steps
+from napari_ctseg.jobs import single_step
+from napari_ctseg.models.definition import colors as card_colors
+from napari_ctseg.models.definition import label_display_name
+from napari_ctseg.models.definition import style as card_style
+from napari_ctseg.models.registry import ModelRegistry, as_registry
+from napari_ctseg.io.volume import METADATA_KEY, CTVolume, Geometry
+from napari_ctseg._napari._compat import layer_renamed
+from napari_ctseg._napari._jobs import run_job
+from napari_ctseg._napari._layers import geometry_from_metadata
+from napari_ctseg._napari.widgets._models_events import connect_models_changed
 
 DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
 

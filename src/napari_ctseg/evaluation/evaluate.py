@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
-from .errors import CTSegError
-from .jobs import Progress
+from napari_ctseg.evaluation import metrics
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.jobs import Progress
 
 LAYOUTS = ("volumes", "slices")
 CT_FILE = "ct.nii.gz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-SPLITS_FILE = Path(__file__).resolve().parent / "models" / "splits.json"
+SPLITS_FILE = Path(__file__).resolve().parent.parent / "models" / "splits.json"
 # The structure each target's headline figures are about; lungs also get one row per lung.
 PRIMARY = {"lungs": "lung", "liver": "liver", "infection": "infection"}
 # Affines of a scan and its mask must agree to this many mm (float32 headers round).
@@ -230,8 +230,8 @@ def score(pred: np.ndarray, ref: np.ndarray, spacing=None) -> dict[str, float]:
 
 def _label_names(target: str, version: str | None = None, registry=None) -> dict[str, int]:
     """The label names (display form) and values of the target's model card."""
-    from .models.definition import label_display_name
-    from .models.registry import as_registry
+    from napari_ctseg.models.definition import label_display_name
+    from napari_ctseg.models.registry import as_registry
 
     return {label_display_name(k): v for k, v in as_registry(registry).get_card(target, version).labels.items()}
 
@@ -420,7 +420,7 @@ def write_png_mask(path: Path, mask: np.ndarray) -> Path:
     """A boolean (y, x) mask as an 8-bit PNG, 0/255, written to a temporary file and renamed."""
     from PIL import Image
 
-    from ._files import replaced_atomically
+    from napari_ctseg._files import replaced_atomically
 
     try:
         with replaced_atomically(path, ".png") as tmp:
@@ -443,8 +443,8 @@ def evaluate_steps(target: str, data_dir, predictions_out, version: str | None =
     Returns an ``EvaluationReport``. Raises ``EvaluationError`` (or another ``CTSegError``)
     for unusable input, naming the file.
     """
-    from .inference import parse_targets
-    from .models.registry import as_registry
+    from napari_ctseg.segmentation.inference import parse_targets
+    from napari_ctseg.models.registry import as_registry
 
     registry = as_registry(registry)
     if not isinstance(target, str):
@@ -481,8 +481,8 @@ def evaluate_steps(target: str, data_dir, predictions_out, version: str | None =
 
 
 def _volume_steps(target, data_dir: Path, out: Path, names, version, device, registry):
-    from .inference import ModelSet, segment_steps
-    from .io import read_scan, write_mask
+    from napari_ctseg.segmentation.inference import ModelSet, segment_steps
+    from napari_ctseg.io import read_scan, write_mask
 
     models = ModelSet({target: version} if version else None, registry)
     results: list[CaseResult] = []
@@ -530,8 +530,8 @@ def _volume_steps(target, data_dir: Path, out: Path, names, version, device, reg
 
 
 def _slice_steps(target, data_dir: Path, out: Path, names, version, device, registry):
-    from .inference import choose_device
-    from .models.predict import predict_image8
+    from napari_ctseg.segmentation.inference import choose_device
+    from napari_ctseg.models.predict import predict_image8
 
     dev, device_note = choose_device(device)
     model, card = registry.load_model(target, version, device=dev)
@@ -577,7 +577,7 @@ def evaluate(target: str, data_dir, predictions_out, version: str | None = None,
              cases: Iterable[str] | str | None = None,
              progress: Callable[[EvaluationProgress], None] | None = None, registry=None) -> EvaluationReport:
     """Run ``evaluate_steps`` to the end (``jobs.run``); ``progress`` gets each ``EvaluationProgress``."""
-    from .jobs import run
+    from napari_ctseg.jobs import run
 
     return run(evaluate_steps(target, data_dir, predictions_out, version=version, device=device, cases=cases,
                               registry=registry), on_event=progress)

@@ -23,7 +23,7 @@ same code runs inline in tests and the CLI and in a napari thread worker. It
    held-aside corrections and no worse than ``max_validation_drop`` (0.005 Dice) below the
    base on the validation; otherwise the card says ``"status": "candidate"`` and why.
 
-The optimisation itself is the one training engine's (``napari_ctseg.engine.run``, shared
+The optimisation itself is the one training engine's (``napari_ctseg.training.engine.run``, shared
 with ``training.train``): ``fine_tune`` checks its input, and ``_FineTuning`` (the strategy)
 reads the corrections and the base's data, then fills the engine's ``TrainingPlan`` with
 what is particular to fine-tuning: the base's weights as the start, frozen BatchNorm,
@@ -47,12 +47,12 @@ from typing import Any, Generator, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .engine import Evaluation, Outcome, TrainingPlan, autocast_dtype, merged_settings, run, seeded
-from .errors import CTSegError, ModelError, TrainingError
-from .models.predict import predict_slices
-from .models.preprocess import Preprocessing
-from .models.registry import (
+from napari_ctseg import __version__
+from napari_ctseg.training.engine import Evaluation, Outcome, TrainingPlan, autocast_dtype, merged_settings, run, seeded
+from napari_ctseg.errors import CTSegError, ModelError, TrainingError
+from napari_ctseg.models.predict import predict_slices
+from napari_ctseg.models.preprocess import Preprocessing
+from napari_ctseg.models.registry import (
     LICENSE_NOTE,
     ModelCard,
     as_registry,
@@ -63,7 +63,7 @@ from .models.registry import (
     user_weights_dir,
     weight_roots,
 )
-from .training import (
+from napari_ctseg.training import (
     TARGET_LABELS,
     Case,
     SliceCache,
@@ -107,7 +107,7 @@ class CorrectionCase:
 
 def corrections_from_store(target: str) -> list[CorrectionCase]:
     """The corrections recorded by Save corrected mask for ``target`` (oldest first)."""
-    from .corrections import list_corrections
+    from napari_ctseg.editing.corrections import list_corrections
 
     return [CorrectionCase(c.scan_path, c.mask_path, list(c.changed_slices) or None)
             for c in list_corrections(target)]
@@ -151,7 +151,7 @@ class _Loaded:
 
 
 def _read_correction(corr: CorrectionCase, target: str, labels: dict[str, int] | None = None) -> Case:
-    from .io import read_scan
+    from napari_ctseg.io import read_scan
 
     for what, p in (("scan", corr.scan), ("corrected mask", corr.mask)):
         if not p or not Path(p).exists():

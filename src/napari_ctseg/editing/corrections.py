@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import write_atomically
+from napari_ctseg._files import write_atomically
 
 MANIFEST_VERSION = 1
 

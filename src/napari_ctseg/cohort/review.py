@@ -7,7 +7,7 @@ with a ``review_score``: higher means the models were less sure) and the masks u
 on writing its table while a person reviews, and the folder carries its own review state.
 
 A scan counts as reviewed when a person accepted it as it is, or saved a corrected mask for it:
-a correction in the user's corrections store (``napari_ctseg.corrections``, which Mask tools
+a correction in the user's corrections store (``napari_ctseg.editing.corrections``, which Mask tools
 writes and Fine-tune learns from) whose scan is this row's scan and which was saved after the
 cohort's masks were written.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import write_atomically
-from .errors import CTSegError
+from napari_ctseg._files import write_atomically
+from napari_ctseg.errors import CTSegError
 
 REVIEWS_FILE = "reviews.json"
 
@@ -113,9 +113,9 @@ def open_scan(out_dir, row: dict, registry=None) -> OpenedScan:
     """Read a row's scan and the masks the cohort run wrote for it (``CTSegError`` naming what is
     missing). The cards come from ``registry`` (default: ``ModelRegistry.default()``), by the
     versions the row records; a version no longer there falls back to the active one's display."""
-    from .evaluation import EvaluationError, read_reference_volume
-    from .io import read_scan
-    from .models.registry import as_registry
+    from napari_ctseg.evaluation.evaluate import EvaluationError, read_reference_volume
+    from napari_ctseg.io import read_scan
+    from napari_ctseg.models.registry import as_registry
 
     registry = as_registry(registry)
     sid = str(row.get("scan_id"))

@@ -1,6 +1,6 @@
 """Synthetic hard negatives: what normal lungs look like on real scanners (Qt-free).
 
-The mirror image of ``napari_ctseg.synthetic``'s lesions: there, infection is painted into
+The mirror image of ``napari_ctseg.training.labels.synthetic``'s lesions: there, infection is painted into
 healthy lungs with its exact mask; here, healthy lungs are made to look the way ordinary
 scans show them — denser, blurred, noisy — and the infection label stays **empty**. They
 teach the infection model the looks that its false positives on scans without COVID-19

@@ -67,8 +67,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, sparse
 
-from .editing import RegionEdit
-from .errors import RefineError
+from napari_ctseg.editing.tools import RegionEdit
+from napari_ctseg.errors import RefineError
 
 MIN_RADIUS_MM = 15.0
 MAX_RADIUS_MM = 50.0

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_ctseg.segmentation.postprocess import bbox
+
 # --- thresholds --------------------------------------------------------------------------
 # Aerated lung in a normal inspiration has a median near -850 HU (-858 and -887 HU in the
 # expert lung masks here; the literature gives about -850..-900 HU at full inspiration). At
@@ -71,16 +73,6 @@ class Caveat:
         return {"code": self.code, "message": self.message, "figures": dict(self.figures)}
 
 
-def _bbox(mask_any: np.ndarray) -> tuple[slice, ...] | None:
-    z = np.flatnonzero(mask_any.any(axis=(1, 2)))
-    if z.size == 0:
-        return None
-    sub = mask_any[z[0]:z[-1] + 1]
-    y = np.flatnonzero(sub.any(axis=(0, 2)))
-    x = np.flatnonzero(sub.any(axis=(0, 1)))
-    return (slice(z[0], z[-1] + 1), slice(y[0], y[-1] + 1), slice(x[0], x[-1] + 1))
-
-
 def _median(hu_box: np.ndarray, where: np.ndarray) -> float | None:
     """The median HU of ``hu_box`` where ``where`` (None below a few voxels)."""
     return _median_of(hu_box[where])
@@ -104,7 +96,7 @@ def lung_figures(hu: np.ndarray, lungs: np.ndarray, infection: np.ndarray | None
     ``hu``, ``lungs`` (labels) and ``infection`` (> 0 = infected) share the (z, y, x) grid;
     ``spacing`` is (z, y, x) mm (for the gradient per cm)."""
     lungs = np.asarray(lungs)
-    box = _bbox(lungs)
+    box = bbox(lungs)
     if box is None:
         return None
     lab = lungs[box]

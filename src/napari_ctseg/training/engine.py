@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import TrainingError
-from .models.registry import ModelCard, half_state_dict, write_version
+from napari_ctseg.errors import TrainingError
+from napari_ctseg.models.registry import ModelCard, half_state_dict, write_version
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ into ``ScanTask``s: one per NIfTI file and one per DICOM image series. ``run_coh
 generator: it sends the tasks to a Dask ``distributed`` cluster (a ``LocalCluster`` sized
 to this machine, or an existing scheduler), yields a ``CohortProgress`` after every
 finished scan and returns the table. Each task (``segment_task``, run on a worker) reads
-one scan, segments it with ``napari_ctseg.inference``, writes its masks on the scan's
+one scan, segments it with ``napari_ctseg.segmentation.inference``, writes its masks on the scan's
 exact geometry under ``OUT/<scan id>/<target>.nii.gz`` and returns one row.
 
 The rows are written to ``OUT/cohort.csv`` and ``OUT/cohort.parquet`` (temporary file,
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CTSegError
-from .jobs import Progress
+from napari_ctseg.errors import CTSegError
+from napari_ctseg.jobs import Progress
 
 TABLE_CSV = "cohort.csv"
 TABLE_PARQUET = "cohort.parquet"
@@ -88,7 +88,7 @@ def _stat_key(paths: Iterable[Path]) -> str:
 
 def scan_id_for(path, series_uid: str = "") -> str:
     """A stable, readable id: the scan's name and a digest of its full path (and series)."""
-    from .io.nifti import scan_name
+    from napari_ctseg.io.nifti import scan_name
 
     p = Path(path).resolve()
     name = scan_name(p) if not series_uid else p.parent.name
@@ -107,7 +107,7 @@ def _dicom_tasks(folder: Path, files: list[Path]) -> tuple[list[ScanTask], list[
     """One task per image series among ``files`` (all in ``folder``); other objects listed."""
     import pydicom
 
-    from .io.dicom import NON_IMAGE_MODALITIES, dicom_kind
+    from napari_ctseg.io.dicom import NON_IMAGE_MODALITIES, dicom_kind
 
     series: dict[str, list[Path]] = defaultdict(list)
     described: dict[str, str] = {}
@@ -162,8 +162,8 @@ def discover(sources: Iterable) -> Discovery:
     listed, not segmented. Any other file named as a source becomes a task whose row says
     it is not a scan. Duplicates are dropped.
     """
-    from .io.dicom import dicom_kind
-    from .io.nifti import is_nifti_path
+    from napari_ctseg.io.dicom import dicom_kind
+    from napari_ctseg.io.nifti import is_nifti_path
 
     tasks: dict[str, ScanTask] = {}
     listed: list[str] = []
@@ -212,8 +212,8 @@ def resolve_versions(targets: Iterable[str], versions: dict[str, str] | None = N
     """The model behind each target and each model it needs (required targets, locate stages):
     ``{target: {"version": .., "sha256": .., "locate": {..} | None}}``, as resolved now in
     ``registry`` (a ``ModelRegistry``; default: ``ModelRegistry.default()``)."""
-    from .models.definition import locate_stage
-    from .models.registry import as_registry
+    from napari_ctseg.models.definition import locate_stage
+    from napari_ctseg.models.registry import as_registry
 
     get_card = as_registry(registry).get_card
 
@@ -255,7 +255,7 @@ def worker_models(versions: dict[str, str], registry=None):
     """This process's ``ModelSet`` for ``versions`` (in ``registry``; default: the worker's own
     ``ModelRegistry.default()``): each model is loaded and its sha256 verified once per worker
     process, then reused by every task that runs there."""
-    from .inference import ModelSet
+    from napari_ctseg.segmentation.inference import ModelSet
 
     key = (tuple(sorted(versions.items())), registry)
     with _MODEL_LOCK:
@@ -280,8 +280,8 @@ def flip_disagreement(volume, mask: np.ndarray, card, model, device, n_slices: i
     mirrored left-right (0 = the same answer, 1 = nothing in common); see the module docstring."""
     import torch
 
-    from .models.definition import locate_stage
-    from .models.preprocess import Preprocessing, find_crop, mask_crop, slices_to_input
+    from napari_ctseg.models.definition import locate_stage
+    from napari_ctseg.models.preprocess import Preprocessing, find_crop, mask_crop, slices_to_input
 
     prep = Preprocessing.from_dict(card.preprocessing)
     hu = volume.hu
@@ -347,8 +347,8 @@ def segment_task(task: ScanTask, out_dir: str, targets: list[str], versions: dic
 def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threads, registry=None) -> dict:
     import torch
 
-    from .inference import segment
-    from .io import read_scan, write_mask
+    from napari_ctseg.segmentation.inference import segment
+    from napari_ctseg.io import read_scan, write_mask
 
     if task.kind == "other":
         p = Path(task.path)
@@ -394,7 +394,7 @@ def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threa
 
 def _atomic(path: Path, write) -> None:
     """``write(temporary path)``, then the file replaces ``path`` (see ``_files``)."""
-    from ._files import replaced_atomically
+    from napari_ctseg._files import replaced_atomically
 
     with replaced_atomically(path, path.suffix) as tmp:
         write(tmp)
@@ -512,7 +512,7 @@ class CohortResult:
 
 def plan_run(sources, out_dir, targets, versions: dict[str, str] | None = None, registry=None):
     """(tasks to run, rows kept, all tasks, discovery notes, resolved models) for a run."""
-    from .inference import parse_targets
+    from napari_ctseg.segmentation.inference import parse_targets
 
     targets = parse_targets(targets, registry)
     found = discover(sources)
@@ -576,7 +576,7 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
     """
     from distributed import as_completed
 
-    from .inference import parse_targets
+    from napari_ctseg.segmentation.inference import parse_targets
 
     targets = parse_targets(targets, registry)
     out_dir = Path(out_dir)
@@ -645,7 +645,7 @@ def _describe(client) -> str:
 
 def run_to_end(*args, progress=None, **kwargs) -> CohortResult:
     """Run ``run_cohort`` inline (``jobs.run``); ``progress(CohortProgress)`` after each step."""
-    from .jobs import run
+    from napari_ctseg.jobs import run
 
     return run(run_cohort(*args, **kwargs), on_event=progress)
 

@@ -146,8 +146,8 @@ def load_silver_slices(data_dir, folder: str = PSEUDO_FOLDER, volumes: list[str]
     cleaning dropped (dilated by ``ignore_px``) are ignored by the loss, not taught as
     background (a dropped mark may still be a real lesion), and the case's ``group`` is
     ``"silver_slices"``."""
-    from ..errors import TrainingError
-    from .cases import Case
+    from napari_ctseg.errors import TrainingError
+    from napari_ctseg.training.cases import Case
 
     root = Path(data_dir) / folder
     found = pseudo_volumes(root)

@@ -1,0 +1,1 @@
+"""Cohorts: many scans on a Dask cluster, the cohort table and its review (Qt-free)."""

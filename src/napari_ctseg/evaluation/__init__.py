@@ -1,0 +1,1 @@
+"""Measuring masks: agreement metrics and evaluation against expert masks (Qt-free)."""
