@@ -36,6 +36,23 @@ def paint_hook_available(layer) -> bool:
     return hasattr(type(unwrap(layer)), PAINT_HOOK)
 
 
+def filtered_paint(target, allowed):
+    """A wrapper of ``PAINT_HOOK`` for one Labels instance ``target`` that first drops the
+    voxels ``allowed(region)`` rejects (``allowed`` returns a boolean array for the stroke's
+    region, or None for all); set it on the instance, not the class."""
+    import numpy as np
+
+    cls = type(target)
+
+    def paint(data, mask, new_label, volume_slice):
+        ok = allowed(tuple(volume_slice))
+        if ok is not None and ok.shape == np.shape(mask):
+            mask = np.logical_and(mask, ok)
+        return getattr(cls, PAINT_HOOK)(target, data, mask, new_label, volume_slice)
+
+    return paint
+
+
 def layer_renamed(layers):
     """The emitter of a LayerList that fires when any of its layers is renamed (napari >= 0.5)."""
     return layers.events.renamed

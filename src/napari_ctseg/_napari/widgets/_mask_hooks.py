@@ -3,9 +3,9 @@
 Limit to HU range (3D Slicer's "editable intensity range"): while it is on, only voxels
 whose HU in the chosen CT image lies in [low, high] may change, for the Mask tools and for
 napari's own paint brush, eraser, fill bucket and polygon. napari applies every brush,
-fill and polygon edit through ``Labels._apply_mask_to_data(region, mask, label, box)``
-(napari >= 0.6; before, through ``data_setitem``; ``_compat.PAINT_HOOK``); ``PaintGuard``
-puts a small wrapper of that method on the layer instance, which removes the out-of-range
+fill and polygon edit through one private Labels method (``_compat.PAINT_HOOK``, napari >= 0.6;
+before, through ``data_setitem``); ``PaintGuard`` puts a small wrapper of that method
+(``_compat.filtered_paint``) on the layer instance, which removes the out-of-range
 voxels from the mask before napari paints and records the undo step. So out-of-range
 voxels are never painted, not even for a moment, and undo stays one step per stroke. The
 wrappers are instance attributes, removed when the guard moves to another layer, when
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_ctseg._napari._compat import PAINT_HOOK, paint_hook_available, unwrap
+from napari_ctseg._napari._compat import PAINT_HOOK, filtered_paint, paint_hook_available, unwrap
 
 
 def remove_hooks(hooks: dict) -> None:
@@ -72,13 +72,7 @@ class PaintGuard:
 
         hooks = {}
         if paint_hook_available(target):
-            def _apply_mask_to_data(data, mask, new_label, volume_slice):
-                ok = allowed(tuple(volume_slice))
-                if ok is not None and ok.shape == np.shape(mask):
-                    mask = np.logical_and(mask, ok)
-                return getattr(cls, PAINT_HOOK)(target, data, mask, new_label, volume_slice)
-
-            hooks[PAINT_HOOK] = _apply_mask_to_data
+            hooks[PAINT_HOOK] = filtered_paint(target, allowed)
 
         def data_setitem(indices, value, refresh=True):
             guard = me()

@@ -29,6 +29,7 @@ from napari_ctseg.io.volume import Geometry
 from napari_ctseg._napari._compat import layer_renamed, unwrap
 from napari_ctseg._napari._layers import geometry_from_metadata
 from napari_ctseg._napari.widgets._mask_edits import AXES, CUSTOM, HOLE_MODES, PREVIEW_KEY, EditPanel, HuRangeBox  # noqa: F401
+from napari_ctseg._napari.widgets._mask_clicks import ClickPanel
 from napari_ctseg._napari.widgets._mask_hooks import PaintGuard
 from napari_ctseg._napari.widgets._mask_save import SavePanel, default_output, save_steps  # noqa: F401
 from napari_ctseg._napari.widgets._mask_volume import LiveVolume
@@ -77,7 +78,8 @@ class MaskToolsWidget(QWidget):
         layout.addWidget(self.volume_label)
         self.volume = LiveVolume(self.volume_label, self.spacing, parent=self)
         self.edits, self.hu_box, self.save_panel = EditPanel(self), HuRangeBox(self), SavePanel(self)
-        for panel in (self.edits, self.hu_box, self.save_panel):
+        self.clicks = ClickPanel(self)
+        for panel in (self.clicks, self.edits, self.hu_box, self.save_panel):
             layout.addWidget(panel)
         for panel, names in _CONTROLS.items():
             for name in names:
@@ -141,7 +143,7 @@ class MaskToolsWidget(QWidget):
 
     def update_enabled(self):
         has = self.layer is not None
-        for w in (*self.edits.buttons, self.save_button):
+        for w in (*self.edits.buttons, *self.clicks.buttons, self.save_button):
             w.setEnabled(has)
         if self.save_panel.worker is not None:
             self.save_button.setEnabled(False)
@@ -277,6 +279,9 @@ class MaskToolsWidget(QWidget):
                 except (ValueError, RuntimeError, TypeError):
                     pass
         self.guard.detach()
+        if unwrap(layer) is not unwrap(old):
+            self.clicks.set_active(False)  # clicks belong to one layer; turn them on again for the next
+            self.clicks.points = None
         self.layer = layer
         if layer is None:
             self.volume.follow(None, self.label)
@@ -320,6 +325,7 @@ class MaskToolsWidget(QWidget):
     def close_tools(self):
         """Remove the hooks and the preview layer and disconnect from the viewer."""
         self.discard_fill()
+        self.clicks.detach()
         self._set_layer(None)
         for emitter, name in self._specs:
             try:

@@ -1,0 +1,221 @@
+"""Mask tools: click to correct. Include and exclude clicks re-segment the label in 3D around
+each click (``napari_ctseg.editing.refine``), in a background thread, one undo step per click.
+
+With **Clicks on**, a left click (without dragging) on a 2D view of the mask's layer is an
+include click, Shift+left click an exclude click (or the other way round when "Exclude" is
+chosen); dragging still pans, and napari's own paint and fill modes are left alone (clicks
+count only while the layer is in pan/zoom mode, which turning clicks on selects). The clicks
+are shown in a Points layer beside the mask (green include, magenta exclude). Each edit is
+written as the other Mask tools write theirs (``EditPanel.apply_edit``: only the changed
+voxels, through the HU range limit, one step of napari's undo history), so it counts as a
+correction for Save corrected mask and Fine-tune. Clicks made while one is being computed
+wait their turn, in order.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from collections import deque
+
+import numpy as np
+from napari.layers import Labels, Points
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QRadioButton, QVBoxLayout
+
+from napari_ctseg.editing.refine import Click, refine_click
+from napari_ctseg.editing.tools import RegionEdit
+from napari_ctseg.errors import CTSegError
+from napari_ctseg._napari._compat import unwrap
+
+CLICKS_KEY = "ctseg_clicks_for"
+"""``layer.metadata`` key of a clicks Points layer: the name of the mask layer it belongs to."""
+COLOURS = {True: (0.2, 0.85, 0.3, 1.0), False: (0.95, 0.2, 0.8, 1.0)}  # include, exclude
+
+
+class ClickPanel(QGroupBox):
+    """Click to correct, on the Mask tools' layer, label and CT image (``host``)."""
+
+    def __init__(self, host):
+        super().__init__("Click to correct (3D)")
+        self.host = host
+        self.active = False
+        self.points: Points | None = None
+        self.pending: deque[Click] = deque()
+        self.worker = None
+        self.seconds: list[float] = []
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.toggle_button = QPushButton("Clicks on")
+        self.toggle_button.setCheckable(True)
+        self.toggle_button.setToolTip("Left click: include, Shift+left click: exclude, on any 2D view; "
+                                      "drag to pan as usual")
+        self.include_radio, self.exclude_radio = QRadioButton("Include"), QRadioButton("Exclude")
+        self.include_radio.setChecked(True)
+        self.include_radio.setToolTip("What a plain left click does; Shift+click does the other")
+        self.exclude_radio.setToolTip(self.include_radio.toolTip())
+        self.clear_button = QPushButton("Clear clicks")
+        self.clear_button.setToolTip("Remove the click markers (the mask keeps its corrections; Ctrl+Z undoes them)")
+        for w in (self.toggle_button, self.include_radio, self.exclude_radio, self.clear_button):
+            row.addWidget(w)
+        layout.addLayout(row)
+        self.hint = QLabel("Left click adds to the label around the click, Shift+click removes; "
+                           "each click is one Ctrl+Z.")
+        self.hint.setWordWrap(True)
+        layout.addWidget(self.hint)
+        self.toggle_button.toggled.connect(self.set_active)
+        self.clear_button.clicked.connect(self.clear_points)
+        # the viewer holds a function that holds the panel weakly: a deleted widget is released
+        me = weakref.ref(self)
+
+        def on_mouse(viewer, event):
+            panel = me()
+            if panel is not None:
+                yield from panel._on_mouse(viewer, event)
+
+        self._callback = on_mouse
+        host.viewer.mouse_drag_callbacks.append(on_mouse)
+
+    @property
+    def buttons(self) -> tuple[QPushButton, ...]:
+        return (self.toggle_button, self.clear_button)
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None or bool(self.pending)
+
+    # --- on and off ------------------------------------------------------------------------
+    def set_active(self, on: bool = True) -> None:
+        if on and not self.host.ready("click to correct"):
+            self.toggle_button.setChecked(False)
+            return
+        self.active = bool(on)
+        if self.toggle_button.isChecked() != self.active:
+            self.toggle_button.setChecked(self.active)
+        if self.active:
+            self.host.layer.mode = "pan_zoom"
+            self._points_layer()
+            self.host.say("Clicks on: left click includes, Shift+click excludes (on a 2D view)")
+
+    def detach(self) -> None:
+        """Stop listening to the viewer's mouse (the widget is closing)."""
+        try:
+            self.host.viewer.mouse_drag_callbacks.remove(self._callback)
+        except ValueError:
+            pass
+
+    # --- the mouse ---------------------------------------------------------------------------
+    def _on_mouse(self, viewer, event):
+        layer = self.host.layer
+        if not self.active or layer is None or getattr(event, "button", 1) != 1 \
+                or getattr(layer, "mode", "pan_zoom") != "pan_zoom":
+            return
+        start = np.asarray(event.position, dtype=float)
+        yield
+        moved = False
+        while event.type == "mouse_move":
+            moved = moved or np.abs(np.asarray(event.position, dtype=float) - start).max() > 1e-6
+            yield
+        if moved:  # a drag pans; only a click is a click
+            return
+        if viewer.dims.ndisplay != 2:
+            self.host.say("Click to correct: click on a 2D view (the 3D view has no single voxel under the cursor)")
+            return
+        shift = "Shift" in {str(getattr(m, "name", m)) for m in (event.modifiers or ())}
+        include = self.include_radio.isChecked() != shift
+        zyx = np.round(np.asarray(layer.world_to_data(start))[-3:]).astype(int)
+        self.click_at(tuple(int(v) for v in zyx), include)
+
+    # --- a click -------------------------------------------------------------------------------
+    def click_at(self, zyx, include: bool = True) -> bool:
+        """Queue an include/exclude click at voxel ``zyx`` of the layer (display grid); False
+        when it cannot be used (no layer or CT image, outside the volume)."""
+        host = self.host
+        if not host.ready("click to correct"):
+            return False
+        image = host.selected_image()
+        if image is None or tuple(image.data.shape[-3:]) != tuple(host.layer.data.shape[-3:]):
+            show_error("Mask tools: click to correct needs the CT image (HU) on the mask's grid: choose it above")
+            return False
+        shape = host.layer.data.shape[-3:]
+        if any(not 0 <= v < n for v, n in zip(zyx, shape)):
+            host.say(f"Click to correct: {tuple(zyx)} is outside the volume {tuple(shape)}")
+            return False
+        click = Click(tuple(zyx), include)
+        self._add_point(click)
+        self.pending.append(click)
+        self._next()
+        return True
+
+    def _next(self) -> None:
+        if self.worker is not None or not self.pending:
+            return
+        host = self.host
+        click = self.pending.popleft()
+        layer, label = host.layer, host.label
+        hu = np.asarray(host.selected_image().data)
+        mask = np.asarray(layer.data)
+        spacing = host.spacing()
+        host.say(f"Click to correct: {click.kind} at z {click.zyx[0]}, y {click.zyx[1]}, x {click.zyx[2]}…")
+
+        def work():
+            t0 = time.perf_counter()
+            edit = refine_click(hu, mask, label, click, spacing)
+            changed = edit.changed(mask) if not edit.is_empty else None
+            return edit, changed, time.perf_counter() - t0
+
+        worker = create_worker(work)
+        worker.returned.connect(lambda result, lyr=layer, c=click: self._done(lyr, c, *result))
+        worker.errored.connect(lambda exc, c=click: self._failed(c, exc))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+
+    def _done(self, layer: Labels, click: Click, edit: RegionEdit, changed, seconds: float) -> None:
+        self.seconds.append(seconds)
+        if layer is not self.host.layer or edit.is_empty or changed is None or not changed.any():
+            self.host.say(f"Click to correct: the {click.kind} click changed nothing ({seconds:.2f} s)")
+            return
+        # only the voxels this click changes: anything painted meanwhile in the box stays
+        values = np.array(layer.data[edit.box], copy=True)
+        values[changed] = edit.values[changed]
+        n = self.host.edits.apply_edit(RegionEdit(edit.box, values), f"{click.kind} click")
+        if n:
+            self.host.say(f"Click to correct: {click.kind} click changed {n:,} voxels in 3D in {seconds:.2f} s "
+                          "(Ctrl+Z undoes it)")
+
+    def _failed(self, click: Click, exc: BaseException) -> None:
+        text = str(exc) if isinstance(exc, (CTSegError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        show_error(f"Mask tools: {click.kind} click: {text}")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._next()
+
+    # --- the markers ---------------------------------------------------------------------------
+    def _points_layer(self) -> Points:
+        layer = unwrap(self.host.layer)
+        viewer = self.host.viewer
+        for existing in viewer.layers:
+            if isinstance(existing, Points) and existing.metadata.get(CLICKS_KEY) == layer.name:
+                self.points = existing
+                return existing
+        points = Points(np.empty((0, 3)), ndim=3, name=f"clicks ({layer.name})", size=6,
+                        scale=tuple(layer.scale[-3:]), translate=tuple(layer.translate[-3:]),
+                        border_width=0, metadata={CLICKS_KEY: layer.name})
+        viewer.add_layer(points)
+        viewer.layers.selection.active = layer  # keep the mask selected: clicks and undo act on it
+        self.points = points
+        return points
+
+    def _add_point(self, click: Click) -> None:
+        points = self.points if self.points is not None and self.points in self.host.viewer.layers \
+            else self._points_layer()
+        colours = np.asarray(points.face_color).reshape(-1, 4)[:len(points.data)]
+        points.data = np.vstack([points.data, np.asarray(click.zyx, float)[None]])
+        points.face_color = np.vstack([colours, np.asarray(COLOURS[click.include])[None]])
+        points.refresh()
+
+    def clear_points(self) -> None:
+        if self.points is not None and self.points in self.host.viewer.layers:
+            self.points.data = np.empty((0, 3))

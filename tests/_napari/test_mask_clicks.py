@@ -1,0 +1,145 @@
+"""Click to correct in Mask tools, in a real napari viewer: include and exclude clicks through
+the viewer's own mouse callbacks, the edit in 3D, one undo step per click, the click markers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Points
+from napari.utils._proxies import ReadOnlyWrapper
+from qtpy.QtCore import Qt
+from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+from napari_ctseg._napari._compat import qt_window
+from napari_ctseg._napari.widgets._mask_clicks import CLICKS_KEY
+from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
+
+SPACING = (2.0, 1.0, 1.0)
+SHAPE = (24, 64, 64)
+CENTRE = (12, 32, 32)
+
+
+class Event:
+    """A mouse event as napari's canvas gives the viewer's callbacks (the attributes they read)."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+def organ_scan():
+    """A 60 HU ball (radius 16 mm) in -100 HU fat; the model's mask misses its top 5 slices (10 mm)
+    and has an extra blob in the fat."""
+    z, y, x = np.indices(SHAPE)
+    r = np.sqrt(((z - CENTRE[0]) * SPACING[0]) ** 2 + (y - CENTRE[1]) ** 2 + (x - CENTRE[2]) ** 2)
+    organ = r <= 16
+    rng = np.random.default_rng(0)
+    hu = np.where(organ, 60.0, -100.0) + rng.normal(0, 8, SHAPE)
+    mask = organ.astype(np.uint8)
+    mask[CENTRE[0] + 4:] = 0
+    mask[10:14, 50:58, 8:16] = 1  # extra, in fat
+    return hu.astype(np.float32), mask, organ
+
+
+def press_and_release(viewer, zyx, shift=False):
+    pos = tuple(float(v) * s for v, s in zip(zyx, SPACING))
+    mods = ["Shift"] if shift else []
+    event = ReadOnlyWrapper(Event(type="mouse_press", is_dragging=False, modifiers=mods, position=pos,
+                                  button=1, view_direction=None, dims_displayed=[1, 2]), exceptions=("handled",))
+    mouse_press_callbacks(viewer, event)
+    release = ReadOnlyWrapper(Event(type="mouse_release", is_dragging=False, modifiers=mods, position=pos,
+                                    button=1, view_direction=None, dims_displayed=[1, 2]), exceptions=("handled",))
+    mouse_release_callbacks(viewer, release)
+
+
+@pytest.fixture
+def setup(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    hu, mask, organ = organ_scan()
+    viewer.add_image(hu, name="ct", scale=SPACING)
+    layer = viewer.add_labels(mask, name="liver", scale=SPACING)
+    widget = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, layer, widget, organ
+
+
+def wait_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.clicks.busy, timeout=30000)
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_include_and_exclude_clicks_correct_the_mask_in_3d(qtbot, setup, screenshots):
+    viewer, layer, widget, organ = setup
+    assert widget.layer is layer and widget.selected_image() is not None
+    start = np.array(layer.data, copy=True)
+    qtbot.mouseClick(widget.clicks.toggle_button, Qt.MouseButton.LeftButton)
+    assert widget.clicks.active and layer.mode == "pan_zoom"
+
+    # an include click in the missing cap, on the axial slice through it
+    viewer.dims.set_point(0, (CENTRE[0] + 6) * SPACING[0])
+    press_and_release(viewer, (CENTRE[0] + 6, CENTRE[1], CENTRE[2]))
+    wait_idle(qtbot, widget)
+    after_include = np.array(layer.data, copy=True)
+    added = (after_include == 1) & (start == 0)
+    assert len(np.unique(np.nonzero(added)[0])) >= 3  # several slices: 3D, not the clicked one
+    assert dice(after_include == 1, organ) > dice(start == 1, organ) + 0.05
+    assert not (added & ~organ).any() or np.count_nonzero(added & ~organ) < 0.05 * np.count_nonzero(added)
+
+    # Shift+click: an exclude click on the extra blob
+    press_and_release(viewer, (12, 54, 12), shift=True)
+    wait_idle(qtbot, widget)
+    after_exclude = np.array(layer.data, copy=True)
+    assert not after_exclude[10:14, 50:58, 8:16].any()
+    assert (after_exclude[organ & (start == 1)] == 1).all()  # the organ is untouched
+
+    # the markers: one per click, include green, exclude magenta
+    points = next(ly for ly in viewer.layers if isinstance(ly, Points) and ly.metadata.get(CLICKS_KEY) == "liver")
+    assert len(points.data) == 2
+    colours = np.asarray(points.face_color)
+    assert colours[0][1] > colours[0][0] and colours[1][0] > colours[1][1]
+    assert viewer.layers.selection.active is layer
+
+    # on the canvas: the include marker (green) on the slice through the cap, with the mask
+    viewer.dims.set_point(0, (CENTRE[0] + 6) * SPACING[0])
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    green = (shot[..., 1] > 150) & (shot[..., 0] < 120) & (shot[..., 2] < 150)
+    assert green.sum() > 10
+    qt_window(viewer).grab().save(str(screenshots / "mask_clicks.png"))
+
+    # one undo step per click
+    layer.undo()
+    assert np.array_equal(layer.data, after_include)
+    layer.undo()
+    assert np.array_equal(layer.data, start)
+
+
+def test_a_drag_pans_and_paint_mode_is_left_alone(qtbot, setup):
+    viewer, layer, widget, organ = setup
+    start = np.array(layer.data, copy=True)
+    widget.clicks.set_active(True)
+    pos = tuple(float(v) * s for v, s in zip((CENTRE[0] + 6, CENTRE[1], CENTRE[2]), SPACING))
+    press = ReadOnlyWrapper(Event(type="mouse_press", is_dragging=False, modifiers=[], position=pos, button=1,
+                                  view_direction=None, dims_displayed=[1, 2]), exceptions=("handled",))
+    mouse_press_callbacks(viewer, press)
+    moved = tuple(p + 5.0 for p in pos)
+    from napari.utils.interactions import mouse_move_callbacks
+
+    mouse_move_callbacks(viewer, ReadOnlyWrapper(Event(type="mouse_move", is_dragging=True, modifiers=[],
+                                                       position=moved, button=1, view_direction=None,
+                                                       dims_displayed=[1, 2]), exceptions=("handled",)))
+    mouse_release_callbacks(viewer, ReadOnlyWrapper(Event(type="mouse_release", is_dragging=False, modifiers=[],
+                                                          position=moved, button=1, view_direction=None,
+                                                          dims_displayed=[1, 2]), exceptions=("handled",)))
+    layer.mode = "paint"
+    press_and_release(viewer, (CENTRE[0] + 6, CENTRE[1], CENTRE[2]))
+    wait_idle(qtbot, widget)
+    assert np.array_equal(layer.data, start)
+    assert not widget.clicks.seconds  # nothing was computed
+
+
+def test_a_click_outside_the_volume_says_so(qtbot, setup):
+    viewer, layer, widget, organ = setup
+    widget.clicks.set_active(True)
+    assert not widget.clicks.click_at((0, 0, 200))
+    assert "outside the volume" in widget.status.text()
