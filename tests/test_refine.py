@@ -299,3 +299,32 @@ def test_cli_refine_mask_off_the_scan_grid_one_line(tmp_path, capsys):
                      "--out", str(tmp_path / "o.nii.gz")])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err and "scan's grid" in err
+
+
+def test_a_click_in_the_child_process_gives_the_whole_scans_edit():
+    """refine_process sends the child only the crop a click can see: the edit is the same, voxel
+    for voxel, as on the whole scan, for an include and an exclude click, cropped on every axis."""
+    from napari_ctseg.editing.refine import Click, refine_click
+    from napari_ctseg.editing.refine_process import RefineProcess, click_crop, refine_click_cropped
+
+    shape, spacing = (90, 240, 240), (2.0, 1.0, 1.0)
+    z, y, x = np.indices(shape)
+    organ = (((z - 55) * 2.0 / 40) ** 2 + ((y - 140) / 60) ** 2 + ((x - 150) / 70) ** 2) <= 1
+    hu = (np.where(organ, 60.0, -100.0) + np.random.default_rng(1).normal(0, 10, shape)).astype(np.float32)
+    mask = organ.astype(np.uint8)
+    mask[68:] = 0                       # the cap missing
+    mask[40:46, 60:70, 200:215] = 1     # extra, in fat
+    clicks = [Click((72, 140, 150), True), Click((43, 65, 207), False)]
+    process = RefineProcess()
+    try:
+        for click in clicks:
+            crop = click_crop(shape, click, spacing)
+            assert any(s.start > 0 or s.stop < n for s, n in zip(crop, shape))  # a real crop
+            whole = refine_click(hu, mask, 1, click, spacing)
+            assert not whole.is_empty
+            for edit in (refine_click_cropped(hu, mask, 1, click, spacing),
+                         process.submit(hu, mask, 1, click, spacing).result(timeout=120)):
+                assert edit.box == whole.box
+                assert np.array_equal(edit.values, whole.values)
+    finally:
+        process.close()

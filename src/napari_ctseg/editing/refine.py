@@ -72,6 +72,7 @@ from napari_ctseg.errors import RefineError
 
 MIN_RADIUS_MM = 15.0
 MAX_RADIUS_MM = 50.0
+PROBE_MM = 2 * MAX_RADIUS_MM  # how far from a click choose_radius_mm looks (refine_process crops to it)
 CLICK_SPHERE_MM = 2.0
 STATS_SPHERE_MM = 3.0
 MIN_TOLERANCE_HU = 40.0
@@ -266,7 +267,7 @@ def choose_radius_mm(mask, label, click: Click, spacing) -> float:
     exclude max(r, 2 d + 10), clamped to 15..50 mm. A liver or a lung gets 50 mm, a
     1 cm tumour 15-20 mm. Measured on a strided grid of ~4 mm, in a few milliseconds."""
     sp = _spacing3(spacing)
-    probe_mm = 2 * MAX_RADIUS_MM
+    probe_mm = PROBE_MM
     step = np.maximum(1, np.floor(4.0 / sp + 1e-6)).astype(int)
     half = np.ceil(probe_mm / sp).astype(int)
     box, _ = _box_around(click.zyx, half, mask.shape)

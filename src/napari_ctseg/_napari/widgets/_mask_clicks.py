@@ -1,5 +1,6 @@
 """Mask tools: click to correct. Include and exclude clicks re-segment the label in 3D around
-each click (``napari_ctseg.editing.refine``), in a background thread, one undo step per click.
+each click (``napari_ctseg.editing.refine``), in a warm child process (``editing.refine_process``; a thread
+where there is none), one undo step per click.
 
 With **Clicks on**, a left click (without dragging) on a 2D view of the mask's layer is an
 include click, Shift+left click an exclude click (or the other way round when "Exclude" is
@@ -24,6 +25,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QRadioButton, QVBoxLayout
 
 from napari_ctseg.editing.refine import Click, refine_click
+from napari_ctseg.editing.refine_process import RefineProcess
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import CTSegError
 from napari_ctseg._napari._compat import unwrap
@@ -43,6 +45,7 @@ class ClickPanel(QGroupBox):
         self.points: Points | None = None
         self.pending: deque[Click] = deque()
         self.worker = None
+        self.process: RefineProcess | None = None
         self.seconds: list[float] = []
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -93,6 +96,11 @@ class ClickPanel(QGroupBox):
         if self.toggle_button.isChecked() != self.active:
             self.toggle_button.setChecked(self.active)
         if self.active:
+            if self.process is None:
+                try:
+                    self.process = RefineProcess()  # warm before the first click
+                except (OSError, RuntimeError):  # no child processes here: clicks run in a thread
+                    self.process = None
             self.host.layer.mode = "pan_zoom"
             self._points_layer()
             self.host.say("Clicks on: left click includes, Shift+click excludes (on a 2D view)")
@@ -103,6 +111,9 @@ class ClickPanel(QGroupBox):
             self.host.viewer.mouse_drag_callbacks.remove(self._callback)
         except ValueError:
             pass
+        if self.process is not None:
+            self.process.close()
+            self.process = None
 
     # --- the mouse ---------------------------------------------------------------------------
     def _on_mouse(self, viewer, event):
@@ -158,9 +169,14 @@ class ClickPanel(QGroupBox):
         spacing = host.spacing()
         host.say(f"Click to correct: {click.kind} at z {click.zyx[0]}, y {click.zyx[1]}, x {click.zyx[2]}…")
 
+        process = self.process
+
         def work():
             t0 = time.perf_counter()
-            edit = refine_click(hu, mask, label, click, spacing)
+            if process is not None:  # the warm child: the event loop never waits for the GIL
+                edit = process.submit(hu, mask, label, click, spacing).result()
+            else:
+                edit = refine_click(hu, mask, label, click, spacing)
             changed = edit.changed(mask) if not edit.is_empty else None
             return edit, changed, time.perf_counter() - t0
 

@@ -1,0 +1,115 @@
+"""Click to correct in the viewer: seconds per click from the click to the edit on the layer, and
+the longest event-loop stall meanwhile (the robot user of ``interactive.py`` clicking through the
+Mask tools' panel, as a user's mouse does: ``ClickPanel.click_at``).
+
+Opens a napari viewer (under Xvfb when there is no display: run it with ``xvfb-run -a``), the
+CHAOS 3 CT with the default liver model's mask (post-processed, as Segment volume gives it), the
+Mask tools widget with Clicks on; then ``--clicks`` times: the robot's next click from the expert
+mask and the layer's current data, the time until the panel is idle again (the edit written,
+one undo step), and the 10 ms timer's longest gap (``_gui_stall.StallMeter``) over all clicks.
+
+Run: xvfb-run -a .venv/bin/python benchmarks/interactive_gui.py [--data ../shared/data] [--clicks 5]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+REPO = HERE.parent
+
+from _gui_stall import StallMeter, settle, spin  # noqa: E402
+from interactive import next_click, score  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--case", default="liver_chaos03")
+    ap.add_argument("--clicks", type=int, default=5)
+    ap.add_argument("--thread", action="store_true", help="refine in a thread of this process (for comparison)")
+    args = ap.parse_args(argv)
+
+    import napari
+
+    from napari_ctseg.io import read_scan
+    from napari_ctseg.segmentation.inference import segment
+    from napari_ctseg.training import MASK_FILES, read_mask
+    from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
+
+    data = Path(args.data)
+    vol = read_scan(data / args.case / "ct.nii.gz")
+    reference = read_mask(data / args.case / MASK_FILES["liver"], vol, "liver")
+    res = segment(vol, ["liver"], "cpu")
+    mask = np.ascontiguousarray(res.masks["liver"])
+    labels = [1]
+    viewer = napari.Viewer(show=True)
+    image = viewer.add_image(np.asarray(vol.hu), name="ct", scale=vol.spacing)
+    layer = viewer.add_labels(mask, name="liver", scale=image.scale)
+    widget = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    app = napari.qt.get_qapp()
+    settle(app, 2.0)
+    widget.clicks.set_active(True)
+    if args.thread:
+        widget.clicks.process.close()
+        widget.clicks.process = None
+    print(f"refine runs in {'a thread of the viewer' if widget.clicks.process is None else 'a warm child process'}")
+    print(f"{args.case}: liver {res.versions.get('liver')}, {mask.shape} at {tuple(round(s, 2) for s in vol.spacing)} mm, "
+          f"Dice {score(mask, reference, labels)['dice']:.4f} before clicking")
+    seconds, clicked = [], set()
+    phase = {"now": "waiting"}  # the robot's own work, the worker's, the edit written on the layer
+    panel, done = widget.clicks, widget.clicks._done
+
+    writes = []
+
+    def timed_done(*a, **k):
+        t = time.perf_counter()
+        try:
+            return done(*a, **k)
+        finally:
+            writes.append(time.perf_counter() - t)
+            phase["now"] = "drawing"  # napari draws the changed slice on the next passes of the loop
+
+    panel._done = timed_done
+    with StallMeter(lambda: phase["now"]) as meter:
+        for n in range(1, args.clicks + 1):
+            nxt = next_click(reference, np.asarray(layer.data), labels, vol.spacing, clicked)
+            if nxt is None:
+                break
+            label, click, size = nxt
+            clicked.add((label, click.include, click.zyx))
+            viewer.dims.set_point(0, click.zyx[0] * vol.spacing[0])
+            settle(app, 0.3)  # the robot's own work and the slice change are not the click's: let them tick
+            t0 = time.perf_counter()
+            phase["now"] = "computing"
+            widget.clicks.click_at(click.zyx, click.include)
+            spin(app, lambda: not widget.clicks.busy)
+            seconds.append(time.perf_counter() - t0)
+            settle(app, 0.3)
+            phase["now"] = "waiting"
+            print(f"  click {n}: {click.kind} at {click.zyx} ({size} voxels): {seconds[-1]:.2f} s to the edit on the "
+                  f"layer (core {widget.clicks.seconds[-1]:.2f} s), Dice {score(np.asarray(layer.data), reference, labels)['dice']:.4f}")
+    print(f"per click in the GUI: median {np.median(seconds):.2f} s, max {max(seconds):.2f} s (goal <= 1 s)")
+    print(f"  writing each edit on the layer (the event loop, one undo step): max {1000 * max(writes):.0f} ms")
+    for name, what in (("computing", "from the click to the edit"), ("drawing", "napari drawing the edited slice")):
+        fig = meter.figures(name)
+        if fig["ticks"]:
+            print(f"  longest event-loop stall, {what}: {fig['max_stall_ms']:.0f} ms, 99th percentile "
+                  f"{fig['p99_stall_ms']:.0f} ms over {fig['ticks']} ticks (goal <= 100 ms)")
+    print(f"[{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC]")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
