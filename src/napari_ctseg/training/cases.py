@@ -174,17 +174,45 @@ def load_case(target: str, data_dir, name: str, silver: bool = False, airway_lab
 
 
 def read_mask(path: Path, ct, target: str, labels: dict[str, int] | None = None) -> np.ndarray:
-    """An expert or corrected mask (NIfTI) on the CT's display grid, uint8: the one mask reader
-    of training, fine-tuning and evaluation (same shape *and* affine as the scan, only the
-    ``labels`` values, default the target's training labels; ``TrainingError`` otherwise)."""
+    """An expert or corrected mask (NIfTI, or a DICOM SEG ``.dcm`` on a DICOM scan) on the CT's
+    display grid, uint8: the one mask reader of training, fine-tuning and evaluation (same shape
+    *and* affine as the scan, only the ``labels`` values, default the target's training labels;
+    ``TrainingError`` otherwise). A SEG's segments are matched to the labels by name (as
+    ``write_seg`` names them: "right lung" for ``right_lung``)."""
     from napari_ctseg.evaluation.evaluate import EvaluationError, read_reference_volume
 
+    if Path(path).suffix.lower() == ".dcm":
+        return _read_seg_mask(Path(path), ct, labels if labels is not None else TARGET_LABELS[target])
     try:
         labels = read_reference_volume(Path(path), ct.geometry, target,
                                        labels if labels is not None else TARGET_LABELS[target])
     except EvaluationError as exc:
         raise TrainingError(str(exc)) from None
     return np.ascontiguousarray(ct.geometry.to_display(labels)).astype(np.uint8)
+
+
+def _read_seg_mask(path: Path, ct, labels: dict[str, int]) -> np.ndarray:
+    from napari_ctseg.errors import CTSegError
+    from napari_ctseg.io.dicom_objects import read_seg
+
+    try:
+        maps = read_seg(path, ct)
+    except CTSegError as exc:
+        raise TrainingError(str(exc)) from None
+    key = {name.lower().replace("_", " ").strip(): v for name, v in labels.items()}
+    out = np.zeros(np.asarray(ct.hu).shape if hasattr(ct, "hu") else ct.geometry.display_shape, np.uint8)
+    unknown = []
+    for m in maps:
+        for seg in m.segments:
+            v = key.get(seg.name.lower().replace("_", " ").strip())
+            if v is None:
+                unknown.append(seg.name)
+            else:
+                out[m.data == seg.value] = v
+    if unknown:
+        raise TrainingError(f"{path.name}: segment(s) {', '.join(unknown)} are not labels of this target "
+                            f"({', '.join(labels)})")
+    return out
 
 
 def _read_case_scan(folder: Path, name: str):

@@ -67,14 +67,38 @@ def default_output(geometry: Geometry | None, target: str, fallback_name: str) -
         if bundled is not None and folder.resolve() == bundled:
             folder = Path.home()
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}_{target}_corrected")
-    return folder, f"{safe}.nii.gz"
+    return folder, f"{safe}{'.dcm' if seg_possible(geometry) else '.nii.gz'}"
 
 
-def save_steps(path: Path, data: np.ndarray, geometry: Geometry, baseline) -> Job:
-    """Save corrected mask as a job: write the mask on the scan's geometry, then measure it.
-    Returns (path written, changed z slices, voxels per label)."""
+def seg_possible(geometry: Geometry | None) -> bool:
+    """Whether a DICOM SEG can reference this scan (opened from DICOM, with what SEG needs)."""
+    from napari_ctseg.io.dicom_objects import check_seg_source
+
+    if geometry is None:
+        return False
+    try:
+        check_seg_source(geometry, "scan")
+    except CTSegError:
+        return False
+    return True
+
+
+def is_seg_name(name) -> bool:
+    return str(name).lower().endswith(".dcm")
+
+
+def save_steps(path: Path, data: np.ndarray, geometry: Geometry, baseline,
+               labels: dict[int, str] | None = None, algorithm: str = "manual") -> Job:
+    """Save corrected mask as a job: write the mask on the scan's geometry (NIfTI, or DICOM SEG
+    for a ``.dcm`` name: ``labels`` names the values, ``algorithm`` the model that made it),
+    then measure it. Returns (path written, changed z slices, voxels per label)."""
     yield Progress(0, 2, f"writing {path.name}")
-    written = write_mask(path, data, geometry)
+    if is_seg_name(path):
+        from napari_ctseg.io.dicom_objects import write_seg
+
+        written = write_seg(data, labels or {}, geometry, path, algorithm=algorithm, corrected=True)
+    else:
+        written = write_mask(path, data, geometry)
     yield Progress(1, 2, "measuring the changed slices")
     return written, corrections.changed_slices(baseline, data), editing.label_voxels(data)
 
@@ -94,7 +118,8 @@ class SavePanel(QGroupBox):
         browse.setToolTip("Choose the folder")
         browse.clicked.connect(self._browse_folder)
         self.name_edit = QLineEdit()
-        self.name_edit.setToolTip("File name (.nii.gz or .nii); written on the scan's exact geometry")
+        self.name_edit.setToolTip("File name: .nii.gz (NIfTI) or .dcm (DICOM SEG on the scan's DICOM series; the "
+                                  "default for a scan opened from DICOM); written on the scan's exact geometry")
         self.save_button = QPushButton("Save corrected mask")
         self.save_button.setToolTip("Write the mask beside the scan and add it to your corrections "
                                     "(for fine-tuning); never overwrites the scan")
@@ -121,7 +146,7 @@ class SavePanel(QGroupBox):
 
     def output_path(self) -> Path:
         name = self.name_edit.text().strip()
-        if name and not is_nifti_path(name):
+        if name and not is_nifti_path(name) and not is_seg_name(name):
             name += ".nii.gz"
         return Path(self.folder_edit.text().strip() or Path.home()).expanduser() / name
 
@@ -133,7 +158,7 @@ class SavePanel(QGroupBox):
             return
         self.host.say(f"Saving {job['path'].name} ...")
         self.worker = run_job(
-            save_steps(job["path"], job["data"], job["geometry"], job["baseline"]),
+            save_steps(job["path"], job["data"], job["geometry"], job["baseline"], job["labels"], job["algorithm"]),
             title="Save corrected mask", owner=self, status=self.host.status, start_button=self.save_button,
             on_done=lambda out: self._finish_save(job, *out), on_finished=self._save_finished,
             failed_text="Not saved: {error}")
@@ -155,7 +180,8 @@ class SavePanel(QGroupBox):
         if job is None:
             return None
         try:
-            out = run(save_steps(job["path"], job["data"], job["geometry"], job["baseline"]))
+            out = run(save_steps(job["path"], job["data"], job["geometry"], job["baseline"], job["labels"],
+                                 job["algorithm"]))
         except CTSegError as exc:
             show_error(f"Save corrected mask: {exc}")
             self.host.say(f"Not saved: {exc}")
@@ -176,6 +202,15 @@ class SavePanel(QGroupBox):
             show_error("Save corrected mask: type a file name")
             return None
         path = self.output_path()
+        if is_seg_name(path):
+            from napari_ctseg.io.dicom_objects import check_seg_source
+
+            try:
+                check_seg_source(geometry, path.name)
+            except CTSegError as exc:
+                show_error(f"Save corrected mask: {exc} (name it .nii.gz)")
+                self.host.say(f"Not saved: {exc}")
+                return None
         same_as_scan = bool(geometry.source_path) and path.resolve() == Path(geometry.source_path).resolve()
         if path.exists() and not same_as_scan:
             if overwrite is None:
@@ -186,7 +221,26 @@ class SavePanel(QGroupBox):
         return {"path": path, "data": np.array(layer.data, copy=True), "geometry": geometry,
                 "baseline": layer.metadata.get(corrections.BASELINE_KEY),
                 "target": str(layer.metadata.get("target") or layer.name),
-                "version": str(layer.metadata.get("model_version") or "")}
+                "version": str(layer.metadata.get("model_version") or ""),
+                "labels": self._label_names(layer), "algorithm": self._algorithm(layer)}
+
+    @staticmethod
+    def _label_names(layer) -> dict[int, str]:
+        """Value -> name for a SEG: the target's labels when its model made the layer, else its name."""
+        target = str(layer.metadata.get("target") or "")
+        try:
+            from napari_ctseg.models.registry import get_card
+
+            card = get_card(target, layer.metadata.get("model_version") or None)
+            return {int(v): k for k, v in card.labels.items()}
+        except CTSegError:
+            values = [int(v) for v in np.unique(np.asarray(layer.data)) if v]
+            return {v: layer.name if len(values) == 1 else f"{layer.name} {v}" for v in values}
+
+    @staticmethod
+    def _algorithm(layer) -> str:
+        target, version = layer.metadata.get("target"), layer.metadata.get("model_version")
+        return f"napari-ctseg {target} {version}" if target and version else "manual"
 
     def _finish_save(self, job: dict, written: Path, changed: list[int], voxels: dict[str, int]) -> Path:
         corrections.record_correction(job["geometry"].source_path, written, job["target"], job["version"],
