@@ -60,3 +60,33 @@ def test_a_nifti_scan_saves_nifti_and_refuses_seg(make_napari_viewer, tmp_path):
     assert widget.save_corrected(overwrite=True) is None
     assert "DICOM SEG needs the DICOM CT" in widget.status.text()
     assert not (tmp_path / "liver.dcm").exists()
+
+
+def test_compare_with_an_experts_seg_opened_beside_the_ct(make_napari_viewer, tmp_path):
+    """A SEG in the series' folder opens as its own Labels layer; Mask tools' Compare gives Dice and
+    the volume difference of our label against it."""
+    from napari_ctseg.evaluation.metrics import dice
+    from napari_ctseg.io.dicom_objects import write_seg
+
+    folder = tmp_path / "study"
+    write_dicom_series(folder, make_hu_volume((36, 40, 6)).transpose(2, 1, 0))
+    ct = read_scan(folder)
+    expert = np.zeros(ct.hu.shape, np.uint8)
+    expert[1:5, 8:20, 6:18] = 1
+    write_seg(expert, {1: "liver"}, ct, folder / "expert_seg.dcm", algorithm="manual")
+    viewer = make_napari_viewer()
+    layers = viewer.open(folder, plugin="napari-ctseg")
+    seg_layer = next(ly for ly in layers if ly.name != layers[0].name)
+    ours = expert.copy()
+    ours[1:5, 8:20, 16:20] = 1  # two columns too wide
+    layer = viewer.add_labels(ours, name="liver", scale=layers[0].scale, translate=layers[0].translate,
+                              metadata={**layers[0].metadata, "target": "liver", "model_version": "v3"})
+    widget = MaskToolsWidget(viewer)
+    widget._set_layer(layer)
+    panel = widget.compare_panel
+    assert seg_layer.name in [panel.other_combo.itemText(i) for i in range(panel.other_combo.count())]
+    panel.other_combo.setCurrentText(seg_layer.name)
+    out = panel.compare()
+    assert out["dice"] == pytest.approx(dice(ours == 1, np.asarray(seg_layer.data) > 0))
+    assert 0.7 < out["dice"] < 0.95 and out["difference_ml"] > 0
+    assert "Dice" in panel.result_label.text()

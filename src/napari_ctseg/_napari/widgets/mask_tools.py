@@ -30,6 +30,7 @@ from napari_ctseg._napari._compat import layer_renamed, unwrap
 from napari_ctseg._napari._layers import geometry_from_metadata
 from napari_ctseg._napari.widgets._mask_edits import AXES, CUSTOM, HOLE_MODES, PREVIEW_KEY, EditPanel, HuRangeBox  # noqa: F401
 from napari_ctseg._napari.widgets._mask_clicks import ClickPanel
+from napari_ctseg._napari.widgets._mask_compare import ComparePanel
 from napari_ctseg._napari.widgets._mask_hooks import PaintGuard
 from napari_ctseg._napari.widgets._mask_save import SavePanel, default_output, save_steps  # noqa: F401
 from napari_ctseg._napari.widgets._mask_volume import LiveVolume
@@ -78,8 +79,8 @@ class MaskToolsWidget(QWidget):
         layout.addWidget(self.volume_label)
         self.volume = LiveVolume(self.volume_label, self.spacing, parent=self)
         self.edits, self.hu_box, self.save_panel = EditPanel(self), HuRangeBox(self), SavePanel(self)
-        self.clicks = ClickPanel(self)
-        for panel in (self.clicks, self.edits, self.hu_box, self.save_panel):
+        self.clicks, self.compare_panel = ClickPanel(self), ComparePanel(self)
+        for panel in (self.clicks, self.edits, self.hu_box, self.save_panel, self.compare_panel):
             layout.addWidget(panel)
         for panel, names in _CONTROLS.items():
             for name in names:
@@ -143,7 +144,7 @@ class MaskToolsWidget(QWidget):
 
     def update_enabled(self):
         has = self.layer is not None
-        for w in (*self.edits.buttons, *self.clicks.buttons, self.save_button):
+        for w in (*self.edits.buttons, *self.clicks.buttons, *self.compare_panel.buttons, self.save_button):
             w.setEnabled(has)
         if self.save_panel.worker is not None:
             self.save_button.setEnabled(False)
@@ -213,6 +214,7 @@ class MaskToolsWidget(QWidget):
 
     def refresh_layers(self, event=None):
         self._fill_combo(self.layer_combo, self.labels_layers(), self.layer)
+        self.compare_panel.refresh()
         images = self.image_layers()
         if self.layer is not None:
             images = [im for im in images if tuple(im.data.shape) == tuple(self.layer.data.shape)]
@@ -298,6 +300,7 @@ class MaskToolsWidget(QWidget):
         images = [im for im in self.image_layers() if tuple(im.data.shape) == tuple(layer.data.shape)]
         self._fill_combo(self.image_combo, images, self._matching_image(layer, images))
         self.save_panel.set_default_output()
+        self.compare_panel.refresh()
         self.volume.follow(layer, self.label)
 
     def _layer_events(self, layer):
