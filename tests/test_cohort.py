@@ -12,6 +12,8 @@ import torch
 from synthetic import make_hu_volume, write_dicom_series, write_nifti, write_structured_report, write_tiny_weights
 
 from napari_ctseg.cohort import run as cohort
+from napari_ctseg.cohort.discover import discover
+from napari_ctseg.cohort.table import read_table, volume_changes, write_table
 from napari_ctseg.cli import main
 from napari_ctseg.segmentation.inference import segment
 from napari_ctseg.io import read_scan, write_mask
@@ -50,14 +52,14 @@ def run(sources, out, **kwargs):
 def test_discover_finds_each_nifti_and_each_dicom_series_and_lists_the_rest(mixed, tmp_path):
     write_dicom_series(mixed / "patient2" / "dicom", make_hu_volume((20, 24, 3), seed=2).transpose(2, 1, 0),
                        description="second", prefix="B")
-    found = cohort.discover([mixed])
+    found = discover([mixed])
     kinds = sorted(t.kind for t in found.tasks)
     assert kinds == ["dicom", "dicom", "nifti", "nifti"]  # two series, chest, broken (named .nii.gz)
     assert sorted(t.n_files for t in found.tasks if t.kind == "dicom") == [3, 5]
     assert any("SR" in note for note in found.listed)
     assert any("2 DICOM series" in note for note in found.listed)
     # Stable ids; a CSV of paths (relative to the CSV) finds the same scans.
-    again = cohort.discover([mixed])
+    again = discover([mixed])
     assert [t.scan_id for t in found.tasks] == [t.scan_id for t in again.tasks]
     listing = tmp_path / "list.csv"
     with open(listing, "w", newline="") as fh:
@@ -66,7 +68,7 @@ def test_discover_finds_each_nifti_and_each_dicom_series_and_lists_the_rest(mixe
         w.writerow(["scans/chest.nii.gz", "a"])
         w.writerow(["scans/patient2", "b"])
         w.writerow(["scans/missing.nii.gz", "c"])
-    from_csv = cohort.discover([listing])
+    from_csv = discover([listing])
     ids = {t.scan_id for t in found.tasks}
     assert len(from_csv.tasks) == 4
     assert len(ids & {t.scan_id for t in from_csv.tasks}) == 3
@@ -146,7 +148,7 @@ def test_interrupted_run_keeps_its_rows_and_resumes(weights, mixed, tmp_path):
         old = before.loc[row["scan_id"]]
         assert row["model_key_before"] == old["model_key"] != row["model_key"]
         assert row["infection_ml_before"] == pytest.approx(old["infection_ml"])
-        changes = cohort.volume_changes(row)
+        changes = volume_changes(row)
         assert changes["infection_ml"] == pytest.approx(row["infection_ml"] - old["infection_ml"])
         assert changes["lungs_ml"] == pytest.approx(0.0)  # the lungs model did not change
     failed = newer.table[newer.table["status"] != "ok"].iloc[0]
@@ -248,8 +250,8 @@ def test_review_queue_follows_the_score_and_skips_reviewed_and_failed_scans(tmp_
             {"scan_id": "b", "status": "ok", "review_score": 0.7},
             {"scan_id": "c", "status": "failed", "review_score": None, "error": "bad"},
             {"scan_id": "d", "status": "ok", "review_score": 0.4}]
-    cohort.write_table(tmp_path, rows)
-    table = cohort.read_table(tmp_path)
+    write_table(tmp_path, rows)
+    table = read_table(tmp_path)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     order = []
     while queue := cohort_review.review_queue(rows, cohort_review.load_reviews(tmp_path)):
@@ -272,7 +274,7 @@ def test_a_correction_saved_after_the_run_marks_the_scan_reviewed(tmp_path):
     rows = [{"scan_id": n, "status": "ok", "review_score": 0.5, "path": str(p), "ended_at": now.timestamp()}
             for n, p in scans.items()]
     out = tmp_path / "out"
-    cohort.write_table(out, rows)
+    write_table(out, rows)
     record_correction(scans["a"], tmp_path / "a_lungs.nii.gz", "lungs", "t1", when=now + timedelta(minutes=5))
     record_correction(scans["b"], tmp_path / "b_lungs.nii.gz", "lungs", "t1", when=now - timedelta(days=1))
     assert cohort_review.reviews_from_corrections(out, rows, list_corrections()) == ["a"]  # b's is older

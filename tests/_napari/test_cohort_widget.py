@@ -9,7 +9,7 @@ from qtpy.QtCore import Qt
 
 from test_cohort import mixed, run, weights  # noqa: F401 - fixtures
 
-from napari_ctseg.cohort import run as cohort
+from napari_ctseg.cohort.table import write_table
 
 from napari_ctseg.cohort import review as cohort_review
 
@@ -30,7 +30,7 @@ def cohort_dir(weights, mixed, tmp_path):  # noqa: F811 - fixtures
     for r in rows:
         if r["status"] == "ok":
             r["review_score"] = 0.4 if r["kind"] == "dicom" else 0.1
-    cohort.write_table(out, rows)
+    write_table(out, rows)
     return out, {r["kind"]: r for r in rows}
 
 
@@ -145,7 +145,7 @@ def test_a_rerun_shows_what_changed(make_napari_viewer, tmp_path):
             {"scan_id": "b", "status": "ok", "review_score": 0.1, "path": "b.nii.gz", "liver_ml": 1200.0,
              "liver_ml_before": 1290.0},
             {"scan_id": "c", "status": "ok", "review_score": 0.3, "path": "c.nii.gz", "liver_ml": 900.0}]
-    cohort.write_table(tmp_path, rows)
+    write_table(tmp_path, rows)
     widget = CohortWidget(make_napari_viewer())
     widget.open_folder(tmp_path)
     change = dict(zip(column(widget, "Scan"), column(widget, "Change")))

@@ -1,17 +1,14 @@
 """Cohorts: segment an archive of scans on a Dask cluster, one row per scan (Qt-free).
 
-``discover`` turns sources (scan files, folders searched recursively, CSV files of paths)
-into ``ScanTask``s: one per NIfTI file and one per DICOM image series. ``run_cohort`` is a
-generator: it sends the tasks to a Dask ``distributed`` cluster (a ``LocalCluster`` sized
-to this machine, or an existing scheduler), yields a ``CohortProgress`` after every
-finished scan and returns the table. Each task (``segment_task``, run on a worker) reads
-one scan, segments it with ``napari_ctseg.segmentation.inference``, writes its masks on the scan's
-exact geometry under ``OUT/<scan id>/<target>.nii.gz`` and returns one row.
-
-The rows are written to ``OUT/cohort.csv`` and ``OUT/cohort.parquet`` (temporary file,
-then rename) after every finished scan, so an interrupted run keeps what it did. Running
-again skips the scans already done with the same input (path, size and modification time
-of its files) and the same model versions (name and sha256).
+``run_cohort`` is a generator: it finds the scans (``discover``), sends them to a Dask
+``distributed`` cluster (a ``LocalCluster`` sized to this machine, or an existing
+scheduler), yields a ``CohortProgress`` after every finished scan and returns the table.
+Each task (``segment_task``, run on a worker) reads one scan, segments it with
+``napari_ctseg.segmentation.inference``, writes its masks on the scan's exact geometry
+under ``OUT/<scan id>/<target>.nii.gz`` and returns one row; the rows go to the cohort
+table (``table``) after every finished scan. Running again skips the scans already done
+with the same input (path, size and modification time of its files) and the same model
+versions (name and sha256).
 
 Review score (column ``review_score``, 0..1, higher = look first): flip test-time
 augmentation on a subsample of slices. For each target, up to ``REVIEW_SLICES`` slices
@@ -23,186 +20,28 @@ It costs two extra network passes over at most ``REVIEW_SLICES`` slices per targ
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import os
 import re
 import resource
 import threading
 import time
 import traceback
-from collections import defaultdict
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from napari_ctseg.cohort.discover import ScanTask, discover
+from napari_ctseg.cohort.table import read_table, rows_by_scan, with_previous, write_table
+# Once here: still importable from here for _napari/widgets/cohort.py and users' scripts.
+from napari_ctseg.cohort.table import TABLE_CSV, TABLE_PARQUET, cohort_report, volume_changes  # noqa: F401
 from napari_ctseg.errors import CTSegError
 from napari_ctseg.jobs import Progress
 
-TABLE_CSV = "cohort.csv"
-TABLE_PARQUET = "cohort.parquet"
-REPORT_PNG = "cohort_report.png"
-REPORT_CSV = "cohort_summary.csv"
 REVIEW_SLICES = 6
 # Memory a worker should have for one chest CT (512 x 512 x 300 in int16, masks, network).
 WORKER_MEMORY_BYTES = 3 * 2**30
-
-
-# --- discovering the scans -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ScanTask:
-    """One scan of the cohort: a NIfTI file or one DICOM series.
-
-    ``path``: the NIfTI file, or for DICOM one file of the series (its folder holds the
-    series); ``scan_id``: stable name of the output folder; ``fingerprint``: digest of the
-    input files' names, sizes and modification times (a changed file re-runs the scan).
-    """
-
-    path: str
-    kind: str  # "nifti", "dicom" or "other" (not a scan: its row says why)
-    scan_id: str
-    fingerprint: str
-    series_uid: str = ""
-    n_files: int = 1
-
-
-@dataclass
-class Discovery:
-    tasks: list[ScanTask]
-    listed: list[str] = field(default_factory=list)  # what was found but is not a task, and why
-
-
-def _stat_key(paths: Iterable[Path]) -> str:
-    h = hashlib.sha1()
-    for p in sorted(paths):
-        try:
-            st = p.stat()
-            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p.name}\0missing\n".encode())
-    return h.hexdigest()[:16]
-
-
-def scan_id_for(path, series_uid: str = "") -> str:
-    """A stable, readable id: the scan's name and a digest of its full path (and series)."""
-    from napari_ctseg.io.nifti import scan_name
-
-    p = Path(path).resolve()
-    name = scan_name(p) if not series_uid else p.parent.name
-    if name.lower() in ("dicom", "dcm", "images") and series_uid:
-        name = f"{p.parent.parent.name}_{name}"
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "scan"
-    digest = hashlib.sha1(f"{p}\0{series_uid}".encode()).hexdigest()[:8]
-    return f"{name[:48]}-{digest}"
-
-
-def _nifti_task(p: Path) -> ScanTask:
-    return ScanTask(str(p.resolve()), "nifti", scan_id_for(p), _stat_key([p]))
-
-
-def _dicom_tasks(folder: Path, files: list[Path]) -> tuple[list[ScanTask], list[str]]:
-    """One task per image series among ``files`` (all in ``folder``); other objects listed."""
-    import pydicom
-
-    from napari_ctseg.io.dicom import NON_IMAGE_MODALITIES, dicom_kind
-
-    series: dict[str, list[Path]] = defaultdict(list)
-    described: dict[str, str] = {}
-    listed = []
-    for p in files:
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=dicom_kind(p) == "bare")
-        except Exception as exc:  # noqa: BLE001 - listed, the series' own read will say more
-            listed.append(f"{p}: not readable as DICOM ({type(exc).__name__})")
-            continue
-        modality = str(ds.get("Modality", "") or "").strip().upper()
-        if "Rows" not in ds or modality in NON_IMAGE_MODALITIES:
-            listed.append(f"{p}: DICOM {modality or 'object'} without an image, not segmented")
-            continue
-        uid = str(ds.get("SeriesInstanceUID", "unknown"))
-        series[uid].append(p)
-        described.setdefault(uid, f"{modality} '{str(ds.get('SeriesDescription', '') or '').strip()}'")
-    tasks = []
-    for uid, group in sorted(series.items()):
-        group.sort()
-        first = group[0]
-        tasks.append(ScanTask(str(first.resolve()), "dicom", scan_id_for(first, uid), _stat_key(group),
-                              series_uid=uid, n_files=len(group)))
-    if len(series) > 1:
-        listed.append(f"{folder}: {len(series)} DICOM series, each segmented as its own scan: "
-                      + "; ".join(f"{described[u]} ({len(g)} files)" for u, g in sorted(series.items())))
-    return tasks, listed
-
-
-def _csv_paths(path: Path) -> list[Path]:
-    """The paths in a CSV file: its 'path' column, else its first column (relative to the CSV)."""
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    if not rows:
-        return []
-    header = [c.strip().lower() for c in rows[0]]
-    col = header.index("path") if "path" in header else 0
-    if "path" in header or not (Path(rows[0][0]).exists() or (path.parent / rows[0][0]).exists()):
-        rows = rows[1:]  # a header line
-    out = []
-    for r in rows:
-        q = Path(r[col].strip()).expanduser()
-        out.append(q if q.is_absolute() else path.parent / q)
-    return out
-
-
-def discover(sources: Iterable) -> Discovery:
-    """The scans in ``sources``: files, folders (searched recursively) and CSV files of paths.
-
-    Every NIfTI file is a scan; every DICOM image series (files grouped by
-    SeriesInstanceUID within a folder) is a scan; DICOM objects without an image are
-    listed, not segmented. Any other file named as a source becomes a task whose row says
-    it is not a scan. Duplicates are dropped.
-    """
-    from napari_ctseg.io.dicom import dicom_kind
-    from napari_ctseg.io.nifti import is_nifti_path
-
-    tasks: dict[str, ScanTask] = {}
-    listed: list[str] = []
-    for src in sources:
-        p = Path(src).expanduser()
-        if p.is_file() and p.suffix.lower() == ".csv":
-            found = discover(_csv_paths(p))
-            tasks.update({t.scan_id: t for t in found.tasks})
-            listed += found.listed
-        elif p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                here = Path(dirpath)
-                dicoms = []
-                for name in sorted(filenames):
-                    if name.startswith("."):
-                        continue
-                    q = here / name
-                    if is_nifti_path(q):
-                        t = _nifti_task(q)
-                        tasks[t.scan_id] = t
-                    elif dicom_kind(q):
-                        dicoms.append(q)
-                if dicoms:
-                    found, notes = _dicom_tasks(here, dicoms)
-                    tasks.update({t.scan_id: t for t in found})
-                    listed += notes
-        elif p.is_file() and not is_nifti_path(p) and dicom_kind(p):
-            found, notes = _dicom_tasks(p.parent, [p])
-            tasks.update({t.scan_id: t for t in found})
-            listed += notes
-        elif is_nifti_path(p) and p.exists():
-            t = _nifti_task(p)
-            tasks[t.scan_id] = t
-        else:
-            # Missing or not a scan: a task all the same, so that the table says why.
-            t = ScanTask(str(p.absolute()), "other", scan_id_for(p), _stat_key([p]))
-            tasks[t.scan_id] = t
-    return Discovery(list(tasks.values()), listed)
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -390,51 +229,6 @@ def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threa
     return row
 
 
-# --- the table ---------------------------------------------------------------------------------
-
-def _atomic(path: Path, write) -> None:
-    """``write(temporary path)``, then the file replaces ``path`` (see ``_files``)."""
-    from napari_ctseg._files import replaced_atomically
-
-    with replaced_atomically(path, path.suffix) as tmp:
-        write(tmp)
-
-
-def write_table(out_dir, rows: Iterable[dict]):
-    """``cohort.csv`` and ``cohort.parquet`` from ``rows`` (each written atomically); the DataFrame."""
-    import pandas as pd
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(list(rows))
-    if len(table):
-        front = [c for c in ("scan_id", "status", "review_score", "path") if c in table]
-        table = table[front + [c for c in table.columns if c not in front]]
-        table = table.sort_values("scan_id", kind="stable").reset_index(drop=True)
-    _atomic(out_dir / TABLE_CSV, lambda p: table.to_csv(p, index=False))
-    _atomic(out_dir / TABLE_PARQUET, lambda p: table.to_parquet(p, index=False))
-    return table
-
-
-def read_table(out_dir):
-    """The cohort table in ``out_dir`` (Parquet, else CSV); an empty DataFrame when there is none."""
-    import pandas as pd
-
-    out_dir = Path(out_dir)
-    if (out_dir / TABLE_PARQUET).is_file():
-        return pd.read_parquet(out_dir / TABLE_PARQUET)
-    if (out_dir / TABLE_CSV).is_file():
-        return pd.read_csv(out_dir / TABLE_CSV)
-    return pd.DataFrame()
-
-
-def _rows_of(table) -> dict[str, dict]:
-    if not len(table):
-        return {}
-    records = table.astype(object).where(table.notna(), None).to_dict("records")
-    return {r["scan_id"]: {k: v for k, v in r.items() if v is not None} for r in records}
-
-
 # --- the run -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -520,37 +314,9 @@ def plan_run(sources, out_dir, targets, versions: dict[str, str] | None = None, 
         raise CTSegError("no scans found in " + ", ".join(str(s) for s in sources))
     resolved = resolve_versions(targets, versions, registry)
     key = model_key(resolved)
-    kept = _rows_of(read_table(out_dir))
+    kept = rows_by_scan(read_table(out_dir))
     todo = [t for t in found.tasks if not _is_done(kept.get(t.scan_id), t, key)]
     return todo, kept, found, resolved, key
-
-
-def with_previous(row: dict, old: dict | None) -> dict:
-    """``row`` with what changed since the last successful run of the same scan: for each
-    volume column ``<x>_ml`` (and ``lung_involvement_pct``) the value before as ``<x>_before``,
-    and ``model_key_before``; a scan seen for the first time (or failed before) gets none."""
-    if not old or old.get("status") != "ok" or row.get("status") != "ok":
-        return row
-    for col, value in old.items():
-        if (col.endswith("_ml") or col == "lung_involvement_pct") and not col.endswith("_before"):
-            row[f"{col}_before"] = value
-    row["model_key_before"] = old.get("model_key", "")
-    return row
-
-
-def volume_changes(row: dict) -> dict[str, float]:
-    """{volume column: new - before} for a re-run row (see ``with_previous``)."""
-    out = {}
-    for col in row:
-        before = row.get(f"{col}_before")
-        if col.endswith("_ml") and before is not None:
-            try:
-                new, old = float(row[col]), float(before)
-            except (TypeError, ValueError):
-                continue
-            if new == new and old == old:
-                out[col] = new - old
-    return out
 
 
 def _is_done(row: dict | None, task: ScanTask, key: str) -> bool:
@@ -650,101 +416,6 @@ def run_to_end(*args, progress=None, **kwargs) -> CohortResult:
     return run(run_cohort(*args, **kwargs), on_event=progress)
 
 
-# --- the report ----------------------------------------------------------------------------------
-
-def _summary_columns(table) -> list[str]:
-    cols = [c for c in table.columns if c.endswith("_ml") and not c.startswith("infection_")]
-    cols += [c for c in ("lung_involvement_pct", "review_score", "seconds") if c in table]
-    return cols
-
-
-def cohort_summary(table):
-    """Per figure (volumes in mL, % of lungs involved, review score, seconds): scans with a
-    value, median, first and third quartile, minimum and maximum (DataFrame, one row each)."""
-    import pandas as pd
-
-    ok = table[table["status"] == "ok"] if "status" in table else table
-    rows = []
-    for c in _summary_columns(table):
-        v = pd.to_numeric(ok[c], errors="coerce").dropna()
-        if not len(v):
-            rows.append({"figure": c, "n": 0})
-            continue
-        rows.append({"figure": c, "n": int(len(v)), "median": float(v.median()), "q1": float(v.quantile(0.25)),
-                     "q3": float(v.quantile(0.75)), "min": float(v.min()), "max": float(v.max())})
-    return pd.DataFrame(rows, columns=["figure", "n", "median", "q1", "q3", "min", "max"])
-
-
-def cohort_report(out_dir) -> tuple[str, object, Path]:
-    """The summary of a cohort folder: (text, summary DataFrame, PNG path).
-
-    Writes ``cohort_summary.csv`` and ``cohort_report.png`` (% of lungs involved per scan and
-    each target's volume across the cohort) into ``out_dir``.
-    """
-    out_dir = Path(out_dir)
-    table = read_table(out_dir)
-    if not len(table):
-        raise CTSegError(f"{out_dir}: no cohort table here ({TABLE_CSV}); run 'ctseg cohort run' first")
-    summary = cohort_summary(table)
-    _atomic(out_dir / REPORT_CSV, lambda p: summary.to_csv(p, index=False))
-    png = out_dir / REPORT_PNG
-    _atomic(png, lambda p: _plot(table, p))
-    counts = table["status"].value_counts().to_dict()
-    lines = [f"{len(table)} scans: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
-    for r in summary.itertuples():
-        if r.n:
-            lines.append(f"  {r.figure:32s} n={r.n:<5d} median {r.median:10.2f}  IQR {r.q1:.2f}..{r.q3:.2f}")
-    failed = table[table["status"] != "ok"]
-    for r in failed.head(10).itertuples():
-        lines.append(f"  failed {r.scan_id}: {r.error}")
-    if "review_score" in table:
-        top = table[table["status"] == "ok"].sort_values("review_score", ascending=False).head(5)
-        if len(top):
-            lines.append("  review first: " + ", ".join(f"{r.scan_id} ({r.review_score:.3f})"
-                                                        for r in top.itertuples()))
-    lines.append(f"  wrote {out_dir / REPORT_CSV} and {png}")
-    return "\n".join(lines), summary, png
-
-
-def _plot(table, path: Path) -> None:
-    """% of lungs involved per scan (sorted bars), then one box plot (with the scans as dots)
-    per target's volume in mL: each on its own axis, their scales differ."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    ok = table[table["status"] == "ok"] if "status" in table else table
-    vol_cols = [c for c in ("lungs_ml", "liver_ml", "infection_ml") if c in ok]
-    fig, axes = plt.subplots(1, 1 + len(vol_cols), figsize=(4.2 + 2.4 * len(vol_cols), 4.2), dpi=100,
-                             gridspec_kw={"width_ratios": [2.2] + [1] * len(vol_cols)}, squeeze=False)
-    ax = axes[0, 0]
-    pct = pd.to_numeric(ok.get("lung_involvement_pct", pd.Series(dtype=float)), errors="coerce").dropna()
-    if len(pct):
-        pct = pct.sort_values()
-        ax.bar(range(len(pct)), pct.to_numpy(), color="#c0504d", width=0.9)
-        ax.set_xlabel(f"scans, sorted ({len(pct)})")
-        ax.set_xticks([])
-    else:
-        ax.text(0.5, 0.5, "no infection figures", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylabel("lung involved by infection (%)")
-    ax.set_title("% of lungs involved")
-    for ax, col in zip(axes[0, 1:], vol_cols):
-        d = pd.to_numeric(ok[col], errors="coerce").dropna().to_numpy()
-        if len(d):
-            ax.boxplot([d], widths=0.5, showfliers=False)
-            ax.scatter(1 + np.random.default_rng(0).uniform(-0.12, 0.12, len(d)), d, s=10, alpha=0.6,
-                       color="#1f77b4", zorder=3)
-        ax.set_xticks([1], [col.removesuffix("_ml")])
-        ax.set_ylabel("mL")
-        ax.set_title(f"{col.removesuffix('_ml')} volume")
-    fig.suptitle(f"cohort: {len(table)} scans, {len(ok)} segmented")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-
-
-__all__ = ["ScanTask", "Discovery", "discover", "resolve_versions", "model_key", "segment_task",
-           "run_cohort", "run_to_end", "CohortProgress", "CohortResult", "write_table", "read_table",
-           "cohort_summary", "cohort_report", "flip_disagreement", "local_cluster_size", "start_client"]
+__all__ = ["resolve_versions", "model_key", "worker_models", "segment_task", "flip_disagreement",
+           "run_cohort", "run_to_end", "plan_run", "CohortProgress", "CohortResult", "local_cluster_size",
+           "machine_resources", "start_client"]
