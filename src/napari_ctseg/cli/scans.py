@@ -1,0 +1,282 @@
+"""The ``ctseg`` commands on scans: ``info``, ``segment``, ``evaluate``, ``refine`` and
+``cohort run | report`` (many scans on a Dask cluster)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from napari_ctseg.cli.common import model_versions, progress_printer, registry_of
+from napari_ctseg.errors import CTSegError
+
+
+def cmd_info(args) -> int:
+    from napari_ctseg.io import read_scan
+
+    for src in args.scans:
+        volume = read_scan(src)
+        geo = volume.geometry
+        lo, hi = volume.hu_range()
+        info = {
+            "scan": str(src),
+            "name": volume.name,
+            "kind": geo.source_kind,
+            "source_shape": list(geo.source_shape),
+            "source_orientation": "".join(geo.source_axcodes),
+            "display_shape_zyx": list(volume.shape),
+            "display_orientation": "".join(volume.geometry.display_axcodes_str()),
+            "spacing_zyx_mm": [round(s, 4) for s in volume.spacing],
+            "hu_range": [lo, hi],
+            "dtype": str(volume.hu.dtype),
+            "affine": np.round(geo.affine, 4).tolist(),
+            "warnings": volume.warnings,
+        }
+        if volume.series is not None:
+            info["series"] = volume.series.label()
+            info["other_series"] = [s.label() for s in volume.other_series]
+        if args.json:
+            print(json.dumps(info))
+            continue
+        print(f"{info['scan']}")
+        print(f"  kind          {info['kind']}")
+        print(f"  shape         {'x'.join(map(str, geo.source_shape))} (source i,j,k; "
+              f"orientation {info['source_orientation']})")
+        print(f"  display       {'x'.join(map(str, volume.shape))} (z,y,x; orientation "
+              f"{info['display_orientation']})")
+        print(f"  spacing       {' x '.join(f'{s:.4g}' for s in volume.spacing)} mm (z,y,x)")
+        print(f"  HU range      {lo:g} .. {hi:g} ({info['dtype']})")
+        if volume.series is not None:
+            print(f"  series        {info['series']}")
+            for other in info["other_series"]:
+                print(f"  other series  {other}")
+        for w in volume.warnings:
+            print(f"  warning       {w}")
+    return 0
+
+
+def _scan_sources(sources) -> list:
+    """Expand folders of NIfTI files (or of DICOM series folders) into scans, in order."""
+    from pathlib import Path
+
+    from napari_ctseg.io.dicom import is_dicom_file
+    from napari_ctseg.io.nifti import is_nifti_path
+
+    scans = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            niftis = sorted(q for q in p.iterdir() if q.is_file() and is_nifti_path(q))
+            has_dicom = any(q.is_file() and is_dicom_file(q) for q in p.iterdir())
+            subdirs = sorted(q for q in p.iterdir() if q.is_dir() and not q.name.startswith("."))
+            if niftis:
+                scans.extend(niftis)
+            elif not has_dicom and subdirs:
+                scans.extend(subdirs)
+            else:
+                scans.append(p)
+        else:
+            scans.append(p)
+    return scans
+
+
+def cmd_segment(args) -> int:
+    from pathlib import Path
+
+    from napari_ctseg.segmentation.inference import ModelSet, parse_targets, segment
+    from napari_ctseg.io import read_scan, write_mask
+    from napari_ctseg.io.dicom_objects import check_seg_source, write_seg
+    from napari_ctseg.io.nifti import scan_name
+
+    registry = registry_of(args)
+    targets = parse_targets(args.targets, registry)
+    versions = model_versions(args.model)
+    models = ModelSet(versions, registry)
+    scans = _scan_sources(args.scans)
+    out_root = Path(args.out)
+    failures = 0
+    for scan in scans:
+        try:
+            volume = read_scan(scan)
+            if args.format == "seg":
+                check_seg_source(volume, Path(scan).name)  # before segmenting, not after
+            for w in volume.warnings:
+                print(f"ctseg: {scan}: warning: {w}", file=sys.stderr)
+            result = segment(volume, targets, args.device, models=models,
+                             progress=progress_printer(Path(scan).name))
+            out_dir = out_root if len(scans) == 1 else out_root / scan_name(scan)
+            written = {}
+            for t, m in result.masks.items():
+                if args.format == "seg":  # the card's label names; the model and its version as the algorithm
+                    labels = {int(v): k for k, v in result.cards[t].labels.items()} if t in result.cards else {1: t}
+                    algorithm = f"napari-ctseg {t} {result.versions.get(t, '')}".strip()
+                    written[t] = str(write_seg(m, labels, volume, out_dir / f"{t}.dcm", algorithm=algorithm))
+                else:
+                    written[t] = str(write_mask(out_dir / f"{t}.nii.gz", m, volume.geometry))
+        except CTSegError as exc:
+            if len(scans) == 1:
+                raise
+            print(f"ctseg: {scan}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        if args.json:
+            print(json.dumps({"scan": str(scan), "masks": written, **result.to_dict()}))
+        else:
+            print(f"{scan} ({result.device}, {sum(result.seconds.values()):.1f} s)")
+            for line in result.report().splitlines():
+                print(f"  {line}")
+            for target, path in written.items():
+                print(f"  wrote {path}")
+            for note in result.notes:
+                print(f"  note: {note}")
+    return 1 if failures else 0
+
+
+def cmd_evaluate(args) -> int:
+    from napari_ctseg.evaluation.evaluate import EvaluationError, evaluate, load_split
+
+    if args.cases and args.split:
+        raise EvaluationError("give --cases or --split, not both")
+    cases = args.cases
+    if args.split:
+        cases = load_split(args.target, args.split)
+    report = evaluate(args.target, args.data, args.predictions_out, version=args.model,
+                      device=args.device, cases=cases, progress=progress_printer(f"evaluate {args.target}"),
+                      registry=registry_of(args))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(report.table())
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"predictions written to {report.predictions_out}")
+    return 0
+
+
+def _read_clicks(path, geometry) -> list:
+    """CLICKS.json: a list of {"ijk": [i, j, k], "label": "include" | "exclude"} in the scan's
+    own voxel indices, as display-grid ``Click``s (in order)."""
+    from pathlib import Path
+
+    from napari_ctseg.errors import RefineError
+    from napari_ctseg.editing.refine import Click
+
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RefineError(f"--clicks {path}: cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RefineError(f"--clicks {path}: not valid JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise RefineError(f"--clicks {path}: must hold a JSON list of "
+                          '{"ijk": [i, j, k], "label": "include" | "exclude"}')
+    if not entries:
+        raise RefineError(f"--clicks {path}: the list is empty; give at least one include or exclude click")
+    shape = tuple(geometry.source_shape)
+    clicks = []
+    for n, entry in enumerate(entries, 1):
+        where = f"--clicks {path}: click {n}"
+        if not isinstance(entry, dict) or set(entry) != {"ijk", "label"}:
+            raise RefineError(f'{where}: write {{"ijk": [i, j, k], "label": "include" | "exclude"}}, '
+                              f"got {json.dumps(entry)[:80]}")
+        ijk = entry["ijk"]
+        if not isinstance(ijk, list) or len(ijk) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in ijk):
+            raise RefineError(f'{where}: "ijk" must be three whole voxel indices [i, j, k], got {json.dumps(ijk)[:80]}')
+        kind = entry["label"]
+        if kind not in ("include", "exclude"):
+            raise RefineError(f'{where}: "label" must be "include" or "exclude", got {json.dumps(kind)[:40]}')
+        if any(not 0 <= v < s for v, s in zip(ijk, shape)):
+            raise RefineError(f"{where} at ijk {ijk} is outside the scan (source shape "
+                              f"{'x'.join(map(str, shape))}, indices from 0)")
+        clicks.append((ijk, Click(geometry.source_to_display_index(ijk), include=kind == "include")))
+    return clicks
+
+
+def cmd_refine(args) -> int:
+    from pathlib import Path
+
+    from napari_ctseg.errors import RefineError
+    from napari_ctseg.evaluation.evaluate import read_reference_volume
+    from napari_ctseg.io import read_scan, write_mask
+    from napari_ctseg.editing.refine import refine
+
+    volume = read_scan(args.scan)
+    for w in volume.warnings:
+        print(f"ctseg: {args.scan}: warning: {w}", file=sys.stderr)
+    clicks = _read_clicks(args.clicks, volume.geometry)
+    card_labels = dict(registry_of(args).get_card(args.target).labels)
+    label = args.label
+    if label is None:
+        label = next(iter(card_labels.values())) if len(card_labels) == 1 else 1
+    if label <= 0:
+        raise RefineError(f"--label {label}: give the label value to refine, 1 or more")
+    allowed = {**card_labels, **({f"label {label}": label} if label not in card_labels.values() else {})}
+    source = read_reference_volume(Path(args.mask), volume.geometry, args.target, allowed)
+    present = bool(np.any(source == label))
+    for n, (ijk, click) in enumerate(clicks, 1):  # checked here to name the scan's own indices
+        here = int(source[tuple(ijk)])
+        if click.include and here not in (0, label):
+            raise RefineError(f"--clicks {args.clicks}: click {n} (include) at ijk {ijk} is on label {here}, "
+                              f"not on label {label} or background; an include never takes another label's "
+                              f"voxels (--label {here} to refine that one)")
+        if not click.include and not present:
+            raise RefineError(f"--clicks {args.clicks}: click {n} (exclude): {args.mask} holds no label {label} "
+                              "to remove voxels from")
+    mask = np.ascontiguousarray(volume.geometry.to_display(source))
+    results: list = []
+    new, _edits = refine(np.asarray(volume.hu), mask, label, [c for _, c in clicks], volume.spacing,
+                         results=results)
+    out = write_mask(args.out, new, volume.geometry)
+    ml = volume.voxel_volume_ml
+    rows = [{"ijk": ijk, "label": r.click.kind, "zyx": list(r.click.zyx), "added_voxels": r.added,
+             "removed_voxels": r.removed, "added_ml": round(r.added * ml, 3),
+             "removed_ml": round(r.removed * ml, 3), "seconds": round(r.seconds, 3)}
+            for (ijk, _), r in zip(clicks, results)]
+    if args.json:
+        print(json.dumps({"scan": str(args.scan), "mask": str(args.mask), "out": str(out), "target": args.target,
+                          "label": label, "clicks": rows}))
+        return 0
+    for n, row in enumerate(rows, 1):
+        print(f"click {n} {row['label']} at ijk {row['ijk']}: +{row['added_voxels']} / -{row['removed_voxels']} "
+              f"voxels ({row['added_ml'] - row['removed_ml']:+.2f} mL) in {row['seconds']:.2f} s")
+    print(f"wrote {out} (label {label})")
+    return 0
+
+
+def cmd_cohort_run(args) -> int:
+    from napari_ctseg.cohort.run import run_to_end
+
+    tty = sys.stderr.isatty()
+
+    def show(report) -> None:
+        if report.done == 0:
+            print(f"ctseg cohort: {report.message}", file=sys.stderr, flush=True)
+            if report.dashboard:
+                print(f"ctseg cohort: Dask dashboard {report.dashboard}", file=sys.stderr, flush=True)
+            return
+        if report.row is not None and report.row.get("status") != "ok":
+            print(f"{chr(13) if tty else ''}ctseg cohort: {report.row['scan_id']} failed: "
+                  f"{report.row.get('error', '')}", file=sys.stderr, flush=True)
+        width = 30
+        filled = int(width * report.done / max(report.total, 1))
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] " if tty else ""
+        end = "\n" if not tty or report.done >= report.total else ""
+        print(f"{chr(13) if tty else ''}cohort: {bar}{report.line()}", end=end, file=sys.stderr, flush=True)
+
+    result = run_to_end(args.sources, args.out, args.targets, scheduler=args.scheduler, workers=args.workers,
+                        device=args.device, threads=args.threads, versions=model_versions(args.model),
+                        registry=registry_of(args), progress=show)
+    print(f"{len(result.table)} scans in {args.out}/cohort.csv (ran {result.ran}, failed {result.failures}, "
+          f"skipped {result.skipped} already done)")
+    for note in result.listed:
+        print(f"  listed: {note}")
+    return 1 if result.failures else 0
+
+
+def cmd_cohort_report(args) -> int:
+    from napari_ctseg.cohort.table import cohort_report
+
+    text, _, _ = cohort_report(args.dir)
+    print(text)
+    return 0
