@@ -25,7 +25,6 @@ Run: .venv/bin/python benchmarks/accuracy.py [--data ../shared/data] [--device c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -33,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from _setup import argument_parser, data_folder, use_source_tree
+
 TARGETS = ("liver", "lungs", "infection")
 
 # Published figures (Dice) and what each method was trained on. Context only: other data,
@@ -97,8 +96,7 @@ def fmt(v, digits):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DATA), help="the shared data folder")
+    parser = argument_parser(__doc__, data_help="the shared data folder")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--out", default=None, help="folder for the predictions (default: a temporary one)")
@@ -107,13 +105,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-chest", action="store_true", help="skip the full chest checks")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(REPO / "src"))
+    use_source_tree()
     from napari_ctseg.errors import CTSegError
-    from napari_ctseg.evaluation import evaluate, load_split
+    from napari_ctseg.evaluation.evaluate import evaluate, load_split
 
-    data = Path(args.data)
-    if not data.is_dir():
-        print(f"accuracy: {data}: no such folder (the shared data lives beside the repository)", file=sys.stderr)
+    data = data_folder(args.data, "accuracy")
+    if data is None:
         return 2
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ctseg-accuracy-"))
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -158,7 +155,6 @@ def main(argv=None) -> int:
     print(f"\npredictions: {out}")
     chest = None
     if not args.no_chest and {"lungs", "infection"} & set(targets):
-        sys.path.insert(0, str(REPO / "benchmarks"))
         import chest as chest_checks
 
         versions = sorted({v for (t, v) in reports if t in ("lungs", "infection")},

@@ -23,7 +23,6 @@ Printed by benchmarks/accuracy.py too.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -31,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from _setup import REPO, argument_parser, use_source_tree
 from napari_ctseg.training import instance_numbers_by_z
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 SLICE_MM2 = 100.0
 NON_COVID_CHESTS = ("chest_ctmd_normal001", "chest_itk00", "chest_lungdx_a0001", "liver_ircad01")
 # The demo's sample (Lung-PET-CT-Dx A0001, downsampled to 2.2 x 2.2 x 5 mm), bundled in the package.
@@ -214,14 +212,13 @@ def table(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(DATA))
+    ap = argument_parser(__doc__)
     ap.add_argument("--versions", default=None, help="comma-separated (default: every bundled version)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true",
                     help="write each bundled version's figures into its card (validation.holdout_chest)")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO / "src"))
+    use_source_tree()
     from napari_ctseg.models.registry import list_versions, version_source
 
     versions = (args.versions.split(",") if args.versions else

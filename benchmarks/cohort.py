@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from _setup import DATA, REPO
+
 TARGETS = "lungs,liver,infection"
 REAL_QUICK = ["sample/ct.nii.gz", "liver_dcmqi_3slice/dicom", "chest_lungdx_a0001/dicom", "liver_chaos03/ct.nii.gz"]
 REAL_FULL = REAL_QUICK + ["liver_ircad01/ct.nii.gz", "liver_ircad07/ct.nii.gz", "chest_itk00/ct.nii.gz",
@@ -79,7 +79,7 @@ def build_cohort(folder: Path, quick: bool) -> list[Path]:
 
 def sequential(sources: list[str], out: str) -> dict:
     """``ctseg segment``'s loop in this process: one ModelSet, read, segment, write masks."""
-    from napari_ctseg.cohort.run import discover
+    from napari_ctseg.cohort.discover import discover
     from napari_ctseg.segmentation.inference import ModelSet, segment
     from napari_ctseg.io import read_scan, write_mask
 
@@ -145,7 +145,8 @@ def main() -> int:
 
     import torch
 
-    from napari_ctseg.cohort.run import discover, local_cluster_size, machine_resources
+    from napari_ctseg.cohort.discover import discover
+    from napari_ctseg.cohort.run import local_cluster_size, machine_resources
     from napari_ctseg.models.registry import get_card
 
     cores, memory = machine_resources()

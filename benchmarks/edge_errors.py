@@ -19,13 +19,12 @@ Run: .venv/bin/python benchmarks/edge_errors.py [--data ../shared/data] [--targe
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from _setup import argument_parser, data_folder, use_source_tree
+
 BANDS_MM = (1.0, 3.0)
 
 
@@ -58,21 +57,19 @@ def edge_figures(pred, ref, hu, spacing) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DATA), help="the shared data folder")
+    parser = argument_parser(__doc__, data_help="the shared data folder")
     parser.add_argument("--target", default="liver")
     parser.add_argument("--cases", default=None, help="cases (default: the target's validation split)")
     parser.add_argument("--versions", default=None, help="versions (default: every bundled one)")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(REPO / "src"))
-    from napari_ctseg.evaluation import evaluate, load_split, read_reference_volume
+    use_source_tree()
+    from napari_ctseg.evaluation.evaluate import evaluate, load_split, read_reference_volume
     from napari_ctseg.io import read_scan
     from napari_ctseg.models.registry import list_versions, version_source
 
-    data = Path(args.data)
-    if not data.is_dir():
-        print(f"edge_errors: {data}: no such folder", file=sys.stderr)
+    data = data_folder(args.data, "edge_errors", hint="")
+    if data is None:
         return 2
     cases = args.cases.split(",") if args.cases else load_split(args.target, "validation")
     versions = (args.versions.split(",") if args.versions else

@@ -27,12 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from _setup import DATA
+
 SCAN = DATA / "liver_chaos03" / "ct.nii.gz"
 MASK = DATA / "liver_chaos03" / "liver.nii.gz"
 

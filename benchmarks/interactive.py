@@ -97,7 +97,6 @@ excess, 1326 pixels removed; slice 12 click 8: 266 and 1298).
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -111,8 +110,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from _setup import REPO, argument_parser, data_folder, use_source_tree
+
 TARGETS = ("liver", "lungs", "infection")
 REPORT_AT = (0, 1, 3, 5, 10)
 NOC_LEVELS = (0.90, 0.95)
@@ -453,17 +452,15 @@ def table(rows: list[dict], n_clicks: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DATA), help="the shared data folder")
+    parser = argument_parser(__doc__, data_help="the shared data folder")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--clicks", type=int, default=10, help="clicks per case (default 10)")
     parser.add_argument("--json", action="store_true", help="also print every figure and click as JSON")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(REPO / "src"))
-    data = Path(args.data)
-    if not data.is_dir():
-        print(f"interactive: {data}: no such folder (the shared data lives beside the repository)", file=sys.stderr)
+    use_source_tree()
+    data = data_folder(args.data, "interactive")
+    if data is None:
         return 2
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]

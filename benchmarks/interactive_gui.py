@@ -12,7 +12,6 @@ Run: xvfb-run -a .venv/bin/python benchmarks/interactive_gui.py [--data ../share
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import platform
 import os
@@ -24,15 +23,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-REPO = HERE.parent
 
 from _gui_stall import StallMeter, settle, spin  # noqa: E402
+from _setup import argument_parser  # noqa: E402
 from interactive import next_click, score  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap = argument_parser(__doc__)
     ap.add_argument("--case", default="liver_chaos03")
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--thread", action="store_true", help="refine in a thread of this process (for comparison)")

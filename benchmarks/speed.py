@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "liver_ircad01" / "ct.nii.gz"
+from _setup import DATA
+
+REAL = DATA / "liver_ircad01" / "ct.nii.gz"
 TARGETS = ("lungs", "liver", "infection")
 
 

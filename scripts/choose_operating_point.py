@@ -22,6 +22,9 @@ from napari_ctseg.io import read_scan
 from napari_ctseg.training import load_case, load_splits
 from napari_ctseg.training.operating_point import DEFAULT_GRID, choose, sweep
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import DATA  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
+
 
 def scan_folder(data: Path, name: str) -> Path:
     folder = data / name
@@ -32,7 +35,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", default="infection")
     ap.add_argument("--version", required=True)
-    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--out", required=True, help="the definition file to write (JSON)")
     ap.add_argument("--max-negative-pct", type=float, default=0.5,
                     help="the most of the lungs a validation negative may have marked (the goal)")

@@ -9,8 +9,8 @@ scan's own, scaled about the voxel centres).
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,10 +18,12 @@ from skimage.transform import resize
 
 from napari_ctseg.io import read_scan
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--out", default="src/napari_ctseg/data/chest_ct.nii.gz")
     ap.add_argument("--size", type=int, default=192)
     args = ap.parse_args(argv)

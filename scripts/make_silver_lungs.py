@@ -8,7 +8,6 @@ view to check slice by slice, plus the volumes of lungs and airways.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,6 +15,9 @@ import numpy as np
 
 from napari_ctseg.io import read_scan, write_mask
 from napari_ctseg.training.labels.silver import airway_mask, inside_body_air, silver_lung_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
 
 CASES = ["chest_itk00", "chest_lungdx_a0001", "chest_ctmd_normal001", "chest_ctmd_covid_p001",
          "liver_ircad01", "liver_ircad07", "liver_chaos03"]
@@ -51,8 +53,7 @@ def montage(hu, labels, airways, path: Path, step: int = 1) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--out", default=".scratch/silver")
     ap.add_argument("--cases", nargs="*", default=CASES)
     ap.add_argument("--png", action="store_true")

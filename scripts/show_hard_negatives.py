@@ -8,8 +8,8 @@ kernel). The infection label of every tile is empty.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,10 +18,12 @@ from napari_ctseg.models.preprocess import Preprocessing
 from napari_ctseg.training.labels.negatives import CHANGES, HardNegativeSettings, add_hard_negatives, thick_slab
 from napari_ctseg.training import _build_hosts, default_config, load_host_case, load_splits
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--out", default=".scratch/hard_negatives.png")
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)

@@ -12,7 +12,8 @@ neither changes) in orange on the second.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -22,10 +23,12 @@ from napari_ctseg.models.preprocess import Preprocessing
 from napari_ctseg.training.labels.synthetic import DEFAULT_ORGAN_CONTRAST, add_organ_lesions, shift_organ_contrast
 from napari_ctseg.training import build_cache, config_from_file, default_config, load_case, load_splits
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--out", default=".scratch/liver_lesions.png")
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--seed", type=int, default=1)

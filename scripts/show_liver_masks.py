@@ -8,7 +8,7 @@ cyan.
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,9 @@ from scipy import ndimage
 
 from napari_ctseg.segmentation.inference import ModelSet, segment
 from napari_ctseg.io import read_scan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
 
 
 def outline(m: np.ndarray) -> np.ndarray:
@@ -32,8 +35,7 @@ def tile(ct: np.ndarray, masks: list[tuple[np.ndarray, tuple[int, int, int]]]) -
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--case", default="liver_chaos03")
     ap.add_argument("--versions", default="v1,v2")
     ap.add_argument("--out", default=".scratch/liver_masks.png")

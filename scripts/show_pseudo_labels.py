@@ -7,9 +7,9 @@ radiologists has a green frame, one labelled infected a red frame.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -17,10 +17,12 @@ from scipy import ndimage
 
 from napari_ctseg.training import instance_numbers_by_z, load_pseudo_case, load_splits
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--out", default=".scratch/pseudo.png")
     args = ap.parse_args(argv)
     spec = load_splits()["infection"]["train_pseudo"][0]

@@ -8,7 +8,6 @@ Prints, per volume, how much of the label the cleaning dropped.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,10 +18,12 @@ from scipy import ndimage
 from napari_ctseg.training.labels.silver_slices import (PSEUDO_FOLDER, clean_pseudo_label, lung_region_8bit,
                                         pseudo_volumes, read_pseudo_slice)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--out", default=".scratch/pseudo.png")
     ap.add_argument("--per-volume", type=int, default=6)
     ap.add_argument("--tile", type=int, default=150)

@@ -7,8 +7,8 @@ with the lesion mask outlined in red.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,10 +18,12 @@ from napari_ctseg.models.preprocess import Preprocessing
 from napari_ctseg.training.labels.synthetic import LesionSettings
 from napari_ctseg.training import _build_hosts, _sample_hosts, default_config, load_host_case, load_splits
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _setup import argument_parser  # noqa: E402 - benchmarks/_setup.py: the set-up scripts share
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
+    ap = argument_parser()
     ap.add_argument("--out", default=".scratch/synthetic.png")
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=1)

@@ -14,7 +14,11 @@ def interactive():
     spec = importlib.util.spec_from_file_location("benchmark_interactive", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCH.parent))  # as when it runs: its own folder first (for _setup)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
     yield module
     sys.modules.pop(spec.name, None)
 
