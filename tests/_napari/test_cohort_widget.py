@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from test_cohort import mixed, run, weights  # noqa: F401 - fixtures
+from cohort.test_cohort import mixed, run, weights  # noqa: F401 - fixtures (tests/cohort/)
 
 from napari_ctseg.cohort.table import write_table
 
@@ -91,7 +91,7 @@ def test_review_a_cohort(make_napari_viewer, qtbot, cohort_dir, monkeypatch):
     lungs.refresh()
     saved = tools.save_corrected(overwrite=True)
     # In the cohort folder, not in the (maybe read-only) archive of scans.
-    assert saved.parent == out / dicom["scan_id"] and saved.name.endswith("_lungs_corrected.nii.gz")
+    assert saved.parent == out / dicom["scan_id"] and saved.name.endswith("_lungs_corrected.dcm")  # a DICOM scan: a SEG
     (record,) = corrections.list_corrections("lungs")
     assert record.changed_slices == [2]
     qtbot.waitUntil(lambda: dicom["scan_id"] in widget.reviews, timeout=10_000)  # the store is watched

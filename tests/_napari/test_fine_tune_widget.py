@@ -40,7 +40,7 @@ def bundled_digests():
 @pytest.fixture
 def tiny_correction(tmp_path, tiny_weights):
     """A synthetic scan and corrected liver mask, recorded in the corrections store."""
-    from test_fine_tuning import display_z, write_corrected_case
+    from training.test_fine_tuning import display_z, write_corrected_case
 
     scan, mask = write_corrected_case(tmp_path / "scan", lesion_hu=40)
     corrections.record_correction(scan, mask, "liver", "t1", display_z(range(2, 10)), {"1": 100})

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_ctseg.cohort import review as cohort_review
-from napari_ctseg.cohort.run import TABLE_CSV, TABLE_PARQUET, read_table, volume_changes
+from napari_ctseg.cohort.table import TABLE_CSV, TABLE_PARQUET, read_table, volume_changes
 from napari_ctseg.editing.corrections import BASELINE_KEY, corrections_dir, list_corrections, slice_digests, store_stamp
 from napari_ctseg.errors import CTSegError
 from napari_ctseg.models.definition import style as card_style

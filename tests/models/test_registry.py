@@ -313,7 +313,7 @@ def test_bundled_derived_versions_are_reproducible_from_their_definition():
     definition file the README names: derive it again and compare."""
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for target in TARGETS:
         for card in list_versions(target, roots=[registry.bundled_weights_dir()]):
             origin = card.extra.get("derived_from")

@@ -60,7 +60,7 @@ def display_z(source_ks, n_slices=16):
 @pytest.fixture(scope="module")
 def base_model_root(tmp_path_factory):
     """A tiny liver model 'b1', trained on bright livers without lesions (about a second)."""
-    from test_training import TINY
+    from training.test_training import TINY
 
     from napari_ctseg.training import train
 

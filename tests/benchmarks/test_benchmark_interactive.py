@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "interactive.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "interactive.py"
 
 
 @pytest.fixture(scope="module")
