@@ -101,6 +101,8 @@ class ClickPanel(QGroupBox):
                     self.process = RefineProcess()  # warm before the first click
                 except (OSError, RuntimeError):  # no child processes here: clicks run in a thread
                     self.process = None
+                else:  # the child ends with the widget, even one deleted without being closed
+                    self.host.destroyed.connect(lambda *_, child=self.process: child.close())
             self.host.layer.mode = "pan_zoom"
             self._points_layer()
             self.host.say("Clicks on: left click includes, Shift+click excludes (on a 2D view)")
