@@ -293,3 +293,23 @@ def test_local_workers_start_without_the_nannys_malloc_trim(tmp_path):
         client.close()
         cluster.close()
     assert "MALLOC_TRIM_THRESHOLD_" not in env and env.get("OMP_NUM_THREADS") == "1"
+
+
+def test_format_seg_writes_a_seg_beside_each_dicom_scans_masks(weights, mixed, tmp_path):
+    """--format seg: <target>.dcm on the DICOM series, read back onto it; the NIfTI scan's row says
+    why it has none; the NIfTI masks (which the review reads) are written for both."""
+    pytest.importorskip("highdicom")
+    from napari_ctseg.io import read_scan
+    from napari_ctseg.io.dicom_objects import read_seg
+
+    out = tmp_path / "cohort"
+    result = run([mixed], out, seg=True)
+    rows = {r["kind"] + ("_ok" if r["status"] == "ok" else ""): r for r in result.table.to_dict("records")}
+    dicom, nifti = rows["dicom_ok"], rows["nifti_ok"]
+    for target in TARGETS.split(","):
+        seg_path = out / dicom["scan_id"] / f"{target}.dcm"
+        assert seg_path.is_file() and (out / dicom["scan_id"] / f"{target}.nii.gz").is_file()
+        maps = read_seg(seg_path, read_scan(dicom["path"]))
+        assert maps and maps[0].segments[0].algorithm.endswith(f"napari-ctseg {target} t1")
+        assert not (out / nifti["scan_id"] / f"{target}.dcm").exists()
+    assert "no DICOM SEG" in nifti["warnings"] and "no DICOM SEG" not in str(dicom["warnings"])

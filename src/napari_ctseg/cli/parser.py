@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=None, help="torch threads per scan (default: cores / workers)")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     c.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
+    c.add_argument("--format", default="nifti", choices=["nifti", "seg"],
+                   help="seg: also <target>.dcm, a DICOM SEG on each DICOM scan's series (NIfTI masks are always "
+                        "written: the review reads them); a scan that cannot carry a SEG says why in its row")
     c.set_defaults(func=cmd_cohort_run)
     c = csub.add_parser("report", help="summary table and PNG plot of a cohort folder")
     c.add_argument("dir", help="the --out folder of 'ctseg cohort run'")

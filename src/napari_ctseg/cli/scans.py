@@ -85,7 +85,7 @@ def cmd_segment(args) -> int:
 
     from napari_ctseg.segmentation.inference import ModelSet, parse_targets, segment
     from napari_ctseg.io import read_scan, write_mask
-    from napari_ctseg.io.dicom_objects import check_seg_source, write_seg
+    from napari_ctseg.io.dicom_objects import check_seg_source
     from napari_ctseg.io.nifti import scan_name
 
     registry = registry_of(args)
@@ -108,9 +108,7 @@ def cmd_segment(args) -> int:
             written = {}
             for t, m in result.masks.items():
                 if args.format == "seg":  # the card's label names; the model and its version as the algorithm
-                    labels = {int(v): k for k, v in result.cards[t].labels.items()} if t in result.cards else {1: t}
-                    algorithm = f"napari-ctseg {t} {result.versions.get(t, '')}".strip()
-                    written[t] = str(write_seg(m, labels, volume, out_dir / f"{t}.dcm", algorithm=algorithm))
+                    written[t] = str(result.write_seg(t, volume, out_dir / f"{t}.dcm"))
                 else:
                     written[t] = str(write_mask(out_dir / f"{t}.nii.gz", m, volume.geometry))
         except CTSegError as exc:
@@ -266,7 +264,7 @@ def cmd_cohort_run(args) -> int:
 
     result = run_to_end(args.sources, args.out, args.targets, scheduler=args.scheduler, workers=args.workers,
                         device=args.device, threads=args.threads, versions=model_versions(args.model),
-                        registry=registry_of(args), progress=show)
+                        registry=registry_of(args), progress=show, seg=args.format == "seg")
     print(f"{len(result.table)} scans in {args.out}/cohort.csv (ran {result.ran}, failed {result.failures}, "
           f"skipped {result.skipped} already done)")
     for note in result.listed:

@@ -57,6 +57,16 @@ class SegmentResult:
     # ``napari_ctseg.segmentation.caveats``), measured for a HU volume with a lung mask; the figures stay the mask's.
     caveats: list[Caveat] = field(default_factory=list)
 
+
+    def write_seg(self, target: str, volume, path):
+        """Write ``target``'s mask as a DICOM SEG on ``volume``'s series: the card's label names,
+        the model and its version as the algorithm (``io.dicom_objects.write_seg``)."""
+        from napari_ctseg.io.dicom_objects import write_seg
+
+        card = self.cards.get(target)
+        labels = {int(v): k for k, v in card.labels.items()} if card is not None else {1: target}
+        algorithm = f"napari-ctseg {target} {self.versions.get(target, '')}".strip()
+        return write_seg(self.masks[target], labels, volume, path, algorithm=algorithm)
     def report(self) -> str:
         """Volumes and lung involvement as plain text, one line per figure."""
         lines = []
