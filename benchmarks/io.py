@@ -4,6 +4,8 @@ Prints our reader beside the raw libraries on the same files:
   NIfTI: nibabel ``np.asanyarray(nib.load(path).dataobj)``
   DICOM: pydicom ``dcmread`` + ``pixel_array`` of every file, stacked.
 Goals: within 1.2x of the raw libraries; peak memory <= 2x the volume's HU array.
+Then DICOM SEG on that series: writing a two-lung mask with ``io.dicom_objects.write_seg`` and
+reading it back onto the CT with ``read_seg`` (median of --repeat, in this process).
 
 Run: .venv/bin/python benchmarks/io.py [--slices 300] [--repeat 3]
 Each measurement runs in a fresh process; memory is tracemalloc's peak of the read.
@@ -108,6 +110,32 @@ def main() -> None:
                 mem = _measure(k, path, "memory")
                 print(f"{fmt:8} {k:9} {med[k]:9.3f} {med[k] / med[raw]:6.2f} {mem['peak'] / 2**20:9.0f} "
                       f"{mem['peak'] / mem['nbytes']:8.2f}")
+        _seg_times(dcm, args.repeat)
+
+
+def _seg_times(dcm: Path, repeat: int) -> None:
+    """Write and read a DICOM SEG of two lung-sized ellipsoids on the series."""
+    from napari_ctseg.io import read_scan
+    from napari_ctseg.io.dicom_objects import read_seg, write_seg
+
+    ct = read_scan(dcm)
+    z, y, x = np.ogrid[tuple(slice(0, n) for n in ct.hu.shape)]
+    nz = ct.hu.shape[0]
+    mask = np.zeros(ct.hu.shape, np.uint8)
+    for value, cx in ((1, 170), (2, 342)):
+        mask[((z - nz / 2) / (0.4 * nz)) ** 2 + ((y - 256) / 150.0) ** 2 + ((x - cx) / 80.0) ** 2 <= 1] = value
+    path = dcm.parent / "lungs_seg.dcm"
+    writes, reads = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        write_seg(mask, {1: "right_lung", 2: "left_lung"}, ct, path, algorithm="napari-ctseg lungs v2")
+        writes.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        maps = read_seg(path, ct)
+        reads.append(time.perf_counter() - t)
+    frames = sum(int(m.data.any(axis=(1, 2)).sum()) for m in maps)
+    print(f"DICOM SEG {path.stat().st_size / 2**20:.1f} MiB ({frames} frames of 2 segments): write "
+          f"{statistics.median(writes):.2f} s, read back onto the CT {statistics.median(reads):.2f} s")
 
 
 if __name__ == "__main__":
