@@ -153,3 +153,21 @@ def test_chest_sample_is_a_full_chest(make_napari_viewer):
     assert (lungs == 1).sum() * np.prod(layer.scale) / 1000 > 1500  # mL, right lung
     assert (lungs == 2).sum() * np.prod(layer.scale) / 1000 > 1000
     assert not lungs[-1].any() and not lungs[0].any()
+
+
+def test_napari_opens_a_16_bit_tiff_slice_and_leaves_an_8_bit_one(make_napari_viewer, tmp_path):
+    """File > Open on a 16-bit HU TIFF gives our Image layer with its spacing; an 8-bit TIFF (a
+    mask, a screenshot) is not claimed by napari-ctseg."""
+    import tifffile
+
+    from napari_ctseg._napari.reader import napari_get_reader
+
+    a = np.full((40, 50), -1000, np.int16)
+    a[10:20, 10:30] = 40
+    tifffile.imwrite(tmp_path / "slice.tif", a, resolution=(10 / 0.7, 10 / 0.7), resolutionunit=3)
+    tifffile.imwrite(tmp_path / "mask.tif", (a > 0).astype(np.uint8) * 255)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(tmp_path / "slice.tif", plugin="napari-ctseg")
+    assert layer.data.shape == (1, 40, 50) and tuple(layer.scale[-2:]) == pytest.approx((0.7, 0.7))
+    assert np.array_equal(np.asarray(layer.data)[0], a)
+    assert napari_get_reader(str(tmp_path / "mask.tif")) is None

@@ -200,7 +200,7 @@ def _read_seg_mask(path: Path, ct, labels: dict[str, int]) -> np.ndarray:
     except CTSegError as exc:
         raise TrainingError(str(exc)) from None
     key = {name.lower().replace("_", " ").strip(): v for name, v in labels.items()}
-    out = np.zeros(np.asarray(ct.hu).shape if hasattr(ct, "hu") else ct.geometry.display_shape, np.uint8)
+    out = np.zeros(np.shape(ct.hu), np.uint8)
     unknown = []
     for m in maps:
         for seg in m.segments:

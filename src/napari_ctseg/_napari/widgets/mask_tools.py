@@ -78,6 +78,10 @@ class MaskToolsWidget(QWidget):
         self.volume_label.setToolTip("Volume of the selected label, updated as you paint")
         layout.addWidget(self.volume_label)
         self.volume = LiveVolume(self.volume_label, self.spacing, parent=self)
+        self.status = QLabel("")  # near the top: the dock is taller than most windows
+        self.status.setWordWrap(True)
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing() + 4)  # two lines, never squeezed
+        layout.addWidget(self.status)
         self.edits, self.hu_box, self.save_panel = EditPanel(self), HuRangeBox(self), SavePanel(self)
         self.clicks, self.compare_panel = ClickPanel(self), ComparePanel(self)
         for panel in (self.clicks, self.edits, self.hu_box, self.save_panel, self.compare_panel):
@@ -85,9 +89,6 @@ class MaskToolsWidget(QWidget):
         for panel, names in _CONTROLS.items():
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
         layout.addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._layer_chosen)
