@@ -313,3 +313,22 @@ def test_format_seg_writes_a_seg_beside_each_dicom_scans_masks(weights, mixed, t
         assert maps and maps[0].segments[0].algorithm.endswith(f"napari-ctseg {target} t1")
         assert not (out / nifti["scan_id"] / f"{target}.dcm").exists()
     assert "no DICOM SEG" in nifti["warnings"] and "no DICOM SEG" not in str(dicom["warnings"])
+
+
+def test_format_rtstruct_writes_one_structure_set_per_dicom_scan(weights, mixed, tmp_path):
+    """--format rtstruct: rtstruct.dcm with every target's ROIs on the DICOM series, as its NIfTI
+    masks; the NIfTI scan's row says why it has none."""
+    from napari_ctseg.io.dicom_objects import read_rtstruct
+
+    out = tmp_path / "cohort"
+    result = run([mixed], out, rtstruct=True)
+    rows = {r["kind"] + ("_ok" if r["status"] == "ok" else ""): r for r in result.table.to_dict("records")}
+    dicom, nifti = rows["dicom_ok"], rows["nifti_ok"]
+    ct = read_scan(dicom["path"])
+    maps = read_rtstruct(out / dicom["scan_id"] / "rtstruct.dcm", ct)
+    rois = {s.name: m.data == s.value for m in maps for s in m.segments}
+    lungs = ct.geometry.to_display(np.asanyarray(nib.load(out / dicom["scan_id"] / "lungs.nii.gz").dataobj))
+    assert set(rois) == {"right lung", "left lung", "infection"}
+    assert np.array_equal(rois["right lung"], lungs == 1) and np.array_equal(rois["left lung"], lungs == 2)
+    assert not (out / nifti["scan_id"] / "rtstruct.dcm").exists()
+    assert "no RTSTRUCT" in nifti["warnings"] and "no RTSTRUCT" not in str(dicom["warnings"])

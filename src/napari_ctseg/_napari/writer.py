@@ -1,5 +1,6 @@
 """napari writer hooks: a Labels layer as NIfTI on its scan's exact geometry, or as DICOM SEG
-on the DICOM series it was made on (File > Save Selected Layers with a .dcm name)."""
+on the DICOM series it was made on (File > Save Selected Layers with a .dcm name), or as an RT
+Structure Set there (a name ending ``rtstruct.dcm``: ``liver_rtstruct.dcm``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,21 +32,24 @@ def write_labels_seg(path: str, data, meta: dict) -> list[str]:
     made on (the geometry and UIDs from the layer's metadata, or from the one open CT it
     matches). Segment names: a SEG/RTSTRUCT layer's own, else the layer's ``features`` names
     (Segment volume's), else the target or layer name. The algorithm: the model and version
-    (SEMIAUTOMATIC once slices were changed by hand), or manual. Refusals (a NIfTI scan, a
-    series without Frame of Reference) are shown as a notification; nothing is written."""
-    from napari_ctseg.io.dicom_objects import write_seg
+    (SEMIAUTOMATIC once slices were changed by hand), or manual. A name ending ``rtstruct.dcm``
+    writes an RT Structure Set instead, with the same names, colours and algorithm. Refusals (a
+    NIfTI scan, a series without Frame of Reference) are shown as a notification; nothing is written."""
+    from napari_ctseg.io.dicom_objects import is_rtstruct_name, write_rtstruct, write_seg
+
+    rtstruct = is_rtstruct_name(path)
 
     try:
         geometry = geometry_from_metadata(meta.get("metadata")) or _geometry_from_viewer(data, meta)
         mask = np.asarray(data)
         labels, colours = _segments_of(mask, meta)
         algorithm, corrected = _algorithm_of(mask, meta.get("metadata") or {})
-        written = write_seg(mask, labels, geometry, path, algorithm=algorithm, corrected=corrected,
-                            colours=colours)
+        writer = write_rtstruct if rtstruct else write_seg
+        written = writer(mask, labels, geometry, path, algorithm=algorithm, corrected=corrected, colours=colours)
     except CTSegError as exc:
         show_error(str(exc))
         return []
-    show_info(f"saved {written.name} as DICOM SEG on series {geometry.dicom.series_uid}")
+    show_info(f"saved {written.name} as {'RTSTRUCT' if rtstruct else 'DICOM SEG'} on series {geometry.dicom.series_uid}")
     return [str(written)]
 
 

@@ -53,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", parents=[weights], help="segment lungs, liver and infection; write masks on the scan's geometry")
     p.add_argument("scans", nargs="+", help="NIfTI file, DICOM file or folder, or a folder of scans")
     p.add_argument("--targets", default="lungs,liver,infection", help="comma-separated: lungs,liver,infection")
-    p.add_argument("--out", required=True, help="output folder: <target>.nii.gz, or <target>.dcm with --format seg "
-                   "(one subfolder per scan when several)")
-    p.add_argument("--format", default="nifti", choices=["nifti", "seg"],
-                   help="nifti: <target>.nii.gz; seg: <target>.dcm, a DICOM SEG referencing the scan's DICOM series "
-                        "(the scan must be DICOM, with a Frame of Reference UID)")
+    p.add_argument("--out", required=True, help="output folder: <target>.nii.gz, <target>.dcm with --format seg, "
+                   "rtstruct.dcm with --format rtstruct (one subfolder per scan when several)")
+    p.add_argument("--format", default="nifti", choices=["nifti", "seg", "rtstruct"],
+                   help="nifti: <target>.nii.gz; seg: <target>.dcm, a DICOM SEG referencing the scan's DICOM series; "
+                        "rtstruct: rtstruct.dcm, one RT Structure Set with every target's ROIs on that series "
+                        "(seg and rtstruct: the scan must be DICOM, with a Frame of Reference UID)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
     p.add_argument("--json", action="store_true", help="one JSON object per scan")
@@ -158,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=None, help="torch threads per scan (default: cores / workers)")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     c.add_argument("--model", action="append", metavar="TARGET=VERSION", help="model version per target")
-    c.add_argument("--format", default="nifti", choices=["nifti", "seg"],
-                   help="seg: also <target>.dcm, a DICOM SEG on each DICOM scan's series (NIfTI masks are always "
-                        "written: the review reads them); a scan that cannot carry a SEG says why in its row")
+    c.add_argument("--format", default="nifti", choices=["nifti", "seg", "rtstruct"],
+                   help="seg: also <target>.dcm, a DICOM SEG on each DICOM scan's series; rtstruct: also rtstruct.dcm, "
+                        "an RT Structure Set with every target's ROIs (NIfTI masks are always written: the review "
+                        "reads them); a scan that cannot carry one says why in its row")
     c.set_defaults(func=cmd_cohort_run)
     c = csub.add_parser("report", help="summary table and PNG plot of a cohort folder")
     c.add_argument("dir", help="the --out folder of 'ctseg cohort run'")

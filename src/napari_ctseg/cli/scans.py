@@ -85,7 +85,7 @@ def cmd_segment(args) -> int:
 
     from napari_ctseg.segmentation.inference import ModelSet, parse_targets, segment
     from napari_ctseg.io import read_scan, write_mask
-    from napari_ctseg.io.dicom_objects import check_seg_source
+    from napari_ctseg.io.dicom_objects import check_dicom_source
     from napari_ctseg.io.nifti import scan_name
 
     registry = registry_of(args)
@@ -98,15 +98,17 @@ def cmd_segment(args) -> int:
     for scan in scans:
         try:
             volume = read_scan(scan)
-            if args.format == "seg":
-                check_seg_source(volume, Path(scan).name)  # before segmenting, not after
+            if args.format in ("seg", "rtstruct"):  # before segmenting, not after
+                check_dicom_source(volume, Path(scan).name, "DICOM SEG" if args.format == "seg" else "RTSTRUCT")
             for w in volume.warnings:
                 print(f"ctseg: {scan}: warning: {w}", file=sys.stderr)
             result = segment(volume, targets, args.device, models=models,
                              progress=progress_printer(Path(scan).name))
             out_dir = out_root if len(scans) == 1 else out_root / scan_name(scan)
             written = {}
-            for t, m in result.masks.items():
+            if args.format == "rtstruct":  # one structure set holding every target's ROIs
+                written["rtstruct"] = str(result.write_rtstruct(volume, out_dir / "rtstruct.dcm"))
+            for t, m in (result.masks.items() if args.format != "rtstruct" else ()):
                 if args.format == "seg":  # the card's label names; the model and its version as the algorithm
                     written[t] = str(result.write_seg(t, volume, out_dir / f"{t}.dcm"))
                 else:
@@ -264,7 +266,8 @@ def cmd_cohort_run(args) -> int:
 
     result = run_to_end(args.sources, args.out, args.targets, scheduler=args.scheduler, workers=args.workers,
                         device=args.device, threads=args.threads, versions=model_versions(args.model),
-                        registry=registry_of(args), progress=show, seg=args.format == "seg")
+                        registry=registry_of(args), progress=show, seg=args.format == "seg",
+                        rtstruct=args.format == "rtstruct")
     print(f"{len(result.table)} scans in {args.out}/cohort.csv (ran {result.ran}, failed {result.failures}, "
           f"skipped {result.skipped} already done)")
     for note in result.listed:

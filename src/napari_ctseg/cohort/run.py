@@ -159,7 +159,7 @@ def _worker_name() -> str:
 
 def segment_task(task: ScanTask, out_dir: str, targets: list[str], versions: dict[str, str],
                  device: str = "auto", threads: int | None = None, model_id: str = "", registry=None,
-                 seg: bool = False) -> dict:
+                 seg: bool = False, rtstruct: bool = False) -> dict:
     """Segment one scan on a worker: masks under ``out_dir/<scan id>/``, one row returned.
 
     Never raises for a bad scan or a model error: the row's status is "failed" and its
@@ -170,7 +170,7 @@ def segment_task(task: ScanTask, out_dir: str, targets: list[str], versions: dic
     row: dict = {"scan_id": task.scan_id, "path": task.path, "kind": task.kind, "series_uid": task.series_uid,
                  "fingerprint": task.fingerprint, "model_key": model_id, "status": "failed", "error": ""}
     try:
-        row.update(_segment_row(task, Path(out_dir), targets, versions, device, threads, registry, seg))
+        row.update(_segment_row(task, Path(out_dir), targets, versions, device, threads, registry, seg, rtstruct))
         row["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure is a row, never a lost cohort
         row["error"] = f"{type(exc).__name__}: {_one_line(exc)}" if not isinstance(exc, CTSegError) \
@@ -185,7 +185,7 @@ def segment_task(task: ScanTask, out_dir: str, targets: list[str], versions: dic
 
 
 def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threads, registry=None,
-                 seg: bool = False) -> dict:
+                 seg: bool = False, rtstruct: bool = False) -> dict:
     import torch
 
     from napari_ctseg.segmentation.inference import segment
@@ -213,6 +213,14 @@ def _segment_row(task: ScanTask, out_dir: Path, targets, versions, device, threa
                 result.write_seg(t, volume, folder / f"{t}.dcm")
         except CTSegError as exc:
             seg_note = f"no DICOM SEG: {_one_line(exc)}"
+    if rtstruct:  # one RT Structure Set with every target's ROIs, likewise
+        from napari_ctseg.io.dicom_objects import check_dicom_source
+
+        try:
+            check_dicom_source(volume, volume.name, "RTSTRUCT")
+            result.write_rtstruct(volume, folder / "rtstruct.dcm")
+        except CTSegError as exc:
+            seg_note = f"no RTSTRUCT: {_one_line(exc)}"
     row: dict = {
         "name": volume.name,
         "shape_zyx": "x".join(str(s) for s in volume.shape),
@@ -339,7 +347,7 @@ def _is_done(row: dict | None, task: ScanTask, key: str) -> bool:
 def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str | None = None,
                workers: int | None = None, device: str = "auto", *, threads: int | None = None,
                versions: dict[str, str] | None = None, processes: bool = True, registry=None,
-               seg: bool = False) -> Generator[CohortProgress, None, CohortResult]:
+               seg: bool = False, rtstruct: bool = False) -> Generator[CohortProgress, None, CohortResult]:
     """Segment every scan in ``sources`` on a Dask cluster; yields ``CohortProgress``, returns
     ``CohortResult`` (its ``table`` is also in ``out_dir/cohort.csv`` and ``.parquet``).
 
@@ -350,7 +358,8 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
     runs the workers as threads of this process (tests). ``registry``: where the models are
     (a ``ModelRegistry``, sent to the workers, whose machines must see its folders; default:
     each worker's own ``ModelRegistry.default()``). ``seg``: also ``<target>.dcm``, a DICOM SEG,
-    for each DICOM scan that can carry one (others say why in their row's warnings). Closing the
+    for each DICOM scan that can carry one (others say why in their row's warnings); ``rtstruct``:
+    also ``rtstruct.dcm``, an RT Structure Set of every target's ROIs, likewise. Closing the
     generator cancels what is left; the rows finished so far stay in the table.
     """
     from distributed import as_completed
@@ -380,7 +389,7 @@ def run_cohort(sources, out_dir, targets="lungs,liver,infection", scheduler: str
                              skipped=skipped, dashboard=dashboard)
         futures = client.map(segment_task, todo, out_dir=str(out_dir.resolve()), targets=targets,
                              versions=pinned, device=device, threads=threads, model_id=key, registry=registry,
-                             seg=seg,
+                             seg=seg, rtstruct=rtstruct,
                              key=[f"ctseg-{t.scan_id}-{key[-12:]}-{time.time_ns()}" for t in todo],
                              pure=False)
         by_key = {f.key: t for f, t in zip(futures, todo)}

@@ -67,6 +67,20 @@ class SegmentResult:
         labels = {int(v): k for k, v in card.labels.items()} if card is not None else {1: target}
         algorithm = f"napari-ctseg {target} {self.versions.get(target, '')}".strip()
         return write_seg(self.masks[target], labels, volume, path, algorithm=algorithm)
+
+    def write_rtstruct(self, volume, path):
+        """Write every target's mask as the ROIs of one RT Structure Set on ``volume``'s series
+        (ROIs may overlap there: infection inside the lungs): the cards' label names, each model
+        and its version as the ROI's algorithm (``io.dicom_objects.write_rois``)."""
+        from napari_ctseg.io.dicom_objects import label_rois, write_rois
+
+        rois = []
+        for target, mask in self.masks.items():
+            card = self.cards.get(target)
+            labels = {int(v): k for k, v in card.labels.items()} if card is not None else {1: target}
+            algorithm = f"napari-ctseg {target} {self.versions.get(target, '')}".strip()
+            rois += label_rois(mask, labels, algorithm=algorithm, what=str(path))
+        return write_rois(rois, volume, path)
     def report(self) -> str:
         """Volumes and lung involvement as plain text, one line per figure."""
         lines = []

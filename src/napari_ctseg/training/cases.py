@@ -174,11 +174,11 @@ def load_case(target: str, data_dir, name: str, silver: bool = False, airway_lab
 
 
 def read_mask(path: Path, ct, target: str, labels: dict[str, int] | None = None) -> np.ndarray:
-    """An expert or corrected mask (NIfTI, or a DICOM SEG ``.dcm`` on a DICOM scan) on the CT's
+    """An expert or corrected mask (NIfTI, or a DICOM SEG or RTSTRUCT ``.dcm`` on a DICOM scan) on the CT's
     display grid, uint8: the one mask reader of training, fine-tuning and evaluation (same shape
     *and* affine as the scan, only the ``labels`` values, default the target's training labels;
-    ``TrainingError`` otherwise). A SEG's segments are matched to the labels by name (as
-    ``write_seg`` names them: "right lung" for ``right_lung``)."""
+    ``TrainingError`` otherwise). A SEG's segments (an RTSTRUCT's ROIs) are matched to the labels
+    by name (as ``write_seg`` and ``write_rtstruct`` name them: "right lung" for ``right_lung``)."""
     from napari_ctseg.evaluation.evaluate import EvaluationError, read_reference_volume
 
     if Path(path).suffix.lower() == ".dcm":
@@ -193,10 +193,10 @@ def read_mask(path: Path, ct, target: str, labels: dict[str, int] | None = None)
 
 def _read_seg_mask(path: Path, ct, labels: dict[str, int]) -> np.ndarray:
     from napari_ctseg.errors import CTSegError
-    from napari_ctseg.io.dicom_objects import read_seg
+    from napari_ctseg.io.dicom_objects import read_object
 
     try:
-        maps = read_seg(path, ct)
+        maps = read_object(path, ct)  # a SEG or an RTSTRUCT, by content
     except CTSegError as exc:
         raise TrainingError(str(exc)) from None
     key = {name.lower().replace("_", " ").strip(): v for name, v in labels.items()}

@@ -1,7 +1,9 @@
 """Mask tools: the Save corrected mask panel.
 
 It writes ``<scan>_<target>_corrected.nii.gz`` with ``io.write_mask`` (the scan's exact
-geometry; the scan itself is never overwritten, an existing file only after the user agrees)
+geometry; the scan itself is never overwritten, an existing file only after the user agrees),
+or for a DICOM scan ``.dcm`` (DICOM SEG) or ``_rtstruct.dcm`` (RT Structure Set): the Format
+choice sets the name's ending and the name's ending decides,
 as a job (``save_steps``) through the plugin's one Qt adapter (``_napari/_jobs.py``), off
 the GUI thread, and records the pair in the corrections store (``napari_ctseg.editing.corrections``)
 with the z slices changed since the mask was made. The mask is copied when the button is
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -84,16 +87,42 @@ def seg_possible(geometry: Geometry | None) -> bool:
 
 
 def is_seg_name(name) -> bool:
+    """A DICOM name: a SEG, or an RTSTRUCT when it ends ``rtstruct.dcm`` (``is_rtstruct_name``)."""
     return str(name).lower().endswith(".dcm")
+
+
+# Save corrected mask's formats, and the name's ending each gives.
+FORMATS = {"NIfTI": ".nii.gz", "DICOM SEG": ".dcm", "RTSTRUCT": "_rtstruct.dcm"}
+
+
+def format_of(name) -> str:
+    from napari_ctseg.io.dicom_objects import is_rtstruct_name
+
+    return "RTSTRUCT" if is_rtstruct_name(name) else "DICOM SEG" if is_seg_name(name) else "NIfTI"
+
+
+def with_format(name: str, fmt: str) -> str:
+    """``name`` with the ending of format ``fmt`` in place of its own."""
+    low = name.lower()
+    for ending in ("_rtstruct.dcm", ".rtstruct.dcm", "rtstruct.dcm", ".dcm", ".nii.gz", ".nii"):
+        if low.endswith(ending):
+            name = name[: len(name) - len(ending)]
+            break
+    return name + FORMATS[fmt]
 
 
 def save_steps(path: Path, data: np.ndarray, geometry: Geometry, baseline,
                labels: dict[int, str] | None = None, algorithm: str = "manual") -> Job:
-    """Save corrected mask as a job: write the mask on the scan's geometry (NIfTI, or DICOM SEG
-    for a ``.dcm`` name: ``labels`` names the values, ``algorithm`` the model that made it),
-    then measure it. Returns (path written, changed z slices, voxels per label)."""
+    """Save corrected mask as a job: write the mask on the scan's geometry (NIfTI, DICOM SEG
+    for a ``.dcm`` name, RTSTRUCT for a ``rtstruct.dcm`` one: ``labels`` names the values,
+    ``algorithm`` the model that made it), then measure it. Returns (path written, changed z
+    slices, voxels per label)."""
     yield Progress(0, 2, f"writing {path.name}")
-    if is_seg_name(path):
+    if format_of(path) == "RTSTRUCT":
+        from napari_ctseg.io.dicom_objects import write_rtstruct
+
+        written = write_rtstruct(data, labels or {}, geometry, path, algorithm=algorithm, corrected=True)
+    elif is_seg_name(path):
         from napari_ctseg.io.dicom_objects import write_seg
 
         written = write_seg(data, labels or {}, geometry, path, algorithm=algorithm, corrected=True)
@@ -118,8 +147,15 @@ class SavePanel(QGroupBox):
         browse.setToolTip("Choose the folder")
         browse.clicked.connect(self._browse_folder)
         self.name_edit = QLineEdit()
-        self.name_edit.setToolTip("File name: .nii.gz (NIfTI) or .dcm (DICOM SEG on the scan's DICOM series; the "
-                                  "default for a scan opened from DICOM); written on the scan's exact geometry")
+        self.name_edit.setToolTip("File name: .nii.gz (NIfTI), .dcm (DICOM SEG on the scan's DICOM series; the "
+                                  "default for a scan opened from DICOM) or _rtstruct.dcm (RT Structure Set on "
+                                  "that series); written on the scan's exact geometry")
+        self.format_box = QComboBox()
+        self.format_box.addItems(list(FORMATS))
+        self.format_box.setToolTip("NIfTI, DICOM SEG or RTSTRUCT (the two DICOM ones need a scan opened from "
+                                   "DICOM, with a Frame of Reference UID); sets the name's ending")
+        self.format_box.currentTextChanged.connect(self._format_chosen)
+        self.name_edit.textChanged.connect(self._name_changed)
         self.save_button = QPushButton("Save corrected mask")
         self.save_button.setToolTip("Write the mask beside the scan and add it to your corrections "
                                     "(for fine-tuning); never overwrites the scan")
@@ -128,7 +164,9 @@ class SavePanel(QGroupBox):
         save.addWidget(browse, 0, 2)
         save.addWidget(QLabel("Name"), 1, 0)
         save.addWidget(self.name_edit, 1, 1, 1, 2)
-        save.addWidget(self.save_button, 2, 0, 1, 3)
+        save.addWidget(QLabel("Format"), 2, 0)
+        save.addWidget(self.format_box, 2, 1, 1, 2)
+        save.addWidget(self.save_button, 3, 0, 1, 3)
         self.save_button.clicked.connect(self._save_clicked)
 
     def set_default_output(self) -> None:
@@ -139,6 +177,18 @@ class SavePanel(QGroupBox):
         self.folder_edit.setText(str(folder))
         self.name_edit.setText(name)
 
+    def _format_chosen(self, fmt: str) -> None:
+        name = self.name_edit.text().strip()
+        if name and format_of(name) != fmt:
+            self.name_edit.setText(with_format(name, fmt))
+
+    def _name_changed(self, name: str) -> None:
+        fmt = format_of(name.strip())
+        if self.format_box.currentText() != fmt and (fmt != "NIfTI" or is_nifti_path(name.strip())):
+            self.format_box.blockSignals(True)
+            self.format_box.setCurrentText(fmt)
+            self.format_box.blockSignals(False)
+
     def _browse_folder(self):
         folder = QFileDialog.getExistingDirectory(self, "Folder for the corrected mask", self.folder_edit.text())
         if folder:
@@ -147,7 +197,7 @@ class SavePanel(QGroupBox):
     def output_path(self) -> Path:
         name = self.name_edit.text().strip()
         if name and not is_nifti_path(name) and not is_seg_name(name):
-            name += ".nii.gz"
+            name += FORMATS[self.format_box.currentText()]
         return Path(self.folder_edit.text().strip() or Path.home()).expanduser() / name
 
     def _save_clicked(self):
@@ -203,10 +253,10 @@ class SavePanel(QGroupBox):
             return None
         path = self.output_path()
         if is_seg_name(path):
-            from napari_ctseg.io.dicom_objects import check_seg_source
+            from napari_ctseg.io.dicom_objects import check_dicom_source
 
             try:
-                check_seg_source(geometry, path.name)
+                check_dicom_source(geometry, path.name, "RTSTRUCT" if format_of(path) == "RTSTRUCT" else "DICOM SEG")
             except CTSegError as exc:
                 show_error(f"Save corrected mask: {exc} (name it .nii.gz)")
                 self.host.say(f"Not saved: {exc}")
@@ -226,7 +276,7 @@ class SavePanel(QGroupBox):
 
     @staticmethod
     def _label_names(layer) -> dict[int, str]:
-        """Value -> name for a SEG: the target's labels when its model made the layer, else its name."""
+        """Value -> name for a SEG or RTSTRUCT: the target's labels when its model made the layer, else its name."""
         target = str(layer.metadata.get("target") or "")
         try:
             from napari_ctseg.models.registry import get_card

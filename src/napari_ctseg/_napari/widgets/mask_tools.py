@@ -41,7 +41,7 @@ _CONTROLS = {
               "islands_button", "holes_combo", "holes_button", "smooth_combo", "radius_spin", "smooth_button",
               "margin_spin", "grow_button", "shrink_button"),
     "hu_box": ("hu_check", "hu_preset_combo", "hu_low_spin", "hu_high_spin"),
-    "save_panel": ("folder_edit", "name_edit", "save_button"),
+    "save_panel": ("folder_edit", "name_edit", "format_box", "save_button"),
 }
 
 

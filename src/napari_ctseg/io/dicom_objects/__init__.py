@@ -1,7 +1,7 @@
-"""DICOM SEG and RT Structure Sets: read onto the CT series they refer to; write DICOM SEG.
+"""DICOM SEG and RT Structure Sets: read onto the CT series they refer to; write both.
 
 ``common`` (what a file holds, finding objects in a folder, label maps), ``seg`` (SEG in and
-out), ``rtstruct`` (RTSTRUCT in), ``opening`` (a folder or an object with its CT). The public
+out), ``rtstruct`` (RTSTRUCT in and out), ``opening`` (a folder or an object with its CT). The public
 names are importable from here.
 
 Reading gives ``LabelMap`` objects: a uint8 array on the CT's display grid (z, y, x), the
@@ -32,6 +32,15 @@ positions the CT does not have, raises ``DicomObjectError`` naming what is missi
 series (Study, Series and SOP Instance UIDs, Frame of Reference, per-frame positions, all
 taken by highdicom from the source files' headers), codes each segment (see ``SEGMENT_CODES``)
 and names the algorithm (napari-ctseg and the model's version, or manual).
+
+``write_rtstruct`` (one label mask) and ``write_rois`` (several, overlapping masks: a whole
+segmentation result in one structure set) write an RT Structure Set with pydicom: contours
+traced by scikit-image half-way between pixel centres, so that reading gives the mask back
+voxel for voxel; ROI names, colours and generation algorithm, references to the CT's study,
+series, Frame of Reference and images. rt-utils was considered and not used: it requires
+``opencv-python`` (whose bundled Qt clashes with napari's; the headless build does not
+satisfy the requirement), invents a Frame of Reference UID for a series without one, reads
+every file under a folder (several series mix), and scales the column axis by the row spacing.
 """
 from napari_ctseg.io.dicom_objects.common import (
     OBJECT_KINDS,
@@ -45,9 +54,10 @@ from napari_ctseg.io.dicom_objects.common import (
     object_kind,
 )
 from napari_ctseg.io.dicom_objects.opening import OTHER_OBJECTS_NOTE, open_with_objects, read_object
-from napari_ctseg.io.dicom_objects.rtstruct import read_rtstruct
-from napari_ctseg.io.dicom_objects.seg import card_colours, check_seg_source, read_seg, write_seg
+from napari_ctseg.io.dicom_objects.rtstruct import Roi, is_rtstruct_name, label_rois, read_rtstruct, write_rois, write_rtstruct
+from napari_ctseg.io.dicom_objects.seg import card_colours, check_dicom_source, check_seg_source, read_seg, write_seg
 
 __all__ = ["OBJECT_KINDS", "OTHER_OBJECTS_NOTE", "RTSTRUCT_SOP_CLASS", "SEG_SOP_CLASS", "DicomObject", "LabelMap",
-           "Segment", "card_colours", "check_seg_source", "describe_object", "find_objects", "object_kind",
-           "open_with_objects", "read_object", "read_rtstruct", "read_seg", "write_seg"]
+           "Roi", "Segment", "card_colours", "check_dicom_source", "check_seg_source", "describe_object",
+           "find_objects", "is_rtstruct_name", "label_rois", "object_kind", "open_with_objects", "read_object", "read_rtstruct",
+           "read_seg", "write_rois", "write_rtstruct", "write_seg"]

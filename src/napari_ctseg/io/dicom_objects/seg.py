@@ -252,18 +252,25 @@ def _rgb(colour) -> tuple[int, int, int]:
 def check_seg_source(ct, name: str) -> DicomSeries:
     """The DICOM series a SEG on ``ct`` (a ``CTVolume`` or ``Geometry``) would reference; a
     ``DicomObjectError`` (naming ``name``) when there is none or it lacks what SEG needs."""
+    return check_dicom_source(ct, name, "DICOM SEG")
+
+
+def check_dicom_source(ct, name: str, what: str) -> DicomSeries:
+    """The DICOM series an object ``what`` ("DICOM SEG", "RTSTRUCT") on ``ct`` would reference:
+    one with UIDs, a Frame of Reference UID and slice positions and orientation; otherwise a
+    one-line ``DicomObjectError`` naming ``name`` that says to save as NIfTI."""
     geometry = ct.geometry if isinstance(ct, CTVolume) else ct
     ref = geometry.dicom if isinstance(geometry, Geometry) else None
     if ref is None:
         kind = (geometry.source_kind if isinstance(geometry, Geometry) else "") or "not DICOM"
-        raise DicomObjectError(f"{name}: DICOM SEG needs the DICOM CT it was made from (this scan is "
+        raise DicomObjectError(f"{name}: {what} needs the DICOM CT it was made from (this scan is "
                                f"{'NIfTI' if kind == 'nifti' else kind}, which has no DICOM UIDs); save as NIfTI")
     if not ref.frame_of_reference_uid:
-        raise DicomObjectError(f"{name}: the series {ref.series_uid} has no Frame of Reference UID, which DICOM "
-                               "SEG needs (some exports, such as 3D-IRCADb's, have none); save as NIfTI")
+        raise DicomObjectError(f"{name}: the series {ref.series_uid} has no Frame of Reference UID, which {what} "
+                               "needs (some exports, such as 3D-IRCADb's, have none); save as NIfTI")
     if not ref.positions or len(ref.orientation) != 6:
         raise DicomObjectError(f"{name}: the series' slices have no ImagePositionPatient/ImageOrientationPatient, "
-                               "which DICOM SEG needs; save as NIfTI")
+                               f"which {what} needs; save as NIfTI")
     return ref
 
 
