@@ -104,11 +104,9 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from _setup import REPO, argument_parser, data_folder, use_source_tree
 
@@ -121,156 +119,10 @@ PREFERRED = {"liver": ["liver_chaos03"], "lungs": ["liver_ircad01"]}
 SLICE_SPACING = (1.0, 1.0, 1.0)
 
 
-# --- the robot user -------------------------------------------------------------------------------
-def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
-    if any(i.size == 0 for i in idx):
-        return None
-    return tuple(slice(max(int(i[0]) - margin, 0), min(int(i[-1]) + 1 + margin, n))
-                 for i, n in zip(idx, mask.shape))
-
-
-def deepest_point(region: np.ndarray, spacing) -> tuple[int, int, int]:
-    """The robot's click in a 3D boolean ``region``: on the axial, coronal or sagittal plane
-    where the region's cross-section is largest (mm^2), the voxel deepest inside that
-    cross-section (2D Euclidean distance transform with the plane's spacing; outside the
-    region and outside the array count as outside). Ties, on the plane or between planes:
-    the deepest voxel nearest (mm) the mean position of all the deepest ones, then the first
-    in order; the plane: axial, then coronal, then sagittal."""
-    sp = np.asarray(spacing, dtype=float)
-    best = None  # (area mm2, axis, index)
-    for ax in range(3):
-        if region.shape[0] == 1 and ax != 0:
-            continue  # a one-slice volume: its axial plane only
-        others = tuple(a for a in range(3) if a != ax)
-        area = region.sum(axis=others) * float(np.prod(sp[list(others)]))
-        k = int(np.argmax(area))
-        if best is None or area[k] > best[0]:
-            best = (float(area[k]), ax, k)
-    _, ax, k = best
-    others = [a for a in range(3) if a != ax]
-    plane = np.take(region, k, axis=ax)
-    depth = ndimage.distance_transform_edt(np.pad(plane, 1), sampling=sp[others])[1:-1, 1:-1]
-    # ties (a ridge of equal depth in an elongated region): the one nearest their middle
-    tied = np.argwhere(depth >= depth.max() - 1e-6)
-    middle = tied.mean(axis=0)
-    u, v = (int(c) for c in tied[int(np.argmin((((tied - middle) * sp[others]) ** 2).sum(axis=1)))])
-    out = [0, 0, 0]
-    out[ax], out[others[0]], out[others[1]] = k, int(u), int(v)
-    return tuple(out)
-
-
-@dataclass
-class Region:
-    size: int
-    label: int
-    include: bool
-    box: tuple[slice, ...]
-    voxels: np.ndarray  # bool, on ``box``
-
-
-def error_regions(reference: np.ndarray, mask: np.ndarray, labels) -> list[Region]:
-    """Every error region (see the module docstring, step 1), largest first."""
-    around = _bbox((reference > 0) | (mask > 0))
-    if around is None:
-        return []
-    ref, cur = reference[around], mask[around]
-    found = []
-    for label in labels:
-        for include, err in ((True, (ref == label) & (cur == 0)), (False, (cur == label) & (ref != label))):
-            if not err.any():
-                continue
-            pieces, n = ndimage.label(err)
-            sizes = np.bincount(pieces.ravel(), minlength=n + 1)
-            for i, sl in enumerate(ndimage.find_objects(pieces), 1):
-                if sl is None:
-                    continue
-                box = tuple(slice(a.start + s.start, a.start + s.stop) for a, s in zip(around, sl))
-                found.append(Region(int(sizes[i]), int(label), include, box, pieces[sl] == i))
-    found.sort(key=lambda r: (-r.size, r.label, not r.include))
-    return found
-
-
-def next_click(reference, mask, labels, spacing, clicked=frozenset()):
-    """(label, Click, region size) the robot makes next, or None when no error is left."""
-    from napari_ctseg.editing.refine import Click
-
-    for r in error_regions(reference, mask, labels):
-        local = deepest_point(r.voxels, spacing)
-        zyx = tuple(int(b.start + v) for b, v in zip(r.box, local))
-        if (r.label, r.include, zyx) not in clicked:
-            return r.label, Click(zyx, include=r.include), r.size
-    return None
-
-
-def score(mask: np.ndarray, reference: np.ndarray, labels) -> dict:
-    """Dice of the target as one structure and, for several labels, per label."""
-    from napari_ctseg.evaluation.metrics import dice
-
-    out = {"dice": dice(mask > 0, reference > 0)}
-    if len(labels) > 1:
-        out["per_label"] = {int(v): dice(mask == v, reference == v) for v in labels}
-    return out
-
-
-@dataclass
-class RobotRun:
-    dice: list[float] = field(default_factory=list)  # after 0, 1, ... clicks
-    per_label: list[dict] = field(default_factory=list)
-    clicks: list[dict] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)  # the core's, per click
-    robot_seconds: float = 0.0
-
-    def dice_after(self, k: int) -> float:
-        return self.dice[min(k, len(self.dice) - 1)]
-
-    def noc(self, level: float, cap: int) -> int | None:
-        for k in range(0, cap + 1):
-            if self.dice_after(k) >= level:
-                return k
-        return None
-
-
-def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_click=None) -> RobotRun:
-    """Run the robot user for ``n_clicks`` clicks from the automatic ``mask`` (not modified)."""
-    from napari_ctseg.errors import RefineError
-
-    from napari_ctseg.editing.refine import refine
-
-    labels = tuple(int(v) for v in labels)
-    cur = np.array(mask, copy=True)
-    run = RobotRun()
-    first = score(cur, reference, labels)
-    run.dice.append(first["dice"])
-    run.per_label.append(first.get("per_label", {}))
-    clicked: set = set()
-    for n in range(1, n_clicks + 1):
-        t0 = time.perf_counter()
-        chosen = next_click(reference, cur, labels, spacing, clicked)
-        run.robot_seconds += time.perf_counter() - t0
-        if chosen is None:
-            break
-        label, click, size = chosen
-        clicked.add((label, click.include, click.zyx))
-        results: list = []
-        try:
-            cur, _ = refine(hu, cur, label, [click], spacing, results=results)
-            seconds, added, removed, error = results[0].seconds, results[0].added, results[0].removed, None
-        except RefineError as exc:  # counted as a click that did nothing
-            seconds, added, removed, error = float("nan"), 0, 0, str(exc)
-        s = score(cur, reference, labels)
-        run.dice.append(s["dice"])
-        run.per_label.append(s.get("per_label", {}))
-        if np.isfinite(seconds):
-            run.seconds.append(seconds)
-        row = {"n": n, "label": label, "kind": click.kind, "zyx": list(click.zyx), "region_voxels": size,
-               "added": added, "removed": removed, "seconds": seconds, "dice": s["dice"]}
-        if error:
-            row["error"] = error
-        run.clicks.append(row)
-        if on_click is not None:
-            on_click(row)
-    return run
+# --- the robot user: napari_ctseg.evaluation.robot (the training's validation uses it too) ---------
+from napari_ctseg.evaluation.robot import (  # noqa: E402
+    Region, RobotRun, deepest_point, error_regions, next_click, robot_user, score,
+)
 
 
 # --- cases ------------------------------------------------------------------------------------------
@@ -328,7 +180,14 @@ def organ_cases(target: str, card, data: Path) -> tuple[list[str], list[str]]:
     return use, notes
 
 
-def run_organ(target: str, case: str, data: Path, registry, n_clicks: int, log) -> dict:
+def guided_card(registry, target: str):
+    """The target's newest guidance-aware version (its card takes clicks), or None."""
+    found = [c for c in registry.list_versions(target) if c.takes_clicks]
+    return found[-1] if found else None
+
+
+def run_organ(target: str, case: str, data: Path, registry, n_clicks: int, log,
+              methods=("classical",)) -> list[dict]:
     from napari_ctseg.io import read_scan
     from napari_ctseg.training import MASK_FILES, read_mask
 
@@ -345,12 +204,26 @@ def run_organ(target: str, case: str, data: Path, registry, n_clicks: int, log) 
     labels = sorted(card.labels.values())
     hu = np.asarray(vol.hu)
     log(f"[{target} {case}: segmented in {seg_s:.0f} s, Dice {score(mask, reference, labels)['dice']:.3f}]")
-    run = robot_user(hu, mask, reference, labels, vol.spacing, n_clicks,
-                     on_click=lambda r: log(f"  click {r['n']} {r['kind']} label {r['label']} at {r['zyx']} "
-                                            f"({r['region_voxels']} voxels): +{r['added']} -{r['removed']}, "
-                                            f"Dice {r['dice']:.4f}, {r['seconds']:.2f} s"))
-    return _row(target, case, card, run, n_clicks, shape=list(hu.shape), spacing=list(vol.spacing),
-                segment_seconds=seg_s, label_names={v: k for k, v in card.labels.items()})
+    rows = []
+    for method in methods:
+        refiner, used = None, "classical"
+        if method == "model":
+            guided = guided_card(registry, target)
+            if guided is None:
+                log(f"[{target}: no guidance-aware version; no model row]")
+                continue
+            from napari_ctseg.editing.refine_model import GuidedRefiner
+
+            refiner, used = GuidedRefiner.load(target, guided.version, registry), f"{guided.version} net"
+        log(f"[{target} {case}: clicks by {used}]")
+        run = robot_user(hu, mask, reference, labels, vol.spacing, n_clicks, refiner=refiner,
+                         on_click=lambda r: log(f"  click {r['n']} {r['kind']} label {r['label']} at {r['zyx']} "
+                                                f"({r['region_voxels']} voxels): +{r['added']} -{r['removed']}, "
+                                                f"Dice {r['dice']:.4f}, {r['seconds']:.2f} s"))
+        rows.append(_row(target, case, card, run, n_clicks, shape=list(hu.shape), spacing=list(vol.spacing),
+                         segment_seconds=seg_s, label_names={v: k for k, v in card.labels.items()}, method=used,
+                         **({"status_clicks": case_status(refiner.card, case)} if refiner else {})))
+    return rows
 
 
 def run_slices(data: Path, registry, n_clicks: int, log) -> list[dict]:
@@ -410,7 +283,7 @@ def machine() -> str:
 
 def table(rows: list[dict], n_clicks: int) -> str:
     at = [k for k in REPORT_AT if k <= n_clicks]
-    head = (f"{'target':<10} {'case':<24} {'model':<5} {'status':<10} "
+    head = (f"{'target':<10} {'case':<24} {'model':<5} {'clicks by':<9} {'status':<10} "
             + " ".join(f"{'@' + str(k):>6}" for k in at)
             + f" {'NoC90':>5} {'NoC95':>5} {'s/click med':>11} {'max':>5}  goal")
     lines = [head, "-" * len(head)]
@@ -425,13 +298,14 @@ def table(rows: list[dict], n_clicks: int) -> str:
             if target != "infection" and k_goal <= n_clicks:
                 d = r["dice_after"][k_goal]
                 note = f">= {goal} after {k_goal}: {'met' if d >= goal else 'NOT met'} ({d:.3f})"
-            lines.append(f"{target:<10} {r['case']:<24} {r['version']:<5} {r['status']:<10} "
+            lines.append(f"{target:<10} {r['case']:<24} {r['version']:<5} {r.get('method', 'classical'):<9} "
+                         f"{r['status']:<10} "
                          + " ".join(f"{r['dice_after'][k]:>6.3f}" for k in at)
                          + f" {_f(noc[0], 0) if noc[0] is not None else '-':>5} "
                          f"{_f(noc[1], 0) if noc[1] is not None else '-':>5} "
                          f"{_f(r['seconds_median'], 2):>11} {_f(r['seconds_max'], 2):>5}  {note}".rstrip())
             for name, _ in (r.get("per_label_after", {}).get(0, {}) or {}).items():
-                lines.append(f"{'':<10} {'  ' + name:<24} {'':<5} {'':<10} "
+                lines.append(f"{'':<10} {'  ' + name:<24} {'':<5} {'':<9} {'':<10} "
                              + " ".join(f"{r['per_label_after'][k][name]:>6.3f}" for k in at))
         if target == "infection" and len(mine) > 1:
             means = {k: statistics.fmean(r["dice_after"][k] for r in mine) for k in at}
@@ -442,7 +316,7 @@ def table(rows: list[dict], n_clicks: int) -> str:
                 note = (f">= {goal} (mean) after {k_goal}: {'met' if means[k_goal] >= goal else 'NOT met'} "
                         f"({means[k_goal]:.3f})")
             lines.append(f"{target:<10} {'MEAN (' + str(len(mine)) + ' slices)':<24} {mine[0]['version']:<5} "
-                         f"{'':<10} " + " ".join(f"{means[k]:>6.3f}" for k in at)
+                         f"{'classical':<9} {'':<10} " + " ".join(f"{means[k]:>6.3f}" for k in at)
                          + f" {str(reached[0]) + '/' + str(len(mine)):>5} {str(reached[1]) + '/' + str(len(mine)):>5} "
                          f"{_f(statistics.median(secs) if secs else None, 2):>11} "
                          f"{_f(max(secs) if secs else None, 2):>5}  {note}".rstrip())
@@ -455,8 +329,12 @@ def main(argv=None) -> int:
     parser = argument_parser(__doc__, data_help="the shared data folder")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--clicks", type=int, default=10, help="clicks per case (default 10)")
+    parser.add_argument("--methods", default="classical,model",
+                        help="classical (the random walker) and/or model (the target's newest guidance-aware "
+                             "version, where there is one); default both")
     parser.add_argument("--json", action="store_true", help="also print every figure and click as JSON")
     args = parser.parse_args(argv)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
 
     use_source_tree()
     data = data_folder(args.data, "interactive")
@@ -464,8 +342,9 @@ def main(argv=None) -> int:
         return 2
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
-    if unknown or args.clicks < 0:
-        print(f"interactive: targets are {', '.join(TARGETS)}; clicks >= 0", file=sys.stderr)
+    if unknown or args.clicks < 0 or not methods or set(methods) - {"classical", "model"}:
+        print(f"interactive: targets are {', '.join(TARGETS)}; clicks >= 0; methods classical, model",
+              file=sys.stderr)
         return 2
 
     def log(msg):
@@ -483,7 +362,7 @@ def main(argv=None) -> int:
         cases, why = organ_cases(target, card, data)
         notes += [f"{target}: {n}" for n in why]
         for case in cases:
-            rows.append(run_organ(target, case, data, registry, args.clicks, log))
+            rows += run_organ(target, case, data, registry, args.clicks, log, methods)
     wall = time.perf_counter() - t0
 
     print("Click to correct: the robot user (deepest point of the largest error region), bundled default models")

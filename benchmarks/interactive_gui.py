@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from _gui_stall import StallMeter, settle, spin  # noqa: E402
 from _setup import argument_parser  # noqa: E402
-from interactive import next_click, score  # noqa: E402
+from napari_ctseg.evaluation.robot import next_click, score  # noqa: E402
 
 
 def main(argv=None) -> int:

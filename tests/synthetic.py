@@ -213,6 +213,40 @@ def write_tiny_weights(root, targets=("lungs", "liver", "infection"), version="t
     return cards
 
 
+def follower_network():
+    """A real guidance-aware network whose weights say: label = (mask + include - exclude > 0.5),
+    so a click's edit is the ball where its Gaussian exceeds 0.5 (radius sigma * sqrt(2 ln 2))."""
+    import torch
+
+    from napari_ctseg.models.unet import UNet2D
+
+    net = UNet2D(1, 2, base=2, depth=1, norm="none", guidance_channels=3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        c1, c2 = net.down[0][0], net.down[0][3]  # conv, (no norm), ReLU, conv
+        c1.weight[0, 1, 1, 1], c1.weight[0, 2, 1, 1], c1.weight[0, 3, 1, 1] = 1.0, 1.0, -1.0
+        c2.weight[0, 0, 1, 1] = 1.0
+        net.head.weight[1, 0] = 20.0
+        net.head.bias[1] = -10.0
+    return net.eval()
+
+
+def write_follower_version(root, target="liver", version="g1", sigma_mm=6.0, reach_mm=25.0, size=64):
+    """``follower_network`` as a guidance-aware version of ``target`` under ``root`` (its card)."""
+    from napari_ctseg.models.definition import starter_definition
+    from napari_ctseg.models.registry import ModelCard, write_version
+
+    labels = {"liver": {"liver": 1}, "infection": {"infection": 1}}[target]
+    arch = {"name": "unet2d", "in_channels": 1, "n_classes": 2, "base": 2, "depth": 1, "norm": "none",
+            "guidance_channels": 3}
+    card = ModelCard(target=target, version=version, labels=labels, architecture=arch,
+                     preprocessing={"window": [-200.0, 300.0], "context": 0, "size": [size, size], "crop": "none"},
+                     notes="test network: follows the clicks", guidance={"sigma_mm": sigma_mm, "reach_mm": reach_mm},
+                     **starter_definition(target, labels))
+    return write_version(Path(root) / target / version, follower_network().state_dict(), card)
+
+
 # --- jobs for napari_ctseg.jobs tests (imported by name in a child process) ------------------
 def counting_job(n, fail_at=None, crash_at=None, marker=None):
     """Yields 0..n-1 and returns "done"; raises ValueError at ``fail_at``; the process dies at

@@ -143,3 +143,37 @@ def test_a_click_outside_the_volume_says_so(qtbot, setup):
     widget.clicks.set_active(True)
     assert not widget.clicks.click_at((0, 0, 200))
     assert "outside the volume" in widget.status.text()
+
+
+def test_clicks_follow_a_guidance_aware_version(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """A layer whose target has a guidance-aware version: the clicks go to its network (in the
+    warm child process), which here follows them exactly (``synthetic.follower_network``)."""
+    from synthetic import write_follower_version
+
+    sigma = 6.0
+    write_follower_version(tmp_path / "w", sigma_mm=sigma)
+    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(tmp_path / "w"))
+    viewer = make_napari_viewer(show=True)
+    hu, mask, organ = organ_scan()
+    viewer.add_image(hu, name="ct", scale=SPACING)
+    layer = viewer.add_labels(mask, name="liver", scale=SPACING, metadata={"target": "liver", "model_version": "g1"})
+    widget = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    start = np.array(layer.data, copy=True)
+    qtbot.mouseClick(widget.clicks.toggle_button, Qt.MouseButton.LeftButton)
+    assert widget.clicks.guided_card().version == "g1"
+    assert "liver g1's network" in widget.status.text()
+    at = (CENTRE[0] + 6, CENTRE[1], CENTRE[2])
+    viewer.dims.set_point(0, at[0] * SPACING[0])
+    press_and_release(viewer, at)
+    wait_idle(qtbot, widget)
+    added = (np.asarray(layer.data) == 1) & (start == 0)
+    z, y, x = np.indices(SHAPE)
+    d = np.sqrt(((z - at[0]) * SPACING[0]) ** 2 + ((y - at[1]) * SPACING[1]) ** 2 + ((x - at[2]) * SPACING[2]) ** 2)
+    radius = sigma * np.sqrt(2 * np.log(2))
+    assert added[(d < radius - 1.5) & (start == 0)].all()
+    assert not added[d > radius + 1.5].any()
+    assert len(np.unique(np.nonzero(added)[0])) >= 5  # in 3D
+    layer.undo()
+    assert np.array_equal(layer.data, start)

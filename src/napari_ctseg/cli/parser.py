@@ -125,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("refine", parents=[weights], help="correct a mask with include/exclude clicks, in 3D around each",
                        description="Apply include/exclude clicks in order to one label of a mask; each "
-                                   "re-segments the mask in 3D around the click (a random walker on the "
-                                   "HU, seeded by the click and the mask; napari_ctseg.editing.refine). The "
+                                   "re-segments the mask in 3D around the click: with a guidance-aware "
+                                   "version of the target (its card says it takes clicks) its network, "
+                                   "given the mask and the clicks (napari_ctseg.editing.refine_model), else "
+                                   "a random walker on the HU seeded by the click and the mask "
+                                   "(napari_ctseg.editing.refine). The "
                                    "mask is on the scan's grid; the output is written on the scan's "
                                    "exact geometry, as ctseg segment writes masks.")
     p.add_argument("scan", help="NIfTI file, DICOM file or folder")
@@ -138,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the corrected mask, .nii or .nii.gz")
     p.add_argument("--label", type=int, default=None,
                    help="the label value the clicks refine (default: the target's only label, else 1)")
+    p.add_argument("--method", choices=("auto", "model", "classical"), default="auto",
+                   help="model: the guidance-aware version's network; classical: the random walker; auto "
+                        "(default): the model when the version takes clicks")
+    p.add_argument("--version", default=None, help="the target's version (default: the active one)")
     p.add_argument("--json", action="store_true", help="one JSON object with every click's figures")
     p.set_defaults(func=cmd_refine)
 

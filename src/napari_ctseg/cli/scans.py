@@ -205,7 +205,17 @@ def cmd_refine(args) -> int:
     for w in volume.warnings:
         print(f"ctseg: {args.scan}: warning: {w}", file=sys.stderr)
     clicks = _read_clicks(args.clicks, volume.geometry)
-    card_labels = dict(registry_of(args).get_card(args.target).labels)
+    card = registry_of(args).get_card(args.target, getattr(args, "version", None))
+    card_labels = dict(card.labels)
+    method = getattr(args, "method", "auto")
+    if method == "model" and not card.takes_clicks:
+        raise RefineError(f"--method model: {args.target} {card.version} takes no clicks (not a guidance-aware "
+                          "version); name one with --version, or use --method classical")
+    refiner = None
+    if method != "classical" and card.takes_clicks:
+        from napari_ctseg.editing.refine_model import GuidedRefiner
+
+        refiner = GuidedRefiner.load(args.target, card.version, registry_of(args))
     label = args.label
     if label is None:
         label = next(iter(card_labels.values())) if len(card_labels) == 1 else 1
@@ -226,7 +236,7 @@ def cmd_refine(args) -> int:
     mask = np.ascontiguousarray(volume.geometry.to_display(source))
     results: list = []
     new, _edits = refine(np.asarray(volume.hu), mask, label, [c for _, c in clicks], volume.spacing,
-                         results=results)
+                         results=results, refiner=refiner)
     out = write_mask(args.out, new, volume.geometry)
     ml = volume.voxel_volume_ml
     rows = [{"ijk": ijk, "label": r.click.kind, "zyx": list(r.click.zyx), "added_voxels": r.added,
@@ -235,12 +245,13 @@ def cmd_refine(args) -> int:
             for (ijk, _), r in zip(clicks, results)]
     if args.json:
         print(json.dumps({"scan": str(args.scan), "mask": str(args.mask), "out": str(out), "target": args.target,
-                          "label": label, "clicks": rows}))
+                          "label": label, "method": f"{refiner.name} (guidance-aware)" if refiner else "classical",
+                          "clicks": rows}))
         return 0
     for n, row in enumerate(rows, 1):
         print(f"click {n} {row['label']} at ijk {row['ijk']}: +{row['added_voxels']} / -{row['removed_voxels']} "
               f"voxels ({row['added_ml'] - row['removed_ml']:+.2f} mL) in {row['seconds']:.2f} s")
-    print(f"wrote {out} (label {label})")
+    print(f"wrote {out} (label {label}; {refiner.name + ' network' if refiner else 'classical method'})")
     return 0
 
 

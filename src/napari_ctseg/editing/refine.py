@@ -521,8 +521,13 @@ def _tight(box, values: np.ndarray, change: np.ndarray) -> RegionEdit:
 
 # --- several clicks -------------------------------------------------------------------------------
 def refine(hu: np.ndarray, mask: np.ndarray, label: int, clicks, spacing, *,
-           results: list | None = None) -> tuple[np.ndarray, list[RegionEdit]]:
+           results: list | None = None, refiner=None, history=()) -> tuple[np.ndarray, list[RegionEdit]]:
     """Apply ``clicks`` in order to a copy of ``mask``: (new mask, one ``RegionEdit`` per click).
+
+    By default each click is refined by the classical method (``refine_click``); with
+    ``refiner`` (``editing.refine_model.GuidedRefiner``: a guidance-aware version) by its
+    network, which also sees ``history`` (earlier clicks on this label, already applied to
+    ``mask``) and each click before the current one.
 
     Every click is checked (``check_click``) before any is applied. Each edit is relative to
     the mask the clicks before it left; undoing them in reverse order restores ``mask``.
@@ -537,9 +542,14 @@ def refine(hu: np.ndarray, mask: np.ndarray, label: int, clicks, spacing, *,
         check_click(np.shape(hu), mask, label, click)
     new = np.array(mask, copy=True)
     edits = []
+    done = list(history)
     for click in clicks:
         t0 = time.perf_counter()
-        edit = refine_click(hu, new, label, click, spacing)
+        if refiner is not None:
+            edit = refiner.click(hu, new, label, click, spacing, history=done)
+        else:
+            edit = refine_click(hu, new, label, click, spacing)
+        done.append(click)
         added = removed = 0
         if not edit.is_empty:
             before = np.asarray(new[edit.box]) == label

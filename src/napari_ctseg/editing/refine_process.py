@@ -10,6 +10,11 @@ the edit is the one ``refine_click`` makes on the whole scan, voxel for voxel
 (``tests/test_refine.py`` checks it). A click costs the copy of that crop (a few MB) each way.
 A crash or a kill of the child raises here; the viewer is unharmed, and the next click starts
 a new child.
+
+With a guidance-aware version (``submit_model``) the child loads the version's network once
+(torch included) and keeps it; a click sends the axial slab within the version's reach of the
+click (plus the network's context slices), whole slices, since the network sees the body's
+square (``find_crop``, computed once per scan by the caller).
 """
 from __future__ import annotations
 
@@ -61,6 +66,51 @@ def _ready() -> bool:
     return True
 
 
+_REFINERS: dict = {}
+
+
+def _guided(folder: str):
+    """The child's warm ``GuidedRefiner`` for a version folder (loaded once)."""
+    if folder not in _REFINERS:
+        from napari_ctseg.editing.refine_model import GuidedRefiner
+        from napari_ctseg.models.registry import ModelCard, load_card_model
+
+        card = ModelCard.load(folder)
+        _REFINERS[folder] = GuidedRefiner(load_card_model(card, "cpu")[0], card)
+    return _REFINERS[folder]
+
+
+def _warm_model(folder: str) -> bool:
+    _guided(folder)
+    return True
+
+
+def model_slab(shape, click: Click, spacing, reach_mm: float, context: int) -> tuple[slice, ...]:
+    """The axial slab a guidance-aware click reads: ``reach_mm`` either side of the click in z,
+    plus ``context`` slices for the network's neighbours, whole slices."""
+    sp = _spacing3(spacing)
+    dz = int(np.floor(reach_mm / sp[0])) + int(context)
+    return (slice(max(click.zyx[0] - dz, 0), min(click.zyx[0] + dz + 1, shape[0])), slice(0, shape[1]),
+            slice(0, shape[2]))
+
+
+def _child_refine_model(folder, hu, mask, label, click, spacing, crop, history) -> RegionEdit:
+    return _guided(folder).click(hu, mask, label, click, spacing, history=history, crop=crop)
+
+
+def _local(click: Click, slab) -> Click:
+    return Click((click.zyx[0] - slab[0].start, click.zyx[1], click.zyx[2]), click.include)
+
+
+def refine_model_cropped(refiner, hu, mask, label, click: Click, spacing, crop, history=()) -> RegionEdit:
+    """A guidance-aware click on ``model_slab``'s slab, the edit back on the whole grid (in this
+    process: what ``RefineProcess.submit_model`` does in its child)."""
+    slab = model_slab(np.shape(hu), click, spacing, refiner.spec.reach_mm, refiner.prep.context)
+    edit = refiner.click(np.ascontiguousarray(hu[slab]), np.ascontiguousarray(mask[slab]), label,
+                         _local(click, slab), spacing, history=[_local(c, slab) for c in history], crop=crop)
+    return _shifted(edit, slab)
+
+
 class RefineProcess:
     """One warm child process for click-to-correct; ``submit`` returns a ``Future`` of the
     ``RegionEdit`` on the whole grid. ``close`` (or garbage collection) ends the child."""
@@ -75,18 +125,37 @@ class RefineProcess:
 
     def submit(self, hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spacing) -> Future:
         crop, args = _cropped(hu, mask, label, click, spacing)
+        return self._run(_child_refine, args, crop)
+
+    def warm_model(self, folder) -> Future:
+        """Load a guidance-aware version (its folder) in the child now, not at the first click."""
+        return self._run(_warm_model, (str(folder),), None)
+
+    def submit_model(self, card, hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spacing,
+                     crop, history=()) -> Future:
+        """A click refined by the guidance-aware version ``card`` (loaded once in the child)."""
+        from napari_ctseg.models.guidance import GuidanceSpec
+
+        reach = GuidanceSpec.from_dict(card.guidance).reach_mm
+        context = int(card.preprocessing.get("context", 0))
+        slab = model_slab(np.shape(hu), click, spacing, reach, context)
+        args = (str(card.path), np.ascontiguousarray(hu[slab]), np.ascontiguousarray(mask[slab]), int(label),
+                _local(click, slab), tuple(float(s) for s in spacing), crop, [_local(c, slab) for c in history])
+        return self._run(_child_refine_model, args, slab)
+
+    def _run(self, fn, args, crop) -> Future:
         if self._pool is None:
             self._start()
         try:
-            inner = self._pool.submit(_child_refine, *args)
+            inner = self._pool.submit(fn, *args)
         except (BrokenProcessPool, RuntimeError):  # the last child died: a new one
             self._start()
-            inner = self._pool.submit(_child_refine, *args)
+            inner = self._pool.submit(fn, *args)
         out: Future = Future()
 
         def done(f: Future) -> None:
             try:
-                out.set_result(_shifted(f.result(), crop))
+                out.set_result(f.result() if crop is None else _shifted(f.result(), crop))
             except BrokenProcessPool:
                 self._pool = None
                 out.set_exception(RefineError("the click-to-correct process stopped (out of memory?); "

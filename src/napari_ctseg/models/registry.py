@@ -106,6 +106,9 @@ class ModelCard:
     # The operating point: {"threshold": t} labels a voxel as the (one) foreground class when its
     # probability is above t instead of above the background's (0.5); see definition.logit_bias.
     decision: dict[str, Any] = field(default_factory=dict)
+    # A guidance-aware version (it takes clicks): the maps its network is given besides the
+    # image and how clicks become maps (napari_ctseg.models.guidance.GuidanceSpec); empty: none.
+    guidance: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -114,6 +117,11 @@ class ModelCard:
         if self.path is None:
             raise ModelError(f"model card {self.target}/{self.version} has no folder")
         return self.path / self.weights_file
+
+    @property
+    def takes_clicks(self) -> bool:
+        """True for a guidance-aware version: its network follows include/exclude clicks."""
+        return bool(self.guidance)
 
     @property
     def n_classes(self) -> int:

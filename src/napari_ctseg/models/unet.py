@@ -47,20 +47,28 @@ class UNet2D(nn.Module):
     ``depth`` is the number of resolution levels (``depth - 1`` poolings); the number of
     channels doubles at each level from ``base`` up to ``max_channels``. ``dropout``
     applies at the lowest level only.
+
+    ``guidance_channels`` > 0 makes a guidance-aware (click-to-correct) network, the DeepEdit
+    way: after the ``in_channels`` image channels it takes that many guidance maps (see
+    ``napari_ctseg.models.guidance``: the current mask, include and exclude clicks).
+    ``forward(x)`` alone gets zero maps (no mask yet, no clicks), so the network segments a
+    scan from scratch like any other version; ``forward(x, guidance)`` follows the clicks.
     """
 
     def __init__(self, in_channels: int, n_classes: int, base: int = 16, depth: int = 4,
-                 max_channels: int = 256, norm: str = "batch", dropout: float = 0.0):
+                 max_channels: int = 256, norm: str = "batch", dropout: float = 0.0,
+                 guidance_channels: int = 0):
         super().__init__()
         if depth < 1:
             raise ModelError(f"U-Net depth must be at least 1, not {depth}")
-        if in_channels < 1 or n_classes < 1 or base < 1:
+        if in_channels < 1 or n_classes < 1 or base < 1 or guidance_channels < 0:
             raise ModelError("U-Net channels and classes must be positive")
         self.in_channels, self.n_classes, self.depth = int(in_channels), int(n_classes), int(depth)
+        self.guidance_channels = int(guidance_channels)
         widths = [min(base * 2 ** i, max_channels) for i in range(depth)]
         self.widths = widths
         self.down = nn.ModuleList()
-        c = in_channels
+        c = in_channels + self.guidance_channels
         for i, w in enumerate(widths):
             self.down.append(ConvBlock(c, w, norm, dropout if i == depth - 1 else 0.0))
             c = w
@@ -77,7 +85,20 @@ class UNet2D(nn.Module):
         """Input height and width must be multiples of this."""
         return 2 ** (self.depth - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for ``x`` (B, in_channels, H, W); a guidance-aware network also takes
+        ``guidance`` (B, guidance_channels, H, W), or both in ``x`` (B, in + guidance, H, W)
+        (how training batches carry them), or neither (zero maps)."""
+        if self.guidance_channels:
+            if guidance is not None:
+                if guidance.shape[1] != self.guidance_channels:
+                    raise ModelError(f"this network takes {self.guidance_channels} guidance maps, "
+                                     f"not {guidance.shape[1]}")
+                x = torch.cat([x, guidance.to(x.dtype)], dim=1)
+            elif x.shape[1] == self.in_channels:
+                x = torch.cat([x, x.new_zeros((x.shape[0], self.guidance_channels, *x.shape[2:]))], dim=1)
+        elif guidance is not None:
+            raise ModelError("this network takes no clicks (a version without guidance channels)")
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)

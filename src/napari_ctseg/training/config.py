@@ -116,6 +116,10 @@ class TrainingConfig:
     # Start from a bundled version's weights ({"version": "v1"}, same target and network)
     # rather than from random ones; empty = from scratch.
     init_from: dict[str, Any] = field(default_factory=dict)
+    # A guidance-aware (click-to-correct) version: how clicks become maps and are simulated in
+    # training (napari_ctseg.training.guidance.DEFAULT_GUIDANCE); the architecture then needs
+    # "guidance_channels": 3. Empty = a plain version.
+    guidance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,6 +73,13 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         _init_weights(model, target, cfg.init_from)
 
     def batch():
+        if data.guidance is not None:
+            import napari_ctseg.training.guidance as guided
+
+            x, y = guided.augment_guided(*guided.sample_guided(data.guidance, prep, cfg.batch_size, rng),
+                                         cfg.augmentation, prep.pad_value, gen, prep.channels)
+            x, y = x.to(dev), y.to(dev)
+            return guided.iterate(model, x, y, data.guidance, prep.channels, rng), y
         x, y = augment(*data.sample(cfg.batch_size, rng), cfg.augmentation, prep.pad_value, gen)
         return x.to(dev), y.to(dev)
 
@@ -82,8 +89,16 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         if cfg.bn_recalibration_batches:
             recalibrate_batchnorm(model, (batch()[0] for _ in range(cfg.bn_recalibration_batches)), dev)
         val = validate(model, data.val_cases, prep, labels, dev)
-        return Evaluation(val["selection"], {"val_dice": val["mean_dice"]}, val["cases"],
-                          f"validation Dice {val['mean_dice']:.4f}")
+        if data.guidance is None:
+            return Evaluation(val["selection"], {"val_dice": val["mean_dice"]}, val["cases"],
+                              f"validation Dice {val['mean_dice']:.4f}")
+        from napari_ctseg.training.guidance import click_validation
+
+        clicks = click_validation(model, data.val_cases, prep, labels, data.guidance.spec, device=dev)
+        return Evaluation(0.5 * (val["selection"] + clicks["mean"]),
+                          {"val_dice": val["mean_dice"], "val_dice_3_clicks": clicks["mean"]},
+                          val["cases"],
+                          f"validation Dice {val['mean_dice']:.4f}, after 3 clicks {clicks['mean']:.4f}")
 
     def finish(model, outcome: Outcome) -> ModelCard:
         card = _training_card(target, version or out_dir.name, cfg, prep, labels, data, outcome, notes)
@@ -109,8 +124,16 @@ def _init_weights(model, target: str, init: dict[str, Any]) -> None:
         base, card = load_model(target, version, device="cpu")
     except ModelError as exc:
         raise TrainingError(f"init_from: {exc}") from None
+    state = {k: v.float() for k, v in base.state_dict().items()}
+    own = model.state_dict()
+    for k, v in state.items():  # a guidance-aware network from a plain one: zero weights for the maps
+        if k in own and v.dim() == 4 and own[k].shape[1] > v.shape[1] and own[k].shape[0] == v.shape[0] \
+                and getattr(model, "guidance_channels", 0) == own[k].shape[1] - v.shape[1]:
+            grown = torch.zeros_like(own[k])
+            grown[:, :v.shape[1]] = v
+            state[k] = grown
     try:
-        model.load_state_dict({k: v.float() for k, v in base.state_dict().items()})
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise TrainingError(f"init_from: {target} {version}'s network differs from this run's ({exc})") from None
 
@@ -169,6 +192,7 @@ class _TrainingData:
     organ_contrast: dict[str, Any] | None = None
     negatives: Any = None  # HardNegativeSettings for the hosts, or None
     silver_slice_counts: dict[str, int] | None = None
+    guidance: Any = None  # training.guidance.GuidancePool for a guidance-aware version, or None
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_batch(self.cache, self.prep, n, rng, self.hosts, self.lesion_settings,
@@ -219,6 +243,18 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
             from napari_ctseg.training.labels.negatives import HardNegativeSettings
 
             data.negatives = HardNegativeSettings.from_dict(cfg.hard_negatives)
+    if cfg.guidance:
+        from napari_ctseg.training.guidance import build_pool, settings_of
+
+        st = settings_of(cfg.guidance)
+        yield start("simulating current masks and clicks for the guidance-aware network")
+        reference = None
+        if st.get("reference_version"):
+            from napari_ctseg.models.registry import load_model
+
+            reference = load_model(target, st["reference_version"], device="cpu")[0].float()
+        data.guidance = build_pool(data.cache, train_cases, prep, min(TARGET_LABELS[target].values()),
+                                   st, np.random.default_rng(1), reference)
     return data
 
 
@@ -261,12 +297,16 @@ def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preproc
             **({"synthetic_hard_negatives": {"settings": dict(cfg.hard_negatives), "note": HARD_NEGATIVES_NOTE}}
                if cfg.hard_negatives and data.hosts is not None else {}),
             **({"hard_negative_slices": data.hosts.hard} if data.hosts is not None else {}),
+            **({"guidance": _guidance_note(data.guidance)} if data.guidance is not None else {}),
             **({"extra_classes": extra, "extra_classes_note": "training-only classes learnt from the "
                 "silver labels (airway: the trachea and main bronchi found by the classical method); "
                 "the output counts them as background"} if extra else {}),
             "epochs": cfg.epochs, "epochs_run": outcome.epochs_run, "stopped_early": outcome.stopped,
             "best_epoch": outcome.best_epoch,
-            "selection": ("best mean of (mean validation Dice) and (negative score = 1 - min(1, "
+            "selection": ("best mean of (mean validation Dice with no click) and (mean Dice after 3 clicks "
+                          "of the robot user, refined by the network itself), checked every epoch"
+                          if data.guidance is not None else
+                          "best mean of (mean validation Dice) and (negative score = 1 - min(1, "
                           f"false-positive % of the lung / {NEGATIVE_TOLERANCE_PCT})), checked every epoch"
                           if names.negative else "best mean validation Dice (mean over cases of "
                           "the mean Dice over labels), checked every epoch"),
@@ -280,7 +320,14 @@ def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preproc
         notes=TARGET_NOTES[target] if notes is None else notes,
         **starter_definition(target, labels),
         stages=[dict(st) for st in cfg.stages],
+        guidance=data.guidance.spec.to_dict() if data.guidance is not None else {},
     )
+
+
+def _guidance_note(pool) -> dict[str, Any]:
+    from napari_ctseg.training.guidance import card_note
+
+    return card_note(pool)
 
 
 def _final_validation(model, data: _TrainingData, outcome: Outcome, prep: Preprocessing,

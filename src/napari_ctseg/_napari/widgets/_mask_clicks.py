@@ -11,6 +11,11 @@ written as the other Mask tools write theirs (``EditPanel.apply_edit``: only the
 voxels, through the HU range limit, one step of napari's undo history), so it counts as a
 correction for Save corrected mask and Fine-tune. Clicks made while one is being computed
 wait their turn, in order.
+
+When the layer's target has a **guidance-aware version** (the layer's own version, else the
+target's active one, when its card says it takes clicks), the clicks follow that version's
+network (``editing.refine_model``), given the mask and every click so far on the label;
+otherwise the classical random walker. The panel says which.
 """
 from __future__ import annotations
 
@@ -47,6 +52,9 @@ class ClickPanel(QGroupBox):
         self.worker = None
         self.process: RefineProcess | None = None
         self.seconds: list[float] = []
+        self.history: dict[tuple[str, int], list[Click]] = {}  # (layer name, label): clicks so far
+        self._crops: dict = {}  # id of a CT array -> its network square (guidance-aware clicks)
+        self._warm: set[str] = set()
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         self.toggle_button = QPushButton("Clicks on")
@@ -105,7 +113,33 @@ class ClickPanel(QGroupBox):
                     self.host.destroyed.connect(lambda *_, child=self.process: child.close())
             self.host.layer.mode = "pan_zoom"
             self._points_layer()
-            self.host.say("Clicks on: left click includes, Shift+click excludes (on a 2D view)")
+            card = self.guided_card()
+            if card is not None and self.process is not None and str(card.path) not in self._warm:
+                self.process.warm_model(card.path)  # torch and the weights load now, not at the first click
+                self._warm.add(str(card.path))
+            how = f"{card.target} {card.version}'s network follows them" if card is not None else \
+                "random walker on the HU"
+            self.host.say(f"Clicks on: left click includes, Shift+click excludes (on a 2D view); {how}")
+
+    def guided_card(self):
+        """The guidance-aware version the layer's clicks use, or None (the classical method):
+        the layer's own version when it takes clicks, else its target's active version."""
+        layer = self.host.layer
+        meta = getattr(layer, "metadata", None) or {}
+        target = meta.get("target")
+        if not target:
+            return None
+        from napari_ctseg.models.registry import ModelRegistry
+
+        registry = ModelRegistry.default()
+        for version in (meta.get("model_version"), None):
+            try:
+                card = registry.get_card(target, version or None)
+            except CTSegError:
+                continue
+            if card.takes_clicks and card.path is not None:
+                return card
+        return None
 
     def detach(self) -> None:
         """Stop listening to the viewer's mouse (the widget is closing)."""
@@ -172,10 +206,29 @@ class ClickPanel(QGroupBox):
         host.say(f"Click to correct: {click.kind} at z {click.zyx[0]}, y {click.zyx[1]}, x {click.zyx[2]}…")
 
         process = self.process
+        card = self.guided_card()
+        key = (unwrap(layer).name, int(label))
+        history = list(self.history.get(key, []))
+        self.history.setdefault(key, []).append(click)
+        crops = self._crops
 
         def work():
             t0 = time.perf_counter()
-            if process is not None:  # the warm child: the event loop never waits for the GIL
+            if card is not None:
+                from napari_ctseg.editing.refine_process import refine_model_cropped
+                from napari_ctseg.models.preprocess import find_crop
+
+                crop = crops.get(id(hu))
+                if crop is None:  # the network's square of this scan, once
+                    crop = crops[id(hu)] = find_crop(hu, card.preprocessing)
+                if process is not None:
+                    edit = process.submit_model(card, hu, mask, label, click, spacing, crop, history).result()
+                else:
+                    from napari_ctseg.editing.refine_model import GuidedRefiner
+
+                    edit = refine_model_cropped(GuidedRefiner.load(card.target, card.version), hu, mask, label,
+                                                click, spacing, crop, history)
+            elif process is not None:  # the warm child: the event loop never waits for the GIL
                 edit = process.submit(hu, mask, label, click, spacing).result()
             else:
                 edit = refine_click(hu, mask, label, click, spacing)
@@ -235,5 +288,6 @@ class ClickPanel(QGroupBox):
         points.refresh()
 
     def clear_points(self) -> None:
+        self.history.clear()  # the next click starts afresh for a guidance-aware network
         if self.points is not None and self.points in self.host.viewer.layers:
             self.points.data = np.empty((0, 3))

@@ -1,0 +1,174 @@
+"""The robot user of the interactive-segmentation literature (click to correct, issue 21).
+
+Starting from a mask, each click goes at the point deepest inside the largest error region
+(include where the mask misses, exclude where it has extra), on the plane where that
+region's cross-section is largest; the mask is refined (``editing.refine.refine``, with the
+classical method or a guidance-aware version's ``GuidedRefiner``) and scored after every
+click. The exact rules are in ``benchmarks/interactive.py``'s docstring. Used by that
+benchmark, ``benchmarks/interactive_gui.py`` and the validation of guidance-aware training.
+Qt-free.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+
+def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
+    if any(i.size == 0 for i in idx):
+        return None
+    return tuple(slice(max(int(i[0]) - margin, 0), min(int(i[-1]) + 1 + margin, n))
+                 for i, n in zip(idx, mask.shape))
+
+
+def deepest_point(region: np.ndarray, spacing) -> tuple[int, int, int]:
+    """The robot's click in a 3D boolean ``region``: on the axial, coronal or sagittal plane
+    where the region's cross-section is largest (mm^2), the voxel deepest inside that
+    cross-section (2D Euclidean distance transform with the plane's spacing; outside the
+    region and outside the array count as outside). Ties, on the plane or between planes:
+    the deepest voxel nearest (mm) the mean position of all the deepest ones, then the first
+    in order; the plane: axial, then coronal, then sagittal."""
+    sp = np.asarray(spacing, dtype=float)
+    best = None  # (area mm2, axis, index)
+    for ax in range(3):
+        if region.shape[0] == 1 and ax != 0:
+            continue  # a one-slice volume: its axial plane only
+        others = tuple(a for a in range(3) if a != ax)
+        area = region.sum(axis=others) * float(np.prod(sp[list(others)]))
+        k = int(np.argmax(area))
+        if best is None or area[k] > best[0]:
+            best = (float(area[k]), ax, k)
+    _, ax, k = best
+    others = [a for a in range(3) if a != ax]
+    plane = np.take(region, k, axis=ax)
+    depth = ndimage.distance_transform_edt(np.pad(plane, 1), sampling=sp[others])[1:-1, 1:-1]
+    # ties (a ridge of equal depth in an elongated region): the one nearest their middle
+    tied = np.argwhere(depth >= depth.max() - 1e-6)
+    middle = tied.mean(axis=0)
+    u, v = (int(c) for c in tied[int(np.argmin((((tied - middle) * sp[others]) ** 2).sum(axis=1)))])
+    out = [0, 0, 0]
+    out[ax], out[others[0]], out[others[1]] = k, int(u), int(v)
+    return tuple(out)
+
+
+@dataclass
+class Region:
+    size: int
+    label: int
+    include: bool
+    box: tuple[slice, ...]
+    voxels: np.ndarray  # bool, on ``box``
+
+
+def error_regions(reference: np.ndarray, mask: np.ndarray, labels) -> list[Region]:
+    """Every error region (see the module docstring, step 1), largest first."""
+    around = _bbox((reference > 0) | (mask > 0))
+    if around is None:
+        return []
+    ref, cur = reference[around], mask[around]
+    found = []
+    for label in labels:
+        for include, err in ((True, (ref == label) & (cur == 0)), (False, (cur == label) & (ref != label))):
+            if not err.any():
+                continue
+            pieces, n = ndimage.label(err)
+            sizes = np.bincount(pieces.ravel(), minlength=n + 1)
+            for i, sl in enumerate(ndimage.find_objects(pieces), 1):
+                if sl is None:
+                    continue
+                box = tuple(slice(a.start + s.start, a.start + s.stop) for a, s in zip(around, sl))
+                found.append(Region(int(sizes[i]), int(label), include, box, pieces[sl] == i))
+    found.sort(key=lambda r: (-r.size, r.label, not r.include))
+    return found
+
+
+def next_click(reference, mask, labels, spacing, clicked=frozenset()):
+    """(label, Click, region size) the robot makes next, or None when no error is left."""
+    from napari_ctseg.editing.refine import Click
+
+    for r in error_regions(reference, mask, labels):
+        local = deepest_point(r.voxels, spacing)
+        zyx = tuple(int(b.start + v) for b, v in zip(r.box, local))
+        if (r.label, r.include, zyx) not in clicked:
+            return r.label, Click(zyx, include=r.include), r.size
+    return None
+
+
+def score(mask: np.ndarray, reference: np.ndarray, labels) -> dict:
+    """Dice of the target as one structure and, for several labels, per label."""
+    from napari_ctseg.evaluation.metrics import dice
+
+    out = {"dice": dice(mask > 0, reference > 0)}
+    if len(labels) > 1:
+        out["per_label"] = {int(v): dice(mask == v, reference == v) for v in labels}
+    return out
+
+
+@dataclass
+class RobotRun:
+    dice: list[float] = field(default_factory=list)  # after 0, 1, ... clicks
+    per_label: list[dict] = field(default_factory=list)
+    clicks: list[dict] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # the core's, per click
+    robot_seconds: float = 0.0
+
+    def dice_after(self, k: int) -> float:
+        return self.dice[min(k, len(self.dice) - 1)]
+
+    def noc(self, level: float, cap: int) -> int | None:
+        for k in range(0, cap + 1):
+            if self.dice_after(k) >= level:
+                return k
+        return None
+
+
+def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_click=None,
+               refiner=None) -> RobotRun:
+    """Run the robot user for ``n_clicks`` clicks from the automatic ``mask`` (not modified);
+    ``refiner``: a guidance-aware version's ``GuidedRefiner`` (default: the classical method),
+    given every earlier click on the same label."""
+    from napari_ctseg.errors import RefineError
+
+    from napari_ctseg.editing.refine import refine
+
+    labels = tuple(int(v) for v in labels)
+    cur = np.array(mask, copy=True)
+    run = RobotRun()
+    first = score(cur, reference, labels)
+    run.dice.append(first["dice"])
+    run.per_label.append(first.get("per_label", {}))
+    clicked: set = set()
+    history: dict[int, list] = {}
+    for n in range(1, n_clicks + 1):
+        t0 = time.perf_counter()
+        chosen = next_click(reference, cur, labels, spacing, clicked)
+        run.robot_seconds += time.perf_counter() - t0
+        if chosen is None:
+            break
+        label, click, size = chosen
+        clicked.add((label, click.include, click.zyx))
+        results: list = []
+        try:
+            cur, _ = refine(hu, cur, label, [click], spacing, results=results, refiner=refiner,
+                            history=history.get(label, []))
+            history.setdefault(label, []).append(click)
+            seconds, added, removed, error = results[0].seconds, results[0].added, results[0].removed, None
+        except RefineError as exc:  # counted as a click that did nothing
+            seconds, added, removed, error = float("nan"), 0, 0, str(exc)
+        s = score(cur, reference, labels)
+        run.dice.append(s["dice"])
+        run.per_label.append(s.get("per_label", {}))
+        if np.isfinite(seconds):
+            run.seconds.append(seconds)
+        row = {"n": n, "label": label, "kind": click.kind, "zyx": list(click.zyx), "region_voxels": size,
+               "added": added, "removed": removed, "seconds": seconds, "dice": s["dice"]}
+        if error:
+            row["error"] = error
+        run.clicks.append(row)
+        if on_click is not None:
+            on_click(row)
+    return run

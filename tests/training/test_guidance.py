@@ -1,0 +1,154 @@
+"""Guidance-aware (click-to-correct) versions: the maps, the network, the refiner, the training."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ctseg.editing.refine import Click, refine
+from napari_ctseg.editing.refine_model import GuidedRefiner
+from napari_ctseg.errors import ModelError, RefineError
+from napari_ctseg.models.guidance import GuidanceSpec, gaussian_maps, guidance_for_slices
+from napari_ctseg.models.preprocess import SliceCrop
+from napari_ctseg.models.unet import UNet2D, build_model
+from training.test_training import SPLIT, TINY, data  # noqa: F401  (the fixture)
+
+
+def test_gaussian_maps_are_3d_gaussians_in_mm():
+    rows = cols = np.arange(21) * 2.0  # 2 mm pixels
+    pts = np.array([[10.0, 20.0, 20.0], [10.0, 0.0, 0.0]])
+    maps = gaussian_maps(pts, [True, False], [10.0, 20.0], rows, cols, sigma_mm=10.0)
+    assert maps.shape == (2, 2, 21, 21)
+    assert maps[0, 0, 10, 10] == pytest.approx(1.0)
+    assert maps[0, 1, 0, 0] == pytest.approx(1.0)  # the exclude click in its own channel
+    assert maps[0, 0, 0, 0] < 0.02
+    assert maps[1, 0, 10, 10] == pytest.approx(np.exp(-0.5), rel=1e-4)  # 10 mm away in z
+    assert maps[0, 0, 10, 15] == pytest.approx(np.exp(-0.5), rel=1e-4)  # 10 mm away in x
+
+
+def test_maps_follow_the_crop_and_the_spacing():
+    crop = SliceCrop(y0=-10, x0=20, side=80, height=64, width=100)
+    mask = np.zeros((5, 64, 100), np.uint8)
+    mask[2, 10:30, 40:60] = 1
+    g = guidance_for_slices(mask, 1, [2], [Click((2, 30, 60))], crop, (16, 16), (3.0, 0.5, 0.5),
+                            GuidanceSpec(sigma_mm=4.0))
+    assert g.shape == (1, 3, 16, 16)
+    # the click's voxel (30, 60) lies in network pixel ((30 + 10) / 5, (60 - 20) / 5) = (8, 8)
+    peak = np.unravel_index(int(torch.argmax(g[0, 1])), (16, 16))
+    assert peak == (8, 8)
+    assert float(g[0, 2].max()) == 0.0  # no exclude click
+    assert float(g[0, 0].max()) == pytest.approx(1.0)  # the mask channel
+    assert float(g[0, 0, 0].max()) == 0.0
+
+
+def test_a_guidance_aware_network_runs_with_or_without_maps():
+    net = build_model({"name": "unet2d", "in_channels": 3, "n_classes": 2, "base": 4, "depth": 2,
+                       "guidance_channels": 3}).eval()
+    x = torch.rand(2, 3, 16, 16)
+    g = torch.zeros(2, 3, 16, 16)
+    assert torch.allclose(net(x), net(x, g))
+    assert torch.allclose(net(torch.cat([x, g], 1)), net(x, g))
+    with pytest.raises(ModelError, match="guidance maps"):
+        net(x, torch.zeros(2, 2, 16, 16))
+    plain = build_model({"name": "unet2d", "in_channels": 3, "n_classes": 2, "base": 4, "depth": 2}).eval()
+    with pytest.raises(ModelError, match="takes no clicks"):
+        plain(x, g)
+
+
+def _follower():
+    from synthetic import follower_network
+
+    return follower_network()
+
+
+class _Card:
+    target, version, labels = "organ", "g1", {"organ": 1}
+    preprocessing = {"window": [-200.0, 300.0], "context": 0, "size": [64, 64], "crop": "none"}
+    takes_clicks = True
+
+    def __init__(self, sigma):
+        self.guidance = {"sigma_mm": sigma, "reach_mm": 25.0}
+
+
+def test_the_refiner_edits_in_3d_in_mm_around_the_click():
+    sigma = 6.0
+    ref = GuidedRefiner(_follower(), _Card(sigma))
+    shape, sp = (30, 64, 64), (2.0, 1.0, 1.0)
+    hu = np.zeros(shape, np.int16)
+    mask = np.zeros(shape, np.uint8)
+    mask[:, 40:, :] = 2  # another label: an include never takes it
+    click = Click((15, 32, 32), include=True)
+    new, edits = refine(hu, mask, 1, [click], sp, refiner=ref)
+    zz, yy, xx = np.mgrid[:30, :64, :64]
+    d = np.sqrt(((zz - 15) * 2.0) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2)
+    radius = sigma * np.sqrt(2 * np.log(2))  # where the Gaussian is 0.5
+    assert np.all(new[(d < radius - 1.5) & (mask == 0)] == 1)
+    assert not np.any(new[d > radius + 1.5] == 1)
+    assert np.all(new[mask == 2] == 2)
+    assert len(edits) == 1 and edits[0].box[0].start >= 15 - 13  # reach 25 mm at 2 mm slices
+    # the exclude click removes the same ball from the label (the earlier include is history)
+    new2, _ = refine(hu, new, 1, [Click((15, 32, 32), include=False)], sp, refiner=ref, history=[click])
+    assert new2[15, 32, 32] == 0
+    assert np.all(new2[mask == 2] == 2)
+
+
+def test_the_refiner_says_what_it_cannot_do():
+    class Plain(_Card):
+        takes_clicks = False
+    with pytest.raises(RefineError, match="takes no clicks"):
+        GuidedRefiner(_follower(), Plain(5.0))
+    ref = GuidedRefiner(_follower(), _Card(5.0))
+    with pytest.raises(RefineError, match="labels"):
+        ref.click(np.zeros((4, 64, 64), np.int16), np.zeros((4, 64, 64), np.uint8), 3, Click((1, 2, 3)), (1, 1, 1))
+
+
+GUIDED = {**TINY, "architecture": {**TINY["architecture"], "guidance_channels": 3},
+          "guidance": {"pool_per_case": 3, "max_clicks": 2, "sigma_mm": 6.0, "reach_mm": 15.0,
+                       "p_iterate": 1.0}}
+
+
+def test_ctseg_train_makes_a_version_that_takes_clicks(data, tmp_path, capsys):  # noqa: F811
+    from napari_ctseg.cli import main
+    from napari_ctseg.models.registry import ModelRegistry
+
+    from napari_ctseg.training import default_config
+
+    whole = default_config("liver").to_dict()  # a config file holds the whole recipe
+    for k, v in GUIDED.items():
+        whole[k] = {**whole[k], **v} if isinstance(v, dict) and isinstance(whole.get(k), dict) else v
+    cfg = tmp_path / "guided.json"
+    cfg.write_text(json.dumps(whole))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(SPLIT))
+    out = tmp_path / "w" / "liver" / "g1"
+    torch.set_num_threads(1)
+    assert main(["train", "--target", "liver", "--data", str(data), "--out", str(out), "--epochs", "2",
+                 "--config", str(cfg), "--split", str(split)]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["guidance"]["channels"] == ["mask", "include", "exclude"]
+    assert card["guidance"]["sigma_mm"] == 6.0
+    assert "after 3 clicks" in card["training"]["selection"]
+    assert all("val_dice_3_clicks" in h for h in card["training"]["history"])
+    assert card["training"]["guidance"]["current_masks"]["empty"] == 1
+    registry = ModelRegistry([tmp_path / "w"])
+    loaded = registry.get_card("liver", "g1")
+    assert loaded.takes_clicks
+    ref = GuidedRefiner.load("liver", "g1", registry)
+    assert ref.model.guidance_channels == 3
+    # the version segments without clicks too (Segment volume), and ctseg refine uses its network
+    from napari_ctseg.io import read_scan
+
+    vol = read_scan(data / "case_b" / "ct.nii.gz")
+    from napari_ctseg.models.predict import predict_volume
+
+    assert predict_volume(ref.model, vol.hu, loaded.preprocessing).shape == vol.hu.shape
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps([{"ijk": [12, 18, 3], "label": "include"}]))
+    capsys.readouterr()
+    assert main(["refine", str(data / "case_b" / "ct.nii.gz"), "--target", "liver", "--mask",
+                 str(data / "case_b" / "liver.nii.gz"), "--clicks", str(clicks), "--out",
+                 str(tmp_path / "fixed.nii.gz"), "--weights", str(tmp_path / "w"), "--version", "g1",
+                 "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["method"] == "liver g1 (guidance-aware)"
+    assert (tmp_path / "fixed.nii.gz").exists()
