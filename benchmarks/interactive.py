@@ -226,7 +226,7 @@ def run_organ(target: str, case: str, data: Path, registry, n_clicks: int, log,
     return rows
 
 
-def run_slices(data: Path, registry, n_clicks: int, log) -> list[dict]:
+def run_slices(data: Path, registry, n_clicks: int, log, methods=("classical",)) -> list[dict]:
     from napari_ctseg.training import load_case
 
     from napari_ctseg.segmentation import inference
@@ -238,6 +238,23 @@ def run_slices(data: Path, registry, n_clicks: int, log) -> list[dict]:
     names = list(split.get("validation") or
                  json.loads((REPO / "src/napari_ctseg/models/splits.json").read_text())["infection"]["validation"])
     models = ModelSet({"infection": card.version}, registry)
+    refiners = []
+    for method in methods:
+        if method == "classical":
+            refiners.append((method, None, "classical"))
+            continue
+        guided = guided_card(registry, "infection")
+        if guided is None:
+            log("[infection: no guidance-aware version; no model rows]")
+            continue
+        from napari_ctseg.editing.refine_model import GuidedRefiner
+
+        refiner = GuidedRefiner.load("infection", guided.version, registry)
+        refiner.whole_image = True  # an 8-bit slice export is seen whole, as segment_image8 sees it
+        if tuple(map(float, refiner.prep.window)) != tuple(map(float, card.preprocessing["window"])):
+            log(f"[infection {guided.version}: another window than {card.version}'s; no model rows]")
+            continue
+        refiners.append((method, refiner, f"{guided.version} net"))
     rows = []
     for name in names:
         case = load_case("infection", data, name)
@@ -248,10 +265,12 @@ def run_slices(data: Path, registry, n_clicks: int, log) -> list[dict]:
         mask = (np.asarray(res.masks["infection"]) > 0).astype(np.uint8)[None]
         reference = (np.asarray(case.labels) > 0).astype(np.uint8)[None]
         hu = (lo + image.astype(np.float32) / 255.0 * (hi - lo))[None]
-        run = robot_user(hu, mask, reference, [1], SLICE_SPACING, n_clicks)
-        log(f"[infection {name}: Dice {' -> '.join(f'{d:.3f}' for d in run.dice)}]")
-        rows.append(_row("infection", name, card, run, n_clicks, shape=list(hu.shape), spacing=list(SLICE_SPACING),
-                         segment_seconds=seg_s, hu_window=[lo, hi]))
+        for method, refiner, used in refiners:
+            run = robot_user(hu, mask, reference, [1], SLICE_SPACING, n_clicks, refiner=refiner)
+            log(f"[infection {name} ({used}): Dice {' -> '.join(f'{d:.3f}' for d in run.dice)}]")
+            rows.append(_row("infection", name, card, run, n_clicks, shape=list(hu.shape),
+                             spacing=list(SLICE_SPACING), segment_seconds=seg_s, hu_window=[lo, hi], method=used,
+                             **({"status_clicks": case_status(refiner.card, name)} if refiner else {})))
     return rows
 
 
@@ -287,8 +306,12 @@ def table(rows: list[dict], n_clicks: int) -> str:
             + " ".join(f"{'@' + str(k):>6}" for k in at)
             + f" {'NoC90':>5} {'NoC95':>5} {'s/click med':>11} {'max':>5}  goal")
     lines = [head, "-" * len(head)]
+    groups = []
     for target in TARGETS:
-        mine = [r for r in rows if r["target"] == target]
+        methods = list(dict.fromkeys(r.get("method", "classical") for r in rows if r["target"] == target))
+        groups += [(target, [r for r in rows if r["target"] == target and r.get("method", "classical") == m])
+                   for m in methods]
+    for target, mine in groups:
         if not mine:
             continue
         k_goal, goal = GOALS[target]
@@ -316,7 +339,7 @@ def table(rows: list[dict], n_clicks: int) -> str:
                 note = (f">= {goal} (mean) after {k_goal}: {'met' if means[k_goal] >= goal else 'NOT met'} "
                         f"({means[k_goal]:.3f})")
             lines.append(f"{target:<10} {'MEAN (' + str(len(mine)) + ' slices)':<24} {mine[0]['version']:<5} "
-                         f"{'classical':<9} {'':<10} " + " ".join(f"{means[k]:>6.3f}" for k in at)
+                         f"{mine[0].get('method', 'classical'):<9} {'':<10} " + " ".join(f"{means[k]:>6.3f}" for k in at)
                          + f" {str(reached[0]) + '/' + str(len(mine)):>5} {str(reached[1]) + '/' + str(len(mine)):>5} "
                          f"{_f(statistics.median(secs) if secs else None, 2):>11} "
                          f"{_f(max(secs) if secs else None, 2):>5}  {note}".rstrip())
@@ -357,7 +380,7 @@ def main(argv=None) -> int:
     for target in targets:
         card = registry.get_card(target)
         if target == "infection":
-            rows += run_slices(data, registry, args.clicks, log)
+            rows += run_slices(data, registry, args.clicks, log, methods)
             continue
         cases, why = organ_cases(target, card, data)
         notes += [f"{target}: {n}" for n in why]

@@ -4,8 +4,9 @@ Prints our reader beside the raw libraries on the same files:
   NIfTI: nibabel ``np.asanyarray(nib.load(path).dataobj)``
   DICOM: pydicom ``dcmread`` + ``pixel_array`` of every file, stacked.
 Goals: within 1.2x of the raw libraries; peak memory <= 2x the volume's HU array.
-Then DICOM SEG on that series: writing a two-lung mask with ``io.dicom_objects.write_seg`` and
-reading it back onto the CT with ``read_seg`` (median of --repeat, in this process).
+Then DICOM SEG and RTSTRUCT on that series: writing a two-lung mask with
+``io.dicom_objects.write_seg`` / ``write_rtstruct`` and reading it back onto the CT with
+``read_seg`` / ``read_rtstruct`` (median of --repeat, in this process).
 
 Run: .venv/bin/python benchmarks/io.py [--slices 300] [--repeat 3]
 Each measurement runs in a fresh process; memory is tracemalloc's peak of the read.
@@ -136,6 +137,24 @@ def _seg_times(dcm: Path, repeat: int) -> None:
     frames = sum(int(m.data.any(axis=(1, 2)).sum()) for m in maps)
     print(f"DICOM SEG {path.stat().st_size / 2**20:.1f} MiB ({frames} frames of 2 segments): write "
           f"{statistics.median(writes):.2f} s, read back onto the CT {statistics.median(reads):.2f} s")
+    _rtstruct_times(ct, mask, dcm.parent / "lungs_rtstruct.dcm", repeat)
+
+
+def _rtstruct_times(ct, mask: np.ndarray, path: Path, repeat: int) -> None:
+    """Write and read an RTSTRUCT of the same mask (contours traced per slice, rasterised back)."""
+    from napari_ctseg.io.dicom_objects.rtstruct import read_rtstruct, write_rtstruct
+
+    writes, reads = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        write_rtstruct(mask, {1: "right_lung", 2: "left_lung"}, ct, path, algorithm="napari-ctseg lungs v2")
+        writes.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        maps = read_rtstruct(path, ct)
+        reads.append(time.perf_counter() - t)
+    same = all(np.array_equal(m.data > 0, mask == v) for m, v in zip(maps, (1, 2)))
+    print(f"RTSTRUCT {path.stat().st_size / 2**20:.1f} MiB (2 ROIs): write {statistics.median(writes):.2f} s, "
+          f"read back onto the CT {statistics.median(reads):.2f} s; read back voxel for voxel: {same}")
 
 
 if __name__ == "__main__":

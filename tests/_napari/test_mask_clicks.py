@@ -163,6 +163,9 @@ def test_clicks_follow_a_guidance_aware_version(qtbot, make_napari_viewer, tmp_p
     start = np.array(layer.data, copy=True)
     qtbot.mouseClick(widget.clicks.toggle_button, Qt.MouseButton.LeftButton)
     assert widget.clicks.guided_card().version == "g1"
+    combo = widget.clicks.method_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == [
+        "Random walker (classical)", "liver g1 network (guidance-aware)"]
     assert "liver g1's network" in widget.status.text()
     at = (CENTRE[0] + 6, CENTRE[1], CENTRE[2])
     viewer.dims.set_point(0, at[0] * SPACING[0])
@@ -177,3 +180,5 @@ def test_clicks_follow_a_guidance_aware_version(qtbot, make_napari_viewer, tmp_p
     assert len(np.unique(np.nonzero(added)[0])) >= 5  # in 3D
     layer.undo()
     assert np.array_equal(layer.data, start)
+    combo.setCurrentIndex(0)  # the random walker instead
+    assert widget.clicks.guided_card() is None

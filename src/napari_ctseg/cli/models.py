@@ -157,7 +157,7 @@ def cmd_models(args) -> int:
                              "status": c.extra.get("status", ""), "created": c.created,
                              "validation_dice": dice, "active": c.version == active,
                              "derived_from": (c.extra.get("derived_from") or {}).get("version"),
-                             "path": str(c.path)})
+                             "takes_clicks": c.takes_clicks, "path": str(c.path)})
         if args.json:
             for r in rows:
                 print(json.dumps(r))
@@ -167,6 +167,8 @@ def cmd_models(args) -> int:
             status = f" ({r['status']})" if r["status"] in ("candidate",) else ""
             if r["derived_from"]:
                 status += f" ({r['derived_from']}'s network, new definition)"
+            if r["takes_clicks"]:
+                status += " (takes clicks)"
             print(f"{'*' if r['active'] else ' '} {r['target']:<9} {r['version']:<14} {r['source']:<10} "
                   f"{(r['created'] or 'undated')[:10]:<10}  validation Dice {dice}{status}")
         print("(* active)")

@@ -23,7 +23,7 @@ from napari_ctseg.editing.refine import CLICK_SPHERE_MM, Click, _piece_at, _sphe
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import RefineError
 from napari_ctseg.models.guidance import GuidanceSpec, label_probability
-from napari_ctseg.models.preprocess import Preprocessing, find_crop
+from napari_ctseg.models.preprocess import Preprocessing, find_crop, image_crop
 
 
 class GuidedRefiner:
@@ -38,16 +38,18 @@ class GuidedRefiner:
 
     @classmethod
     def from_parts(cls, model, spec: GuidanceSpec, prep, labels: dict[str, int], name: str = "network",
-                   device: str = "cpu") -> GuidedRefiner:
+                   device: str = "cpu", whole_image: bool = False) -> GuidedRefiner:
         """A refiner for a network that has no card yet (validation during training)."""
         self = cls.__new__(cls)
         self._setup(model, spec, Preprocessing.from_dict(prep), labels, name, device)
         self.card = None
+        self.whole_image = whole_image
         return self
 
     def _setup(self, model, spec, prep, labels, name, device) -> None:
         self.model, self.spec, self.prep, self.device = model.eval(), spec, prep, device
         self.labels, self.name = dict(labels), name
+        self.whole_image = False  # True: an 8-bit slice export, seen whole (image_crop), not body-cropped
         self._crop_key = None
         self._crop = None
 
@@ -62,7 +64,8 @@ class GuidedRefiner:
         """The network's square for this scan (computed once per scan)."""
         key = (id(hu), hu.shape)
         if key != self._crop_key:
-            self._crop, self._crop_key = find_crop(hu, self.prep), key
+            self._crop = image_crop(hu.shape[1:], self.prep) if self.whole_image else find_crop(hu, self.prep)
+            self._crop_key = key
         return self._crop
 
     def click(self, hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spacing,

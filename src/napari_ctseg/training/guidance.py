@@ -14,7 +14,9 @@ trained on:
    (3D distance, in mm) of each of the largest error regions (include on a miss, exclude
    on an excess), the first 0..``max_clicks`` of them; the slice drawn is near one of the
    clicks (so the maps reach it faded by the distance in z) or anywhere on the organ.
-3. **Iterated on its own errors** (``iterate``): with probability ``p_iterate`` the network,
+3. **Plain samples** (``p_plain`` of each batch): drawn as the plain recipe draws them
+   (synthetic lesions and hard negatives included), with zero maps: Segment volume's case.
+4. **Iterated on its own errors** (``iterate``): with probability ``p_iterate`` the network,
    as it is at that step, predicts the batch without gradients; a click goes on the deepest
    point of each sample's largest error on that slice, the mask channel becomes that
    prediction, once or twice, and the network is trained on the result. So it learns to
@@ -36,8 +38,8 @@ from napari_ctseg.models.guidance import GuidanceSpec, gaussian_maps
 from napari_ctseg.models.preprocess import Preprocessing, context_indices
 
 DEFAULT_GUIDANCE: dict[str, Any] = {
-    "sigma_mm": 10.0, "reach_mm": 30.0, "pool_per_case": 16, "max_clicks": 5, "p_empty": 0.1,
-    "p_near_click": 0.75, "p_reference": 0.25, "p_iterate": 0.5, "max_iterations": 2, "reference_version": None,
+    "sigma_mm": 10.0, "reach_mm": 30.0, "pool_per_case": 16, "pool_per_slice": 3, "max_clicks": 5, "p_empty": 0.1,
+    "p_near_click": 0.75, "p_reference": 0.25, "p_plain": 0.25, "p_iterate": 0.5, "max_iterations": 2, "reference_version": None,
 }
 
 
@@ -61,6 +63,8 @@ class GuidancePool:
     mm: list[tuple[float, float]] = field(default_factory=list)  # (z spacing, pixel size)
     priors: list[list[_Prior]] = field(default_factory=list)
     organ_z: list[np.ndarray] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    weights: np.ndarray | None = None  # per case: the share of the draws (group_shares)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -114,8 +118,12 @@ def made_error(truth: np.ndarray, mm: tuple[float, float], rng: np.random.Genera
         st[0] = st[2] = False  # in-plane only: z steps are several mm
         m = ndimage.binary_erosion(m, st, r) if rng.random() < 0.5 else ndimage.binary_dilation(m, st, r)
         kinds.append("shrunk/grown")
+    pieces, n_pieces = ndimage.label(truth)
+    if n_pieces > 1 and rng.random() < 0.4:  # a whole lesion (or piece) missed
+        m &= pieces != int(rng.integers(1, n_pieces + 1))
+        kinds.append("piece missed")
     zs = np.flatnonzero(truth.any(axis=(1, 2)))
-    if zs.size and rng.random() < 0.4:
+    if zs.size and truth.shape[0] > 1 and rng.random() < 0.4:
         cut = max(int(round(rng.uniform(10.0, 30.0) / mm[0])), 1)
         if rng.random() < 0.6:
             m[zs[0]:zs[0] + cut] = False  # the top of the volume (z = 0 is the head end for our scans)
@@ -140,37 +148,53 @@ def made_error(truth: np.ndarray, mm: tuple[float, float], rng: np.random.Genera
 
 # --- the pool ----------------------------------------------------------------------------------
 def build_pool(cache, cases, prep: Preprocessing, label: int, guidance: dict[str, Any],
-               rng: np.random.Generator, reference=None) -> GuidancePool:
-    """The current masks and clicks per training case with a HU stack (``cache``'s order).
-    ``reference``: a plain model of the same target and grid whose own predictions are
-    current masks too."""
+               rng: np.random.Generator, reference=None, group_shares: dict[str, float] | None = None
+               ) -> GuidancePool:
+    """The current masks and clicks per training case (``cache``'s order): HU stacks and
+    single 8-bit slices (``pool_per_slice`` masks each; their pixel is taken as 1 mm, as the
+    slices carry no size). ``reference``: a plain model of the same target and grid whose
+    own predictions are current masks too. ``group_shares``: each case group's share of the
+    draws (as the plain recipe samples them)."""
     from napari_ctseg.training.cases import case_crop
 
     st = settings_of(guidance)
     pool = GuidancePool(GuidanceSpec.from_dict(st), st, int(label))
     for ci, case in enumerate(cases):
-        if case.hu is None or cache.images[ci].shape[0] < 2:
-            continue
-        crop, _ = case_crop(case, prep)
-        sz = float(case.spacing[0]) if case.spacing else 1.0
-        px = float(crop.side * (case.spacing[1] if case.spacing else 1.0) / prep.size[0])
+        single = cache.images[ci].shape[0] < 2
+        if case.hu is not None and not single:
+            crop, _ = case_crop(case, prep)
+            sz = float(case.spacing[0]) if case.spacing else 1.0
+            px = float(crop.side * (case.spacing[1] if case.spacing else 1.0) / prep.size[0])
+        else:  # an 8-bit slice: no size; the network's pixel taken as 1 mm x (image / network size)
+            side = max(np.shape(case.image8)[:2]) if case.image8 is not None else prep.size[0]
+            sz, px = 1.0, float(side) / prep.size[0]
         mm = (sz, px)
         truth = (cache.targets[ci] == label).numpy()
+        if single and not truth.any():
+            continue
         entries = []
         if reference is not None:
             pred = _predict_stack(reference, cache.images[ci], prep) == label
             entries.append(_Prior(pred, error_clicks(truth, pred, mm, st["max_clicks"]), "reference"))
         empty = np.zeros_like(truth)
         entries.append(_Prior(empty, error_clicks(truth, empty, mm, st["max_clicks"]), "empty"))
-        while len(entries) < st["pool_per_case"]:
+        while len(entries) < (st["pool_per_slice"] if single else st["pool_per_case"]):
             m, kind = made_error(truth, mm, rng)
             entries.append(_Prior(m, error_clicks(truth, m, mm, st["max_clicks"]), kind))
+        pool.groups.append(case.group)
         pool.images.append(cache.images[ci])
         pool.targets.append(cache.targets[ci])
         pool.truths.append(truth)
         pool.mm.append(mm)
         pool.priors.append(entries)
         pool.organ_z.append(np.flatnonzero(truth.any(axis=(1, 2))))
+    w = np.ones(len(pool.groups))
+    if group_shares:
+        g = np.asarray(pool.groups)
+        for name in set(pool.groups):
+            sel = g == name
+            w[sel] = float(group_shares.get(name, 0.0)) / sel.sum()
+    pool.weights = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / max(len(w), 1))
     return pool
 
 
@@ -202,7 +226,7 @@ def sample_guided(pool: GuidancePool, prep: Preprocessing, n: int, rng: np.rando
     st = pool.settings
     xs, ys = [], []
     for _ in range(n):
-        ci = int(rng.integers(len(pool.images)))
+        ci = int(rng.choice(len(pool.images), p=pool.weights))
         stack, mm = pool.images[ci], pool.mm[ci]
         entries = pool.priors[ci]
         empty = [p for p in entries if p.kind == "empty"]
@@ -304,24 +328,41 @@ def click_validation(model, cases, prep: Preprocessing, labels: dict[str, int], 
     "mean": mean Dice after the last click}."""
     from napari_ctseg.editing.refine_model import GuidedRefiner
     from napari_ctseg.evaluation.robot import robot_user
-    from napari_ctseg.models.predict import predict_volume
+    from napari_ctseg.models.predict import predict_image8, predict_volume
 
     was_training = model.training
     model.eval()
     refiner = GuidedRefiner.from_parts(model, spec, prep, labels, device=device)
     out: dict[str, Any] = {}
+    slices = GuidedRefiner.from_parts(model, spec, prep, labels, device=device, whole_image=True)
     try:
         for case in cases:
-            if case.hu is None or case.negative:
+            if case.negative:
                 continue
-            start = predict_volume(model, case.hu, prep, device=device)
-            run = robot_user(case.hu, start, case.labels, sorted(labels.values()), case.spacing, n_clicks,
-                             refiner=refiner)
+            if case.hu is None:  # an 8-bit slice: HU from the window, 1 mm pixels, the whole image seen
+                hu, reference = image8_as_hu(case.image8, prep), np.asarray(case.labels)[None]
+                start = predict_image8(model, case.image8, prep, device=device)[None]
+                run = robot_user(hu, start, reference, sorted(labels.values()), (1.0, 1.0, 1.0), n_clicks,
+                                 refiner=slices)
+            else:
+                start = predict_volume(model, case.hu, prep, device=device)
+                run = robot_user(case.hu, start, case.labels, sorted(labels.values()), case.spacing, n_clicks,
+                                 refiner=refiner)
             out[case.name] = [round(float(d), 4) for d in run.dice]
     finally:
         model.train(was_training)
     mean = float(np.mean([d[-1] for d in out.values()])) if out else float("nan")
     return {"cases": out, "mean": mean, "clicks": n_clicks}
+
+
+def image8_as_hu(image8: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """(1, y, x) float32 HU of an 8-bit slice already in ``prep``'s window (v = 0..255 stands for
+    low + v / 255 x (high - low)); windowing it again gives back v / 255."""
+    lo, hi = (float(v) for v in Preprocessing.from_dict(prep).window)
+    img = np.asarray(image8, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[..., :3].mean(axis=-1)
+    return (lo + img / 255.0 * (hi - lo))[None]
 
 
 def card_note(pool: GuidancePool) -> dict[str, Any]:

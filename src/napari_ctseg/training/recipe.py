@@ -16,6 +16,7 @@ import torch
 
 from napari_ctseg import __version__
 from napari_ctseg.training.engine import (
+    IGNORE_LABEL,
     Evaluation,
     Outcome,
     TrainingPlan,
@@ -76,10 +77,15 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
         if data.guidance is not None:
             import napari_ctseg.training.guidance as guided
 
-            x, y = guided.augment_guided(*guided.sample_guided(data.guidance, prep, cfg.batch_size, rng),
+            n_plain = min(int(rng.binomial(cfg.batch_size, data.guidance.settings["p_plain"])), cfg.batch_size - 1)
+            x, y = guided.augment_guided(*guided.sample_guided(data.guidance, prep, cfg.batch_size - n_plain, rng),
                                          cfg.augmentation, prep.pad_value, gen, prep.channels)
-            x, y = x.to(dev), y.to(dev)
-            return guided.iterate(model, x, y, data.guidance, prep.channels, rng), y
+            x = guided.iterate(model, x.to(dev), y.to(dev), data.guidance, prep.channels, rng, IGNORE_LABEL)
+            if n_plain:  # plain batches (no mask, no click: Segment volume), as the plain recipe draws them
+                xp, yp = augment(*data.sample(n_plain, rng), cfg.augmentation, prep.pad_value, gen)
+                xp = torch.cat([xp, xp.new_zeros((n_plain, x.shape[1] - xp.shape[1], *xp.shape[2:]))], dim=1)
+                x, y = torch.cat([x, xp.to(dev)]), torch.cat([y.to(dev), yp.to(dev)])
+            return x, y.to(dev)
         x, y = augment(*data.sample(cfg.batch_size, rng), cfg.augmentation, prep.pad_value, gen)
         return x.to(dev), y.to(dev)
 
@@ -254,7 +260,7 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
 
             reference = load_model(target, st["reference_version"], device="cpu")[0].float()
         data.guidance = build_pool(data.cache, train_cases, prep, min(TARGET_LABELS[target].values()),
-                                   st, np.random.default_rng(1), reference)
+                                   st, np.random.default_rng(1), reference, cfg.group_shares)
     return data
 
 
