@@ -63,37 +63,40 @@ clicks, infection slices >= 0.85 (mean) after 3 clicks.
 Run: .venv/bin/python benchmarks/interactive.py [--data ../shared/data]
      [--targets liver,lungs,infection] [--clicks 10] [--json]
 
-Last run, 2026-12-02 13:22 UTC, on the 2-core development VM (Linux 6.18 x86_64, 2 CPUs,
-Python 3.11.7, other jobs light; 26 s in all, 29 s with start-up), code of commit 600a0e4;
-liver v3, lungs v2, infection v5, all "chosen on" (model selection), none trained on:
+Run: .venv/bin/python benchmarks/interactive.py ... [--methods classical,model]: "model" adds, per
+organ case and for the infection slices, the rows of the target's newest guidance-aware version
+(its card takes clicks), starting from the same default mask.
 
-  target     case                     @0     @1     @3     @5    @10 NoC90 NoC95  s/click med  max
-  liver      liver_chaos03         0.942  0.950  0.950  0.950  0.955     0     2         0.18  0.32
-  lungs      liver_ircad01         0.979  0.979  0.979  0.979  0.979     0     0         0.16  0.29
-               right_lung          0.980  0.980  0.980  0.980  0.980
-               left_lung           0.978  0.978  0.978  0.978  0.978
-  infection  covid_semiseg_train/1 0.774  0.790  0.798  0.823  0.833     -     -         0.01  0.01
-             .../4                 0.664  0.673  0.729  0.742  0.768     -     -         0.01  0.01
-             .../12                0.770  0.785  0.794  0.800  0.803     -     -         0.01  0.01
-             .../28                0.824  0.834  0.841  0.847  0.848     -     -         0.01  0.01
-             .../30                0.696  0.710  0.735  0.747  0.780     -     -         0.01  0.01
-             .../46                0.749  0.768  0.787  0.807  0.825     -     -         0.01  0.01
-             .../47                0.798  0.805  0.821  0.830  0.849     -     -         0.00  0.01
-             .../50                0.629  0.637  0.614  0.620  0.647     -     -         0.01  0.01
-             .../55                0.783  0.797  0.803  0.811  0.821     -     -         0.01  0.01
-             .../67                0.858  0.889  0.908  0.914  0.927     2     -         0.00  0.01
-             MEAN (10 slices)      0.754  0.769  0.783  0.794  0.810  1/10  0/10         0.01  0.01
+Last run, 2026-12-02 17:33 UTC, on the 2-core development VM (Linux 6.18 x86_64, 2 CPUs, Python
+3.11.7) while a training used both cores (seconds per click high; the v4 network's were 0.53 s
+median when quiet), 43 s in all; liver v3, lungs v2, infection v5 make the masks, all "chosen on"
+(model selection), none trained on; "v4 net" is the liver v4 candidate's network:
 
-Goals: liver 0.950 after 5 clicks (goal >= 0.96: not met); lungs 0.979 after 3 (>= 0.985: not
-met); infection mean 0.783 after 3 (>= 0.85: not met). Liver NoC95 = 2 is a touch of 0.9501
-after 2 clicks (0.9499 after 3). What the clicks met: the liver's largest error is a thin
-shortfall all round (one 103k-voxel region, 6-connected) plus the dome; the first click adds
-20k voxels, the next six (on the dome's axial slice, z 10) 0.4-2.6k each with no gain. The
-lungs' errors are a 1-2 voxel rim of partial-volume lung (median -420 HU) that the expert mask
-includes and the model leaves out; an include there adds only the 2 mm click sphere (~40
-voxels: the rim lies outside the lung interior's HU window and the click's spread is an edge's).
-On infection slices some excludes remove true infection too (slice 50 click 3: a 615-pixel
-excess, 1326 pixels removed; slice 12 click 8: 266 and 1298).
+  target     case                     model clicks by status         @0     @1     @3     @5    @10 NoC90 NoC95 s/click med   max  goal
+  -------------------------------------------------------------------------------------------------------------------------------------
+  liver      liver_chaos03            v3    classical chosen on   0.942  0.950  0.950  0.950  0.955     0     2        0.13  0.27  >= 0.96 after 5: NOT met (0.950)
+  liver      liver_chaos03            v3    v4 net    chosen on   0.942  0.944  0.946  0.946  0.947     0     -        1.32  1.78  >= 0.96 after 5: NOT met (0.946)
+  lungs      liver_ircad01            v2    classical chosen on   0.979  0.979  0.979  0.979  0.979     0     0        0.13  0.21  >= 0.985 after 3: NOT met (0.979)
+               right_lung                                         0.980  0.980  0.980  0.980  0.980
+               left_lung                                          0.978  0.978  0.978  0.978  0.978
+  infection  covid_semiseg_train/1    v5    classical chosen on   0.774  0.790  0.798  0.823  0.833     -     -        0.01  0.01
+  infection  covid_semiseg_train/4    v5    classical chosen on   0.664  0.673  0.729  0.742  0.768     -     -        0.00  0.01
+  infection  covid_semiseg_train/12   v5    classical chosen on   0.770  0.785  0.794  0.800  0.803     -     -        0.00  0.01
+  infection  covid_semiseg_train/28   v5    classical chosen on   0.824  0.834  0.841  0.847  0.848     -     -        0.00  0.01
+  infection  covid_semiseg_train/30   v5    classical chosen on   0.696  0.710  0.735  0.747  0.780     -     -        0.01  0.01
+  infection  covid_semiseg_train/46   v5    classical chosen on   0.749  0.768  0.787  0.807  0.825     -     -        0.00  0.01
+  infection  covid_semiseg_train/47   v5    classical chosen on   0.798  0.805  0.821  0.830  0.849     -     -        0.00  0.01
+  infection  covid_semiseg_train/50   v5    classical chosen on   0.629  0.637  0.614  0.620  0.647     -     -        0.00  0.01
+  infection  covid_semiseg_train/55   v5    classical chosen on   0.783  0.797  0.803  0.811  0.821     -     -        0.00  0.01
+  infection  covid_semiseg_train/67   v5    classical chosen on   0.858  0.889  0.908  0.914  0.927     2     -        0.00  0.00
+  infection  MEAN (10 slices)         v5    classical             0.754  0.769  0.783  0.794  0.810  1/10  0/10        0.00  0.01  >= 0.85 (mean) after 3: NOT met (0.783)
+
+Goals: liver 0.950 after 5 clicks with the random walker, 0.946 with the v4 network (goal >= 0.96:
+not met); lungs 0.979 after 3 (>= 0.985: not met); infection mean 0.783 after 3 (>= 0.85: not met).
+What the clicks met: the liver's largest error is a thin shortfall all round (one ~100k-voxel
+region, 6-connected) plus the dome, 1-3 mm, finer than the networks' 128-pixel grid; the lungs'
+errors are a 1-2 voxel rim of partial-volume lung (median -420 HU) that the expert mask includes
+and the model leaves out; on infection slices some excludes remove true infection too.
 """
 from __future__ import annotations
 
