@@ -152,7 +152,12 @@ def _rtstruct_times(ct, mask: np.ndarray, path: Path, repeat: int) -> None:
         t = time.perf_counter()
         maps = read_rtstruct(path, ct)
         reads.append(time.perf_counter() - t)
-    same = all(np.array_equal(m.data > 0, mask == v) for m, v in zip(maps, (1, 2)))
+    values = {"rightlung": 1, "leftlung": 2}
+    back = np.zeros_like(mask)
+    for m in maps:
+        for seg in m.segments:
+            back[m.data == seg.value] = values.get(seg.name.lower().replace("_", "").replace(" ", ""), 255)
+    same = bool(np.array_equal(back, mask))
     print(f"RTSTRUCT {path.stat().st_size / 2**20:.1f} MiB (2 ROIs): write {statistics.median(writes):.2f} s, "
           f"read back onto the CT {statistics.median(reads):.2f} s; read back voxel for voxel: {same}")
 
