@@ -398,7 +398,8 @@ def main(argv=None) -> int:
         mine = [r for r in rows if r["target"] == target]
         status = {}
         for r in mine:
-            status.setdefault(r["status"], []).append(r["case"])
+            if r["case"] not in status.setdefault(r["status"], []):  # one case, several methods: once
+                status[r["status"]].append(r["case"])
         trained = trained_cases(card)
         if target == "infection":
             slices = sum(t.startswith("covid_semiseg_train/") for t in trained)

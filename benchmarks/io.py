@@ -114,10 +114,24 @@ def main() -> None:
         _seg_times(dcm, args.repeat)
 
 
+def _round_trip(write, read, path: Path, repeat: int):
+    """Median seconds to ``write(path)`` and to ``read(path)`` over ``repeat`` runs; the last read."""
+    writes, reads, maps = [], [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        write(path)
+        writes.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        maps = read(path)
+        reads.append(time.perf_counter() - t)
+    return statistics.median(writes), statistics.median(reads), maps
+
+
 def _seg_times(dcm: Path, repeat: int) -> None:
-    """Write and read a DICOM SEG of two lung-sized ellipsoids on the series."""
+    """Write and read a DICOM SEG, then an RTSTRUCT, of two lung-sized ellipsoids on the series."""
     from napari_ctseg.io import read_scan
     from napari_ctseg.io.dicom_objects import read_seg, write_seg
+    from napari_ctseg.io.dicom_objects.rtstruct import read_rtstruct, write_rtstruct
 
     ct = read_scan(dcm)
     z, y, x = np.ogrid[tuple(slice(0, n) for n in ct.hu.shape)]
@@ -125,41 +139,24 @@ def _seg_times(dcm: Path, repeat: int) -> None:
     mask = np.zeros(ct.hu.shape, np.uint8)
     for value, cx in ((1, 170), (2, 342)):
         mask[((z - nz / 2) / (0.4 * nz)) ** 2 + ((y - 256) / 150.0) ** 2 + ((x - cx) / 80.0) ** 2 <= 1] = value
+    names = {1: "right_lung", 2: "left_lung"}
     path = dcm.parent / "lungs_seg.dcm"
-    writes, reads = [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        write_seg(mask, {1: "right_lung", 2: "left_lung"}, ct, path, algorithm="napari-ctseg lungs v2")
-        writes.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        maps = read_seg(path, ct)
-        reads.append(time.perf_counter() - t)
+    w, r, maps = _round_trip(lambda p: write_seg(mask, names, ct, p, algorithm="napari-ctseg lungs v2"),
+                             lambda p: read_seg(p, ct), path, repeat)
     frames = sum(int(m.data.any(axis=(1, 2)).sum()) for m in maps)
     print(f"DICOM SEG {path.stat().st_size / 2**20:.1f} MiB ({frames} frames of 2 segments): write "
-          f"{statistics.median(writes):.2f} s, read back onto the CT {statistics.median(reads):.2f} s")
-    _rtstruct_times(ct, mask, dcm.parent / "lungs_rtstruct.dcm", repeat)
-
-
-def _rtstruct_times(ct, mask: np.ndarray, path: Path, repeat: int) -> None:
-    """Write and read an RTSTRUCT of the same mask (contours traced per slice, rasterised back)."""
-    from napari_ctseg.io.dicom_objects.rtstruct import read_rtstruct, write_rtstruct
-
-    writes, reads = [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        write_rtstruct(mask, {1: "right_lung", 2: "left_lung"}, ct, path, algorithm="napari-ctseg lungs v2")
-        writes.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        maps = read_rtstruct(path, ct)
-        reads.append(time.perf_counter() - t)
+          f"{w:.2f} s, read back onto the CT {r:.2f} s")
+    # RTSTRUCT: contours traced per slice, filled back on reading
+    path = dcm.parent / "lungs_rtstruct.dcm"
+    w, r, maps = _round_trip(lambda p: write_rtstruct(mask, names, ct, p, algorithm="napari-ctseg lungs v2"),
+                             lambda p: read_rtstruct(p, ct), path, repeat)
     values = {"rightlung": 1, "leftlung": 2}
     back = np.zeros_like(mask)
     for m in maps:
         for seg in m.segments:
             back[m.data == seg.value] = values.get(seg.name.lower().replace("_", "").replace(" ", ""), 255)
-    same = bool(np.array_equal(back, mask))
-    print(f"RTSTRUCT {path.stat().st_size / 2**20:.1f} MiB (2 ROIs): write {statistics.median(writes):.2f} s, "
-          f"read back onto the CT {statistics.median(reads):.2f} s; read back voxel for voxel: {same}")
+    print(f"RTSTRUCT {path.stat().st_size / 2**20:.1f} MiB (2 ROIs): write {w:.2f} s, read back onto the CT "
+          f"{r:.2f} s; read back voxel for voxel: {bool(np.array_equal(back, mask))}")
 
 
 if __name__ == "__main__":

@@ -180,5 +180,13 @@ def test_clicks_follow_a_guidance_aware_version(qtbot, make_napari_viewer, tmp_p
     assert len(np.unique(np.nonzero(added)[0])) >= 5  # in 3D
     layer.undo()
     assert np.array_equal(layer.data, start)
+    # without a child process (a thread of the viewer, the network loaded there once): the same edit
+    widget.clicks.process.close()
+    widget.clicks.process = None
+    widget.clicks.clear_points()
+    press_and_release(viewer, at)
+    wait_idle(qtbot, widget)
+    assert np.array_equal((np.asarray(layer.data) == 1) & (start == 0), added)
+    layer.undo()
     combo.setCurrentIndex(0)  # the random walker instead
     assert widget.clicks.guided_card() is None

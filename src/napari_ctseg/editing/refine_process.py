@@ -69,8 +69,9 @@ def _ready() -> bool:
 _REFINERS: dict = {}
 
 
-def _guided(folder: str):
-    """The child's warm ``GuidedRefiner`` for a version folder (loaded once)."""
+def guided_refiner(folder: str):
+    """The warm ``GuidedRefiner`` of a version folder, loaded once per process (the child's, or
+    the viewer's where there is no child)."""
     if folder not in _REFINERS:
         from napari_ctseg.editing.refine_model import GuidedRefiner
         from napari_ctseg.models.registry import ModelCard, load_card_model
@@ -81,7 +82,7 @@ def _guided(folder: str):
 
 
 def _warm_model(folder: str) -> bool:
-    _guided(folder)
+    guided_refiner(folder)
     return True
 
 
@@ -95,20 +96,26 @@ def model_slab(shape, click: Click, spacing, reach_mm: float, context: int) -> t
 
 
 def _child_refine_model(folder, hu, mask, label, click, spacing, crop, history) -> RegionEdit:
-    return _guided(folder).click(hu, mask, label, click, spacing, history=history, crop=crop)
+    return guided_refiner(folder).click(hu, mask, label, click, spacing, history=history, crop=crop)
 
 
 def _local(click: Click, slab) -> Click:
     return Click((click.zyx[0] - slab[0].start, click.zyx[1], click.zyx[2]), click.include)
 
 
+def _on_slab(hu, mask, click: Click, spacing, reach_mm: float, context: int, history):
+    """The slab and the arguments of a guidance-aware click on it (copies: they may travel)."""
+    slab = model_slab(np.shape(hu), click, spacing, reach_mm, context)
+    return slab, (np.ascontiguousarray(hu[slab]), np.ascontiguousarray(mask[slab]), _local(click, slab),
+                  [_local(c, slab) for c in history])
+
+
 def refine_model_cropped(refiner, hu, mask, label, click: Click, spacing, crop, history=()) -> RegionEdit:
     """A guidance-aware click on ``model_slab``'s slab, the edit back on the whole grid (in this
     process: what ``RefineProcess.submit_model`` does in its child)."""
-    slab = model_slab(np.shape(hu), click, spacing, refiner.spec.reach_mm, refiner.prep.context)
-    edit = refiner.click(np.ascontiguousarray(hu[slab]), np.ascontiguousarray(mask[slab]), label,
-                         _local(click, slab), spacing, history=[_local(c, slab) for c in history], crop=crop)
-    return _shifted(edit, slab)
+    slab, (hu_s, mask_s, local, past) = _on_slab(hu, mask, click, spacing, refiner.spec.reach_mm,
+                                                 refiner.prep.context, history)
+    return _shifted(refiner.click(hu_s, mask_s, label, local, spacing, history=past, crop=crop), slab)
 
 
 class RefineProcess:
@@ -138,9 +145,8 @@ class RefineProcess:
 
         reach = GuidanceSpec.from_dict(card.guidance).reach_mm
         context = int(card.preprocessing.get("context", 0))
-        slab = model_slab(np.shape(hu), click, spacing, reach, context)
-        args = (str(card.path), np.ascontiguousarray(hu[slab]), np.ascontiguousarray(mask[slab]), int(label),
-                _local(click, slab), tuple(float(s) for s in spacing), crop, [_local(c, slab) for c in history])
+        slab, (hu_s, mask_s, local, past) = _on_slab(hu, mask, click, spacing, reach, context, history)
+        args = (str(card.path), hu_s, mask_s, int(label), local, tuple(float(s) for s in spacing), crop, past)
         return self._run(_child_refine_model, args, slab)
 
     def _run(self, fn, args, crop) -> Future:

@@ -130,28 +130,13 @@ def label_probability(model, hu: np.ndarray, mask: np.ndarray, label: int, zs, c
     zs = np.asarray(zs, dtype=int)
     out = np.zeros((len(zs), *hu.shape[1:]), dtype=np.float32)
     weight = next((w for w in model.parameters() if w.dim() == 4), None)
-    half = weight is not None and weight.dtype == torch.float16
+    dtype = weight.dtype if weight is not None else torch.float32
     with torch.inference_mode():
         for start in range(0, len(zs), batch_size):
             z = zs[start:start + batch_size]
-            x = slices_to_input(hu, z, prep, crop).to(device)
-            g = guidance_for_slices(mask, label, z, clicks, crop, prep.size, spacing, spec).to(device)
-            if half:
-                x, g = x.half(), g.half()
-            probs = _class_probs_guided(model, x, g)
-            out[start:start + len(z)] = _prob_on_grid(probs, label, crop)
+            x = slices_to_input(hu, z, prep, crop).to(device, dtype)
+            g = guidance_for_slices(mask, label, z, clicks, crop, prep.size, spacing, spec).to(device, dtype)
+            probs = class_probs(model, x, g)
+            # the label's probability on the slice grid (0 outside the square: class 0 is 1 there)
+            out[start:start + len(z)] = probs_to_grid(probs[:, [0, label]], crop)[:, 1].numpy()
     return out
-
-
-def _class_probs_guided(model, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    logits = model(x, g).float()
-    bias = getattr(model, "ctseg_logit_bias", None)
-    if bias is not None:
-        logits = logits + bias.to(logits.device).view(1, -1, 1, 1)
-    return torch.softmax(logits, dim=1).cpu()
-
-
-def _prob_on_grid(probs: torch.Tensor, label: int, crop: SliceCrop) -> np.ndarray:
-    """The probability of ``label`` on the slice grid (0 outside the crop's square)."""
-    full = probs_to_grid(probs[:, [0, label]], crop)  # class 0 is 1 outside the square
-    return full[:, 1].numpy()

@@ -22,10 +22,11 @@ from napari_ctseg.models.preprocess import (
 )
 
 
-def class_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def class_probs(model: nn.Module, x: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax of the network's logits for input ``x`` (float32, on the CPU), with the card's
-    operating point (``model.ctseg_logit_bias``, set by the registry's loader) added first."""
-    logits = model(x).float()
+    operating point (``model.ctseg_logit_bias``, set by the registry's loader) added first;
+    ``guidance``: a guidance-aware network's maps (``models.guidance``)."""
+    logits = (model(x) if guidance is None else model(x, guidance)).float()
     bias = getattr(model, "ctseg_logit_bias", None)
     if bias is not None:
         logits = logits + bias.to(logits.device).view(1, -1, *([1] * (logits.dim() - 2)))

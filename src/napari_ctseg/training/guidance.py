@@ -238,7 +238,8 @@ def sample_guided(pool: GuidancePool, prep: Preprocessing, n: int, rng: np.rando
         elif ref and u < st["p_empty"] + st["p_reference"]:
             prior = ref[0]
         else:
-            prior = made[int(rng.integers(len(made)))]
+            choices = made or entries
+            prior = choices[int(rng.integers(len(choices)))]
         k = int(rng.integers(0, len(prior.clicks) + 1))
         clicks = prior.clicks[:k]
         zmax = stack.shape[0] - 1
@@ -319,6 +320,26 @@ def iterate(model, x: torch.Tensor, y: torch.Tensor, pool: GuidancePool, image_c
     finally:
         model.train(was_training)
     return x
+
+
+def guided_batch(model, pool: GuidancePool, sample_plain, cfg, prep: Preprocessing, rng: np.random.Generator,
+                 gen, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch of a guidance-aware version: guided samples (augmented, iterated on
+    the network's own errors) and a ``p_plain`` share of plain ones (``sample_plain(n, rng)``, as
+    the plain recipe draws them) with zero maps."""
+    from napari_ctseg.training.augment import augment
+    from napari_ctseg.training.engine import IGNORE_LABEL
+
+    n_plain = min(int(rng.binomial(cfg.batch_size, pool.settings["p_plain"])), cfg.batch_size - 1)
+    x, y = augment_guided(*sample_guided(pool, prep, cfg.batch_size - n_plain, rng), cfg.augmentation,
+                          prep.pad_value, gen, prep.channels)
+    x, y = x.to(dev), y.to(dev)
+    x = iterate(model, x, y, pool, prep.channels, rng, IGNORE_LABEL)
+    if n_plain:
+        xp, yp = augment(*sample_plain(n_plain, rng), cfg.augmentation, prep.pad_value, gen)
+        xp = torch.cat([xp, xp.new_zeros((n_plain, x.shape[1] - xp.shape[1], *xp.shape[2:]))], dim=1)
+        x, y = torch.cat([x, xp.to(dev)]), torch.cat([y, yp.to(dev)])
+    return x, y
 
 
 def click_validation(model, cases, prep: Preprocessing, labels: dict[str, int], spec: GuidanceSpec,

@@ -16,7 +16,6 @@ import torch
 
 from napari_ctseg import __version__
 from napari_ctseg.training.engine import (
-    IGNORE_LABEL,
     Evaluation,
     Outcome,
     TrainingPlan,
@@ -75,17 +74,9 @@ def train(target: str, data_dir, out_dir, epochs: int | None = None, seed: int =
 
     def batch():
         if data.guidance is not None:
-            import napari_ctseg.training.guidance as guided
+            from napari_ctseg.training.guidance import guided_batch
 
-            n_plain = min(int(rng.binomial(cfg.batch_size, data.guidance.settings["p_plain"])), cfg.batch_size - 1)
-            x, y = guided.augment_guided(*guided.sample_guided(data.guidance, prep, cfg.batch_size - n_plain, rng),
-                                         cfg.augmentation, prep.pad_value, gen, prep.channels)
-            x = guided.iterate(model, x.to(dev), y.to(dev), data.guidance, prep.channels, rng, IGNORE_LABEL)
-            if n_plain:  # plain batches (no mask, no click: Segment volume), as the plain recipe draws them
-                xp, yp = augment(*data.sample(n_plain, rng), cfg.augmentation, prep.pad_value, gen)
-                xp = torch.cat([xp, xp.new_zeros((n_plain, x.shape[1] - xp.shape[1], *xp.shape[2:]))], dim=1)
-                x, y = torch.cat([x, xp.to(dev)]), torch.cat([y.to(dev), yp.to(dev)])
-            return x, y.to(dev)
+            return guided_batch(model, data.guidance, data.sample, cfg, prep, rng, gen, dev)
         x, y = augment(*data.sample(cfg.batch_size, rng), cfg.augmentation, prep.pad_value, gen)
         return x.to(dev), y.to(dev)
 
@@ -283,6 +274,8 @@ def _silver_slices_note(cfg: TrainingConfig, n: int | None) -> str:
 def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preprocessing,
                    labels: dict[str, int], data: _TrainingData, outcome: Outcome, notes: str | None) -> ModelCard:
     """The card of a trained version (its ``validation`` is filled by the caller)."""
+    from napari_ctseg.training.guidance import card_note
+
     names, extra = data.names, dict(cfg.extra_classes)
     return ModelCard(
         target=target, version=version, labels=dict(labels),
@@ -303,7 +296,7 @@ def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preproc
             **({"synthetic_hard_negatives": {"settings": dict(cfg.hard_negatives), "note": HARD_NEGATIVES_NOTE}}
                if cfg.hard_negatives and data.hosts is not None else {}),
             **({"hard_negative_slices": data.hosts.hard} if data.hosts is not None else {}),
-            **({"guidance": _guidance_note(data.guidance)} if data.guidance is not None else {}),
+            **({"guidance": card_note(data.guidance)} if data.guidance is not None else {}),
             **({"extra_classes": extra, "extra_classes_note": "training-only classes learnt from the "
                 "silver labels (airway: the trachea and main bronchi found by the classical method); "
                 "the output counts them as background"} if extra else {}),
@@ -328,12 +321,6 @@ def _training_card(target: str, version: str, cfg: TrainingConfig, prep: Preproc
         stages=[dict(st) for st in cfg.stages],
         guidance=data.guidance.spec.to_dict() if data.guidance is not None else {},
     )
-
-
-def _guidance_note(pool) -> dict[str, Any]:
-    from napari_ctseg.training.guidance import card_note
-
-    return card_note(pool)
 
 
 def _final_validation(model, data: _TrainingData, outcome: Outcome, prep: Preprocessing,

@@ -260,16 +260,17 @@ class ClickPanel(QGroupBox):
                 from napari_ctseg.editing.refine_process import refine_model_cropped
                 from napari_ctseg.models.preprocess import find_crop
 
-                crop = crops.get(id(hu))
+                key = (id(hu), hu.shape, str(card.path))
+                crop = crops.get(key)
                 if crop is None:  # the network's square of this scan, once
-                    crop = crops[id(hu)] = find_crop(hu, card.preprocessing)
+                    crop = crops[key] = find_crop(hu, card.preprocessing)
                 if process is not None:
                     edit = process.submit_model(card, hu, mask, label, click, spacing, crop, history).result()
-                else:
-                    from napari_ctseg.editing.refine_model import GuidedRefiner
+                else:  # no child process here: the network loaded once in this one
+                    from napari_ctseg.editing.refine_process import guided_refiner
 
-                    edit = refine_model_cropped(GuidedRefiner.load(card.target, card.version), hu, mask, label,
-                                                click, spacing, crop, history)
+                    edit = refine_model_cropped(guided_refiner(str(card.path)), hu, mask, label, click, spacing,
+                                                crop, history)
             elif process is not None:  # the warm child: the event loop never waits for the GIL
                 edit = process.submit(hu, mask, label, click, spacing).result()
             else:
