@@ -269,6 +269,27 @@ def counting_job(n, fail_at=None, crash_at=None, marker=None):
     return "done"
 
 
+def pid_job(wait_s: float = 0.0):
+    """Yields once, then returns its process id (which worker process ran it)."""
+    import os
+    import time
+
+    yield 0
+    time.sleep(wait_s)
+    return os.getpid()
+
+
+def doubling_job(shared):
+    """Reads a ``jobs.SharedArray`` in the child and returns its double as a new one."""
+    from napari_ctseg.jobs import SharedArray
+
+    yield 0
+    out = SharedArray.copy_of(shared.array * 2)
+    shared.close()
+    out.close()
+    return out
+
+
 def fine_tune_that_dies(target, corrections, **kwargs):
     """Stands in for ``fine_tuning.fine_tune`` in a child process: reports once, then the
     process dies as an out-of-memory kill or a crash in native code would leave it."""

@@ -2,6 +2,7 @@
 process (events in order, the return value, errors, cancel, a dying process)."""
 import os
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,8 @@ from napari_ctseg.jobs import (
     Eta,
     JobError,
     Progress,
+    SharedArray,
+    WorkerProcess,
     as_progress,
     duration_text,
     error_line,
@@ -94,6 +97,60 @@ def test_closing_a_child_job_stops_the_child_and_cleans_up(tmp_path):
     assert next(gen) == 0
     gen.close()
     assert marker.read_text() == "cleaned up"
+
+
+def _our_shared_memory() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("psm_*")} if Path("/dev/shm").is_dir() else set()
+
+
+def test_a_worker_process_stays_between_jobs_and_is_replaced_when_it_dies():
+    worker = WorkerProcess(warm=("numpy",))
+    try:
+        first = drive(worker.job("synthetic:pid_job"))[1]
+        assert drive(worker.job("synthetic:pid_job"))[1] == first  # the same warm process
+        assert first != os.getpid()
+        with pytest.raises(JobError, match="ended unexpectedly"):
+            drive(worker.job("synthetic:counting_job", 10, crash_at=2))
+        after = drive(worker.job("synthetic:pid_job"))[1]
+        assert after not in (first, os.getpid())  # a new one
+    finally:
+        worker.close()
+    assert not worker.alive
+
+
+def test_a_worker_process_runs_one_job_at_a_time_and_goes_on_after_a_cancel(tmp_path):
+    worker = WorkerProcess()
+    try:
+        running = worker.job("synthetic:pid_job", 2.0)
+        next(running)
+        assert worker.busy
+        with pytest.raises(JobError, match="busy"):
+            drive(worker.job("synthetic:pid_job"))
+        pid = drive(running)[1]
+        cancel = CancelToken()
+        marker = tmp_path / "marker"
+        gen = worker.job("synthetic:counting_job", 1000, marker=str(marker), cancel=cancel)
+        next(gen)
+        cancel.cancel()
+        with pytest.raises(Cancelled):
+            drive(gen)
+        assert marker.read_text() == "cleaned up"
+        assert drive(worker.job("synthetic:pid_job"))[1] == pid  # the same process, ready again
+    finally:
+        worker.close()
+
+
+def test_shared_arrays_travel_both_ways_and_are_freed():
+    np = pytest.importorskip("numpy")
+    before = _our_shared_memory()
+    a = np.arange(5 * 7 * 3, dtype=np.int16).reshape(5, 7, 3)
+    shared = SharedArray.copy_of(a)
+    out = drive(in_child_process("synthetic:doubling_job", shared))[1]
+    shared.free()
+    assert isinstance(out, SharedArray)
+    got = out.take()
+    assert got.dtype == np.int16 and np.array_equal(got, a * 2)
+    assert _our_shared_memory() == before  # nothing left in /dev/shm
 
 
 # --- the driver in this thread -------------------------------------------------------------

@@ -32,11 +32,16 @@ unsaved edits, with it. ``in_child_process`` runs a job (``fine_tune``, ``train`
 * a child that dies (killed for memory, a crash in native code) raises ``JobError`` saying
   so; this process is unharmed.
 
+Large arrays (a CT volume, its masks) travel as ``SharedArray``: shared memory that both
+processes map, copied in and out a slice at a time, so that neither pickling a 300 MB volume
+nor copying it holds the GIL long enough to freeze the viewer.
+
 The job is named ``"package.module:function"`` so that the child imports it itself (nothing
 of napari or Qt is pickled or imported there). Arguments and events must be picklable.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import queue as queue_mod
@@ -46,6 +51,8 @@ import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from napari_ctseg.errors import CTSegError
 
@@ -222,9 +229,9 @@ def _resolve(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _child(name: str, args: tuple, kwargs: dict, out, stop) -> None:
-    """The child process: run the job, send ("event", e) ..., then ("return", value),
-    ("cancelled",) or ("error", exc, traceback)."""
+def _run_one(name: str, args: tuple, kwargs: dict, out, stop) -> None:
+    """Run one job in the child: send ("event", e) ..., then ("return", value), ("cancelled",)
+    or ("error", exc, traceback)."""
     try:
         gen = _resolve(name)(*args, **kwargs)
         try:
@@ -239,56 +246,219 @@ def _child(name: str, args: tuple, kwargs: dict, out, stop) -> None:
             out.put(("error", exc, tb))
         except Exception:  # noqa: BLE001 - an exception that cannot be pickled
             out.put(("error", None, f"{type(exc).__name__}: {exc}\n{tb}"))
+
+
+def _serve(inbox, out, stop, warm: tuple[str, ...]) -> None:
+    """The child process: import ``warm`` now, then run each job that arrives until ``None``."""
+    for module in warm:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the job that needs it will say what is wrong
+            pass
+    try:
+        while True:
+            task = inbox.get()
+            if task is None:
+                break
+            _run_one(*task, out, stop)
     finally:
         out.close()
         out.join_thread()
 
 
+_END = ("return", "cancelled", "error")
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def without_main_module():
+    """Start ``spawn`` processes, within this block, without running this program's main module
+    again in them.
+
+    A spawned child first re-imports ``__main__`` (so that it can unpickle what the main module
+    defines): under ``python -m napari_ctseg._napari.demo`` or the ``napari`` script that is
+    napari and Qt, seconds of start and hundreds of MB in a child that needs neither. Our jobs
+    are named ``"module:function"`` and import what they need, so the children skip it
+    (``multiprocessing.spawn.get_preparation_data`` without its two ``init_main_*`` entries;
+    where that function is missing the children start as before).
+    """
+    from multiprocessing import spawn
+
+    original = getattr(spawn, "get_preparation_data", None)
+    if original is None:
+        yield
+        return
+
+    def without_main(name):
+        data = original(name)
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+        return data
+
+    with _MAIN_LOCK:
+        spawn.get_preparation_data = without_main
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = original
+
+
+class WorkerProcess:
+    """A ``spawn`` child process that runs jobs one at a time and stays between them, so that
+    a job does not pay for starting Python and importing torch (``in_child_process`` is one
+    that lives for one job).
+
+    ``warm``: modules the child imports as soon as it starts (``start()``, or the first job).
+    ``job(name, *args, cancel=..., **kwargs)`` runs the job ``"module:function"`` there and
+    is a job itself (see the module docstring: events, the return value, errors, cancel). A
+    second job while one runs raises ``JobError`` (``busy`` says so beforehand). A child that
+    dies, or does not stop within ``grace_s`` of a cancel (it is then terminated), is replaced
+    by a new one at the next job. ``close()`` ends it; it is a daemon, so it ends with this
+    program too.
+    """
+
+    def __init__(self, warm: tuple[str, ...] = (), name: str = "napari-ctseg worker"):
+        self.warm = tuple(warm)
+        self.name = name
+        self._proc = None
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def start(self) -> WorkerProcess:
+        """Start the child (and its imports) now, unless it runs already."""
+        if self.alive:
+            return self
+        self._discard()
+        ctx = mp.get_context("spawn")
+        self._inbox, self._out, self._stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+        self._proc = ctx.Process(target=_serve, args=(self._inbox, self._out, self._stop, self.warm),
+                                 daemon=True, name=self.name)
+        with without_main_module():
+            self._proc.start()
+        return self
+
+    def job(self, job: str, *args: Any, cancel: threading.Event | None = None, grace_s: float = 30.0,
+            **kwargs: Any) -> Job:
+        """Run ``job`` (``"module:function"``) with ``args``/``kwargs`` in the child; yield its
+        events here and return its return value."""
+        if not self._lock.acquire(blocking=False):
+            raise JobError(f"{self.name} is busy with another job")
+        try:
+            return (yield from self._job(job, args, kwargs, cancel, grace_s))
+        finally:
+            self._lock.release()
+
+    def _job(self, job, args, kwargs, cancel, grace_s):
+        self.start()
+        proc, out, stop = self._proc, self._out, self._stop
+        stop.clear()
+        self._inbox.put((job, args, kwargs))
+        finished = False
+        try:
+            while True:
+                if cancel is not None and cancel.is_set() and not stop.is_set():
+                    stop.set()
+                try:
+                    message = out.get(timeout=POLL_S)
+                except queue_mod.Empty:
+                    if not proc.is_alive():
+                        # a last message may still be in the pipe
+                        try:
+                            message = out.get(timeout=1.0)
+                        except queue_mod.Empty:
+                            finished = True
+                            self._discard()
+                            raise JobError(_death(proc.exitcode)) from None
+                    else:
+                        continue
+                kind = message[0]
+                if kind == "event":
+                    if not stop.is_set():  # after a cancel, what the child still sends is dropped
+                        yield message[1]
+                    continue
+                finished = True
+                if kind == "return":
+                    return message[1]
+                if kind == "cancelled":
+                    raise Cancelled("cancelled")
+                exc, tb = message[1], message[2]
+                if isinstance(exc, CTSegError):
+                    raise exc
+                name = type(exc).__name__ if exc is not None else "error"
+                raise JobError(f"{name}: {exc}" if exc is not None else tb.splitlines()[0], tb)
+        finally:
+            if not finished:  # closed or cancelled here: the child stops its job, or goes
+                stop.set()
+                if not self._wait_end(grace_s):
+                    self._discard()
+
+    def _wait_end(self, timeout_s: float) -> bool:
+        """Read what the child still sends (so that it is never stuck writing) until its job's
+        end; False when it died or did not end within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                message = self._out.get(timeout=POLL_S)
+            except (queue_mod.Empty, EOFError, OSError):
+                if not self.alive:
+                    return False
+                continue
+            if message[0] in _END:
+                return True
+        return False
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """End the child: at once when idle, after ``timeout_s`` otherwise (terminated)."""
+        if self._proc is None:
+            return
+        if self.alive and not self.busy:
+            try:
+                self._inbox.put(None)
+            except (OSError, ValueError):
+                pass
+            _wait_for(self._proc, self._out, timeout_s)
+        self._discard()
+
+    def _discard(self) -> None:
+        """Forget the child: terminate it if it still runs, close the queues."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5.0)
+        for q in (self._inbox, self._out):
+            try:
+                q.close()
+                q.cancel_join_thread()
+            except (OSError, ValueError):
+                pass
+        self._inbox = self._out = self._stop = None
+
+    def __del__(self):
+        try:
+            self._discard()
+        except Exception:  # noqa: BLE001 - at interpreter exit
+            pass
+
+
 def in_child_process(job: str, *args: Any, cancel: threading.Event | None = None, grace_s: float = 30.0,
                      **kwargs: Any) -> Job:
     """Run the generator function ``job`` (``"module:function"``) with ``args``/``kwargs`` in a
-    spawned process; yield its events here and return its return value (see the module docstring)."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    stop = ctx.Event()
-    proc = ctx.Process(target=_child, args=(job, args, kwargs, out, stop), daemon=True,
-                       name=f"napari-ctseg {job.rpartition(':')[2]}")
-    proc.start()
-    finished = False
+    spawned process of its own; yield its events here and return its return value (see the
+    module docstring)."""
+    worker = WorkerProcess(name=f"napari-ctseg {job.rpartition(':')[2]}")
     try:
-        while True:
-            if cancel is not None and cancel.is_set() and not stop.is_set():
-                stop.set()
-            try:
-                message = out.get(timeout=POLL_S)
-            except queue_mod.Empty:
-                if not proc.is_alive():
-                    # a last message may still be in the pipe
-                    try:
-                        message = out.get(timeout=1.0)
-                    except queue_mod.Empty:
-                        raise JobError(_death(proc.exitcode)) from None
-                else:
-                    continue
-            kind = message[0]
-            if kind == "event":
-                if not stop.is_set():  # after a cancel, what the child still sends is dropped
-                    yield message[1]
-                continue
-            finished = True
-            if kind == "return":
-                return message[1]
-            if kind == "cancelled":
-                raise Cancelled("cancelled")
-            exc, tb = message[1], message[2]
-            if isinstance(exc, CTSegError):
-                raise exc
-            name = type(exc).__name__ if exc is not None else "error"
-            raise JobError(f"{name}: {exc}" if exc is not None else tb.splitlines()[0], tb)
+        return (yield from worker.job(job, *args, cancel=cancel, grace_s=grace_s, **kwargs))
     finally:
-        if not finished:
-            stop.set()
-        _wait_for(proc, out, 5.0 if finished else grace_s)
+        worker.close()
 
 
 def _wait_for(proc, out, timeout_s: float) -> None:
@@ -304,7 +474,88 @@ def _wait_for(proc, out, timeout_s: float) -> None:
     if proc.is_alive():
         proc.terminate()
         proc.join(timeout=5.0)
-    out.close()
+
+
+class SharedArray:
+    """A numpy array in shared memory (``multiprocessing.shared_memory``), picklable as its
+    name, shape and dtype: unpickled in another process, it maps the same memory.
+
+    ``SharedArray.copy_of(a)`` makes one and copies ``a`` in; ``array`` is the mapped view;
+    ``take()`` copies it out into an ordinary array and frees the memory. Both copies go one
+    slice (axis 0) at a time, so that another thread (the viewer's) gets the GIL between
+    slices. Whoever made it frees it (``take`` or ``free``); what a dead process leaves is
+    freed by multiprocessing's resource tracker when this program ends.
+    """
+
+    def __init__(self, shape, dtype, *, _name: str | None = None):
+        from multiprocessing import shared_memory
+
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        size = max(int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize, 1)
+        self._shm = (shared_memory.SharedMemory(create=True, size=size) if _name is None
+                     else shared_memory.SharedMemory(name=_name))
+        self.name = self._shm.name
+
+    @classmethod
+    def copy_of(cls, a) -> SharedArray:
+        a = np.asarray(a)
+        out = cls(a.shape, a.dtype)
+        view = out.array
+        if a.ndim == 0:
+            view[()] = a
+        for i in range(a.shape[0] if a.ndim else 0):
+            view[i] = a[i]
+        return out
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.ndarray(self.shape, dtype=self.dtype, buffer=self._shm.buf)
+
+    def take(self) -> np.ndarray:
+        """An ordinary copy of the array; the shared memory is freed."""
+        out = np.empty(self.shape, dtype=self.dtype)
+        view = self.array
+        if out.ndim == 0:
+            out[()] = view
+        for i in range(out.shape[0] if out.ndim else 0):
+            out[i] = view[i]
+        del view
+        self.free()
+        return out
+
+    def free(self) -> None:
+        """Unmap and remove the shared memory (again: nothing)."""
+        shm, self._shm = self._shm, None
+        if shm is None:
+            return
+        _unmap(shm)
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        """Unmap it here; the memory stays for its owner."""
+        shm, self._shm = self._shm, None
+        if shm is not None:
+            _unmap(shm)
+
+    def __getstate__(self):
+        return {"shape": self.shape, "dtype": self.dtype.str, "name": self.name}
+
+    def __setstate__(self, state):
+        self.__init__(state["shape"], state["dtype"], _name=state["name"])
+
+    def __repr__(self) -> str:
+        return f"SharedArray({self.name}, {'x'.join(map(str, self.shape))}, {self.dtype})"
+
+
+def _unmap(shm) -> None:
+    try:
+        shm.close()
+    except BufferError:  # a view of it is still alive somewhere: the mapping goes with it
+        pass
 
 
 def _death(code: int | None) -> str:

@@ -52,6 +52,32 @@ def test_segment_adds_labels_on_image_geometry(make_napari_viewer, qtbot, tmp_pa
     assert "liver" in QApplication.clipboard().text()
 
 
+def test_segmenting_runs_in_the_warm_worker_process_with_the_same_masks(make_napari_viewer, qtbot, tmp_path,
+                                                                        tiny_weights):
+    """The networks run in another process (the widget warms it when it is made); the layers
+    hold what ``segment`` gives in this one."""
+    import os
+
+    from napari_ctseg._napari.widgets.segment import segment_worker, volume_from_layer
+    from napari_ctseg.segmentation.inference import segment
+
+    viewer = make_napari_viewer()
+    image = _open(viewer, tmp_path)
+    widget = SegmentWidget(viewer)
+    qtbot.waitUntil(lambda: segment_worker().alive, timeout=10_000)
+    widget.device_combo.setCurrentIndex(1)
+    widget.start()
+    _run(qtbot, widget)
+    pid = segment_worker()._proc.pid
+    assert pid != os.getpid()
+    here = segment(volume_from_layer(image), ["lungs", "liver", "infection"], "cpu")
+    for layer in (ly for ly in viewer.layers if isinstance(ly, Labels)):
+        assert np.array_equal(layer.data, here.masks[layer.name])
+    widget.start()  # a second run: the same process, still warm
+    _run(qtbot, widget)
+    assert segment_worker()._proc.pid == pid
+
+
 def test_result_layers_are_added_one_per_event_loop_turn(make_napari_viewer, qtbot, tmp_path, tiny_weights):
     """napari builds a layer's visuals in the GUI thread, so the result layers arrive one per turn
     of the event loop (the window repaints between them), and the run ends with the last one."""

@@ -265,3 +265,54 @@ def test_largest_components_in_place_and_across_slabs():
     out = largest_components(given, keep=2, in_place=True)
     assert out is given and np.array_equal(given, expected)
     assert not largest_components(np.zeros((3, 4, 4), bool), in_place=True).any()
+
+
+# --- in a child process (what Segment volume does) -------------------------------------------
+
+def _shared_memory_now() -> set:
+    from pathlib import Path
+
+    return {p.name for p in Path("/dev/shm").glob("psm_*")} if Path("/dev/shm").is_dir() else set()
+
+
+def test_a_child_process_gives_the_same_masks_and_frees_its_shared_memory(tiny_weights, volume):
+    from napari_ctseg.editing.corrections import slice_digests
+    from napari_ctseg.jobs import WorkerProcess, run
+    from napari_ctseg.segmentation.inference import segment_in_child
+
+    before = _shared_memory_now()
+    here = segment(volume, "lungs,liver,infection", "cpu")
+    worker = WorkerProcess(warm=("napari_ctseg.segmentation.inference",))
+    try:
+        events = []
+        for _ in range(2):  # the second run reuses the warm process and its loaded models
+            result, digests = run(segment_in_child(volume, "lungs,liver,infection", "cpu", process=worker),
+                                  on_event=events.append)
+            assert set(result.masks) == set(here.masks)
+            for target, mask in here.masks.items():
+                assert result.masks[target].dtype == mask.dtype and np.array_equal(result.masks[target], mask)
+                assert digests[target] == slice_digests(mask)
+            assert result.volumes_ml == here.volumes_ml
+        assert events and events[-1].done == events[-1].total
+        # a given lung mask goes over too: infection is then looked for inside it only
+        lungs = np.zeros(volume.shape, np.uint8)
+        result, _ = run(segment_in_child(volume, ["infection"], "cpu", lungs=lungs, process=worker))
+        assert not result.masks["infection"].any()
+    finally:
+        worker.close()
+    assert _shared_memory_now() == before
+
+
+def test_a_child_run_cancels_and_notes_the_device_from_here(tiny_weights, volume, monkeypatch):
+    from napari_ctseg.jobs import CancelToken, run
+    from napari_ctseg.segmentation.inference import segment_in_child
+
+    before = _shared_memory_now()
+    cancel = CancelToken()
+    with pytest.raises(Cancelled):
+        run(segment_in_child(volume, ["liver"], "cpu", cancel=cancel), on_event=lambda e: cancel.cancel(),
+            cancel=cancel)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result, _ = run(segment_in_child(volume, ["liver"], "cuda"))
+    assert result.device == "cpu" and any("CUDA is not available" in n for n in result.notes)
+    assert _shared_memory_now() == before

@@ -27,6 +27,7 @@ import numpy as np
 from napari_ctseg.editing.refine import PROBE_MM, Click, _spacing3, refine_click
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import RefineError
+from napari_ctseg.jobs import without_main_module
 
 
 def click_crop(shape, click: Click, spacing) -> tuple[slice, ...]:
@@ -128,7 +129,8 @@ class RefineProcess:
 
     def _start(self) -> None:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self._pool.submit(_ready)  # the child starts and imports refine now, not at the first click
+        with without_main_module():  # the child needs neither napari nor Qt
+            self._pool.submit(_ready)  # the child starts and imports refine now, not at the first click
 
     def submit(self, hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spacing) -> Future:
         crop, args = _cropped(hu, mask, label, click, spacing)

@@ -3,6 +3,9 @@
 ``segment_steps`` is a generator: it yields a ``Progress`` after every batch of slices and
 returns a ``SegmentResult`` (so a napari ``thread_worker`` can wrap it, and stopping the
 iteration cancels the job). ``segment`` runs it inline, for the CLI and tests.
+``segment_in_child`` runs it in a child process (``jobs.in_child_process``), the volume and the
+masks in shared memory: what Segment volume does, so that the network's work never shares the
+viewer's GIL and a crash in torch cannot take napari down.
 
 Masks are uint8 on the volume's own display grid (z, y, x). Post-processing follows the
 anatomy: one connected component per lung (1 = right, 2 = left) and for the liver, holes
@@ -424,6 +427,87 @@ def segment(volume: CTVolume, targets: str | Iterable[str], device: str = "auto"
     from napari_ctseg.jobs import run
 
     return run(segment_steps(volume, targets, device, **kwargs), on_event=progress, cancel=cancel)
+
+
+CHILD_JOB = "napari_ctseg.segmentation.inference:_child_segment"
+_CHILD_MODELS: dict[tuple, ModelSet] = {}  # in the child: the loaded models, per registry
+
+
+def segment_in_child(volume: CTVolume, targets: str | Iterable[str], device: str = "auto", *,
+                     versions: dict[str, str] | None = None, registry: ModelRegistry | None = None,
+                     lungs: np.ndarray | None = None, cancel: threading.Event | None = None,
+                     process=None,
+                     ) -> Generator[Progress, None, tuple[SegmentResult, dict[str, list[int]]]]:
+    """``segment_steps`` in a fresh child process: yields its ``Progress`` here, returns the
+    ``SegmentResult`` and each 3D mask's slice fingerprints (``editing.corrections.slice_digests``,
+    the baseline of 'changed slices', computed there too).
+
+    The volume (and ``lungs``) go over in shared memory, the masks come back the same way, each
+    copied a slice at a time (``jobs.SharedArray``). ``cancel`` (or closing the generator) stops
+    the child (``Cancelled``); a child that dies raises ``JobError`` here and leaves this process
+    unharmed. ``process``: a warm ``jobs.WorkerProcess`` to run it in (it keeps torch and the
+    loaded weights between runs); without one (or while it is busy) a process of its own
+    (``jobs.in_child_process``), which costs its start: importing torch, about 3 s on a 2-core
+    CPU. The device is chosen here (``choose_device``), so its note is this process's view.
+    """
+    from napari_ctseg.jobs import SharedArray, in_child_process
+
+    registry = as_registry(registry)
+    targets = parse_targets(targets, registry)
+    dev, note = choose_device(device)
+    shared = [SharedArray.copy_of(volume.hu)]
+    if lungs is not None:
+        shared.append(SharedArray.copy_of(lungs))
+    args = (CHILD_JOB, shared[0], volume.geometry, volume.name, targets, str(dev))
+    kwargs = dict(versions=dict(versions or {}), registry=registry, lungs=shared[1] if lungs is not None else None,
+                  cancel=cancel)
+    try:
+        if process is not None and not process.busy:
+            result, digests = yield from process.job(*args, **kwargs)
+        else:
+            result, digests = yield from in_child_process(*args, **kwargs)
+    finally:
+        for s in shared:
+            s.free()
+    if note:
+        result.notes.insert(0, note)
+    masks = {}
+    try:
+        for target, mask in result.masks.items():
+            masks[target] = mask.take() if isinstance(mask, SharedArray) else mask
+    finally:
+        for mask in result.masks.values():
+            if isinstance(mask, SharedArray):
+                mask.free()
+    return replace(result, masks=masks), digests
+
+
+def _child_segment(hu, geometry, name, targets, device, *, versions, registry, lungs=None):
+    """``segment_in_child``'s job, in the child: the shared arrays mapped, the masks sent back shared."""
+    from napari_ctseg.editing.corrections import slice_digests
+    from napari_ctseg.jobs import SharedArray
+
+    volume = CTVolume(hu=hu.array, geometry=geometry, name=name)
+    given = lungs.array if lungs is not None else None
+    key = (registry.roots, registry.user_dir)
+    models = _CHILD_MODELS.get(key)
+    if models is None:  # loaded once per registry in a warm worker; a version's checksum keys its cache
+        models = _CHILD_MODELS[key] = ModelSet(registry=registry)
+    models.versions = dict(versions)
+    try:
+        result = yield from segment_steps(volume, targets, device, models=models, lungs=given)
+    finally:
+        del volume, given
+        hu.close()
+        if lungs is not None:
+            lungs.close()
+    digests = {t: slice_digests(m) for t, m in result.masks.items() if m.ndim == 3}
+    shared = {}
+    for target, mask in result.masks.items():
+        out = SharedArray.copy_of(mask)
+        out.close()  # the memory stays until the parent takes it
+        shared[target] = out
+    return replace(result, masks=shared), digests
 
 
 # --- post-processing (the primitives: segmentation.postprocess) -------------------------

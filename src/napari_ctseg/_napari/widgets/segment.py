@@ -1,14 +1,19 @@
-"""Segment volume dock widget: the bundled U-Nets over the chosen CT, in a worker thread.
+"""Segment volume dock widget: the bundled U-Nets over the chosen CT, in a worker process.
 
 The widget gathers the choices (image layer, targets, device, model versions) and runs
-``inference.segment_steps`` (a 2D 8-bit slice: ``segment_image8``) as a job through the
-plugin's one Qt adapter (``_napari/_jobs.py``: napari's thread worker, progress with the time
-left here and in napari's activity dock, errors in one line). Cancel stops the job before
+``inference.segment_in_child`` (``segment_steps`` in a child process: the networks never share
+the viewer's GIL, and a crash or an out-of-memory kill there is an error message here, never a
+crash of napari) as a job through the plugin's one Qt adapter (``_napari/_jobs.py``: napari's
+thread worker waits for the child; progress with the time left here and in napari's activity
+dock, errors in one line). A 2D 8-bit slice (``segment_image8``, a fraction of a second) runs in
+the thread. Cancel stops the job before
 its next batch of slices; no layer is added then. Results arrive as one new Labels layer
 per target, on the image's scale/translate with the source geometry in ``metadata`` (so
 File > Save writes them onto the scan), never replacing a layer that is already there.
 """
 from __future__ import annotations
+
+import atexit
 
 import numpy as np
 import pandas as pd
@@ -32,8 +37,8 @@ from qtpy.QtWidgets import (
 
 from napari_ctseg.editing.corrections import BASELINE_KEY, slice_digests
 from napari_ctseg.errors import CTSegError
-from napari_ctseg.segmentation.inference import ModelSet, SegmentResult, check_image8, segment_image8, segment_steps
-from napari_ctseg.jobs import single_step
+from napari_ctseg.segmentation.inference import ModelSet, SegmentResult, check_image8, segment_image8, segment_in_child
+from napari_ctseg.jobs import CancelToken, WorkerProcess, single_step
 from napari_ctseg.models.definition import colors as card_colors
 from napari_ctseg.models.definition import label_display_name
 from napari_ctseg.models.definition import style as card_style
@@ -91,11 +96,23 @@ def volume_from_layer(layer: Image) -> CTVolume:
     return CTVolume(hu=data, geometry=geometry, name=layer.name)
 
 
-def _segment_job(*args, **kwargs):
-    """``segment_steps`` for the worker, plus each mask's slice fingerprints (the baseline of
-    'changed slices'), computed here in the worker rather than in the GUI thread."""
-    result = yield from segment_steps(*args, **kwargs)
-    return result, {t: slice_digests(m) for t, m in result.masks.items() if m.ndim == 3}
+_WORKER: WorkerProcess | None = None
+
+
+def segment_worker() -> WorkerProcess:
+    """The viewer's one warm Segment volume process (torch imported, weights kept loaded)."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = WorkerProcess(warm=("napari_ctseg.segmentation.inference",), name="napari-ctseg Segment volume")
+        atexit.register(_WORKER.close)  # before multiprocessing's own clean-up: nothing left behind
+    return _WORKER
+
+
+def _warm_worker() -> None:
+    try:
+        segment_worker().start()
+    except (OSError, RuntimeError):  # no child processes here: the first run starts its own
+        pass
 
 
 class SegmentWidget(QWidget):
@@ -178,6 +195,9 @@ class SegmentWidget(QWidget):
             ev.connect(self.refresh_images)
         self.viewer.layers.selection.events.active.connect(self._follow_active)
         self._update_device_hint()
+        # Python and torch start in the worker process now, while the user looks at the scan,
+        # not when Segment volume is pressed.
+        QTimer.singleShot(0, _warm_worker)
 
     # --- choices ---------------------------------------------------------------------
     def image_layers(self) -> list[Image]:
@@ -271,6 +291,7 @@ class SegmentWidget(QWidget):
         if not targets:
             show_error("Segment volume: tick at least one target")
             return
+        self._token = None
         job = self._slice_job(image, targets) if image.ndim == 2 else self._volume_job(image, targets)
         if job is None:
             return
@@ -281,7 +302,7 @@ class SegmentWidget(QWidget):
         what = "the 2D image " if image.ndim == 2 else ""
         self.status.setText(f"segmenting {what}{image.name}: {', '.join(targets)} ...")
         self.worker = run_job(
-            job, title="Segment volume", owner=self, on_done=self._on_done, on_finished=self._on_finished,
+            job, title="Segment volume", owner=self, token=self._token, on_done=self._on_done, on_finished=self._on_finished,
             progress_bar=self.progress_bar, status=self.status, start_button=self.run_button,
             cancel_button=self.cancel_button, cancelled_text="cancelled: no layer was added")
 
@@ -294,8 +315,9 @@ class SegmentWidget(QWidget):
         lungs = None
         if "infection" in targets and "lungs" not in targets:
             lungs = self.existing_lungs(image)
-        self.models.versions = self.selected_versions()
-        return _segment_job(volume, targets, self.selected_device(), models=self.models, lungs=lungs)
+        self._token = CancelToken()
+        return segment_in_child(volume, targets, self.selected_device(), versions=self.selected_versions(),
+                                registry=self.registry, lungs=lungs, cancel=self._token, process=segment_worker())
 
     def _slice_job(self, image: Image, targets: list[str]):
         """A 2D 8-bit slice: the targets whose card takes 8-bit input, through that path."""
