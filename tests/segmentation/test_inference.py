@@ -316,3 +316,36 @@ def test_a_child_run_cancels_and_notes_the_device_from_here(tiny_weights, volume
     result, _ = run(segment_in_child(volume, ["liver"], "cuda"))
     assert result.device == "cpu" and any("CUDA is not available" in n for n in result.notes)
     assert _shared_memory_now() == before
+
+
+def test_grow_into_hu_takes_the_partial_volume_rim_only():
+    """One face-neighbour layer into background between the bounds; never tissue, never air
+    below the floor, never a voxel both labels reach; nothing beyond one step."""
+    from napari_ctseg.models.definition import apply_postprocess
+    from napari_ctseg.models.registry import ModelCard
+
+    raw = np.zeros((5, 12, 20), np.uint8)
+    raw[1:4, 3:9, 2:8] = 1    # right lung
+    raw[1:4, 3:9, 12:18] = 2  # left lung
+    hu = np.full(raw.shape, 40.0, np.float32)  # soft tissue everywhere else
+    hu[raw > 0] = -850.0
+    hu[1:4, 3:9, 8] = -420.0   # the right lung's partial-volume rim (x = 8) ...
+    hu[1:4, 3:9, 9] = -420.0   # ... and the voxel beyond it (two steps away)
+    hu[1:4, 3:9, 1] = -990.0   # air beside the right lung (an airway): not rim
+    hu[1:4, 3:9, 10:12] = -420.0  # between the lungs at x = 10, 11: x = 11 touches the left lung
+    card = ModelCard("lungs", "t", {"right_lung": 1, "left_lung": 2}, {}, {},
+                     postprocess=[{"op": "grow_into_hu", "below": -300.0, "above": -950.0, "steps": 1}])
+    out = apply_postprocess(card, raw.copy(), {}, (2.0, 1.0, 1.0), hu=hu)
+    assert np.all(out[1:4, 3:9, 8] == 1)             # the rim joins the right lung
+    assert np.all(out[1:4, 3:9, 9] == 0)             # one step only
+    assert np.all(out[1:4, 3:9, 1] == 0)             # air below the floor stays out
+    assert np.all(out[1:4, 3:9, 11] == 2)            # the left lung's rim
+    assert np.all(out[0, 3:9, 2:8] == 0) and np.all(out[4, 3:9, 2:8] == 0)  # tissue above and below
+    assert np.array_equal(out[raw > 0], raw[raw > 0])
+    # a voxel both lungs reach stays background
+    raw2 = np.zeros((1, 3, 5), np.uint8)
+    raw2[0, :, 0], raw2[0, :, 2] = 1, 2  # x = 1 is beside both, x = 3 beside the left only
+    hu2 = np.full(raw2.shape, -420.0, np.float32)
+    hu2[raw2 > 0] = -850.0
+    out2 = apply_postprocess(card, raw2.copy(), {}, (1.0, 1.0, 1.0), hu=hu2)
+    assert np.all(out2[0, :, 1] == 0) and np.all(out2[0, :, 3] == 2) and np.all(out2[0, :, 4] == 0)

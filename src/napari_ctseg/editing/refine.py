@@ -81,6 +81,7 @@ MAX_CLICK_SPREAD_HU = 40.0  # a wider spread around a click: it sits on an edge 
 BETA = 20.0
 FINE_SMOOTH_MM = 0.5  # Gaussian sigma of the HU for the full-resolution pass
 COARSE_CELLS = 20  # coarse voxel ~ radius / COARSE_CELLS mm
+EXCLUDE_MARGIN_MM = 10.0  # an exclude removes within 2 x its depth + this of the click
 
 
 @dataclass(frozen=True)
@@ -488,6 +489,13 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
         values = np.where(change, np.asarray(label, old.dtype), old)
     else:
         cand = mine & (prob < 0.5)
+        # no farther from the click than the exclude's own reach (twice its depth, plus 10 mm):
+        # beyond it the walker's "not the label" is a guess (a thin sheet of lung over the
+        # diaphragm, cut off from the kept interior, would go with a gas pocket below it)
+        zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in old.shape)]
+        reach = max(2 * depth + EXCLUDE_MARGIN_MM, MIN_RADIUS_MM)
+        cand &= (((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2
+                 + ((xx - local[2]) * sp[2]) ** 2) <= reach ** 2
         cand |= seed & mine
         change = _piece_at(cand, seed, 3)
         values = np.where(change, np.asarray(0, old.dtype), old)

@@ -16,7 +16,10 @@ Post-processing steps (``op``):
 * ``drop_partial_volume`` (``within``, ``mm``, ``tissue_hu``): drop voxels of the ``within``
   target's mask that lie within ``mm`` along the slice axis of tissue outside it (HU above
   ``tissue_hu``): where a slice cuts the diaphragm's dome or the apex almost flat, the lung
-  looks like ground glass (``segmentation.postprocess.partial_volume_band``); needs the scan's HU.
+  looks like ground glass (``segmentation.postprocess.partial_volume_band``); needs the scan's HU;
+* ``grow_into_hu`` (``below``, ``steps``, ``above``): grow each label by ``steps`` face-neighbour
+  layers into background voxels below ``below`` HU (and at least ``above``, when given): the partial-volume rim that a hand-drawn lung outline
+  includes (``segmentation.postprocess.grow_into_hu``); needs the scan's HU.
 
 Stages (coarse-to-fine). ``stages`` lists what runs before the version's own network;
 one kind exists, ``{"name": "locate", "version": "v1", "every_mm": 4.0}``: the named version
@@ -34,8 +37,9 @@ import numpy as np
 from napari_ctseg.errors import ModelError
 
 STAGE_KEYS = ("name", "version", "every_mm")
-OPS = ("largest_component", "fill_holes_axial", "restrict_to", "remove_small", "drop_partial_volume")
-HU_OPS = ("drop_partial_volume",)  # steps that read the scan's HU (skipped on an 8-bit slice)
+OPS = ("largest_component", "fill_holes_axial", "restrict_to", "remove_small", "drop_partial_volume",
+       "grow_into_hu")
+HU_OPS = ("drop_partial_volume", "grow_into_hu")  # steps that read the scan's HU (skipped on an 8-bit slice)
 STYLES = ("fill", "contour")
 
 # Colours used when a card names none: distinct, strong, never one of the cards' own.
@@ -170,6 +174,15 @@ def apply_postprocess(card, raw: np.ndarray, context: Mapping[str, np.ndarray] |
                 box, band = found
                 for m in parts.values():
                     m[box] &= ~band
+        elif op == "grow_into_hu":
+            if hu is None or np.shape(hu) != raw.shape:
+                raise ModelError(f"{card.target}/{card.version}: post-processing step grow_into_hu "
+                                 "needs the scan's HU on the mask's grid")
+            from napari_ctseg.segmentation.postprocess import grow_into_hu
+
+            above = step.get("above")
+            parts = grow_into_hu(parts, hu, float(step.get("below", -300.0)), int(step.get("steps", 1)),
+                                 None if above is None else float(above))
         elif op == "remove_small":
             from skimage.morphology import remove_small_objects
 
