@@ -7,7 +7,8 @@ imports ``editing.refine`` once, never torch, napari or Qt) and sends it, per cl
 part of the scan that the click can see: ``click_crop`` is the box of ``refine.PROBE_MM``
 around the click (the reach of ``choose_radius_mm``, which is larger than any refine box), so
 the edit is the one ``refine_click`` makes on the whole scan, voxel for voxel
-(``tests/test_refine.py`` checks it). A click costs the copy of that crop (a few MB) each way.
+(``tests/test_refine.py`` checks it). A click costs the copy of that crop (a few MB) into shared memory, a slice at a time (pickled, an 18 MB crop held the
+GIL for ~30 ms at once, a stall of the viewer), and the edit's box back.
 A crash or a kill of the child raises here; the viewer is unharmed, and the next click starts
 a new child.
 
@@ -27,7 +28,7 @@ import numpy as np
 from napari_ctseg.editing.refine import PROBE_MM, Click, _spacing3, refine_click
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import RefineError
-from napari_ctseg.jobs import without_main_module
+from napari_ctseg.jobs import SharedArray, without_main_module
 
 
 def click_crop(shape, click: Click, spacing) -> tuple[slice, ...]:
@@ -53,7 +54,29 @@ def refine_click_cropped(hu: np.ndarray, mask: np.ndarray, label: int, click: Cl
 
 
 def _child_refine(hu, mask, label, click, spacing) -> RegionEdit:
-    return refine_click(hu, mask, label, click, spacing)
+    with _mapped(hu, mask) as (hu, mask):
+        return refine_click(hu, mask, label, click, spacing)
+
+
+class _mapped:
+    """``SharedArray`` arguments as arrays for the call, unmapped after it (plain arrays pass)."""
+
+    def __init__(self, *arrays):
+        self.arrays = arrays
+
+    def __enter__(self):
+        return tuple(a.array if isinstance(a, SharedArray) else a for a in self.arrays)
+
+    def __exit__(self, *exc):
+        for a in self.arrays:
+            if isinstance(a, SharedArray):
+                a.close()
+
+
+def _shared(*arrays) -> tuple[SharedArray, ...]:
+    """Copies in shared memory, a slice at a time: sending them costs the child a name, and the
+    viewer's thread gets the GIL between slices (pickling an 18 MB crop held it ~30 ms)."""
+    return tuple(SharedArray.copy_of(a) for a in arrays)
 
 
 def _shifted(edit: RegionEdit, crop) -> RegionEdit:
@@ -97,7 +120,8 @@ def model_slab(shape, click: Click, spacing, reach_mm: float, context: int) -> t
 
 
 def _child_refine_model(folder, hu, mask, label, click, spacing, crop, history) -> RegionEdit:
-    return guided_refiner(folder).click(hu, mask, label, click, spacing, history=history, crop=crop)
+    with _mapped(hu, mask) as (hu, mask):
+        return guided_refiner(folder).click(hu, mask, label, click, spacing, history=history, crop=crop)
 
 
 def _local(click: Click, slab) -> Click:
@@ -133,8 +157,11 @@ class RefineProcess:
             self._pool.submit(_ready)  # the child starts and imports refine now, not at the first click
 
     def submit(self, hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spacing) -> Future:
-        crop, args = _cropped(hu, mask, label, click, spacing)
-        return self._run(_child_refine, args, crop)
+        crop = click_crop(np.shape(hu), click, spacing)
+        local = Click(tuple(c - s.start for c, s in zip(click.zyx, crop)), click.include)
+        shared = _shared(hu[crop], mask[crop])
+        args = (*shared, int(label), local, tuple(float(s) for s in spacing))
+        return self._run(_child_refine, args, crop, shared)
 
     def warm_model(self, folder) -> Future:
         """Load a guidance-aware version (its folder) in the child now, not at the first click."""
@@ -147,21 +174,30 @@ class RefineProcess:
 
         reach = GuidanceSpec.from_dict(card.guidance).reach_mm
         context = int(card.preprocessing.get("context", 0))
-        slab, (hu_s, mask_s, local, past) = _on_slab(hu, mask, click, spacing, reach, context, history)
-        args = (str(card.path), hu_s, mask_s, int(label), local, tuple(float(s) for s in spacing), crop, past)
-        return self._run(_child_refine_model, args, slab)
+        slab = model_slab(np.shape(hu), click, spacing, reach, context)
+        shared = _shared(hu[slab], mask[slab])
+        args = (str(card.path), *shared, int(label), _local(click, slab), tuple(float(s) for s in spacing), crop,
+                [_local(c, slab) for c in history])
+        return self._run(_child_refine_model, args, slab, shared)
 
-    def _run(self, fn, args, crop) -> Future:
+    def _run(self, fn, args, crop, shared=()) -> Future:
         if self._pool is None:
             self._start()
         try:
-            inner = self._pool.submit(fn, *args)
-        except (BrokenProcessPool, RuntimeError):  # the last child died: a new one
-            self._start()
-            inner = self._pool.submit(fn, *args)
+            try:
+                inner = self._pool.submit(fn, *args)
+            except (BrokenProcessPool, RuntimeError):  # the last child died: a new one
+                self._start()
+                inner = self._pool.submit(fn, *args)
+        except BaseException:
+            for a in shared:
+                a.free()
+            raise
         out: Future = Future()
 
         def done(f: Future) -> None:
+            for a in shared:
+                a.free()
             try:
                 out.set_result(f.result() if crop is None else _shifted(f.result(), crop))
             except BrokenProcessPool:
