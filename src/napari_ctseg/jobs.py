@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import multiprocessing as mp
 import queue as queue_mod
 import threading
@@ -476,6 +477,19 @@ def _wait_for(proc, out, timeout_s: float) -> None:
         proc.join(timeout=5.0)
 
 
+class SharedMemoryFull(OSError):
+    """Not enough shared memory for a ``SharedArray`` (a container's /dev/shm is often 64 MiB)."""
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free in /dev/shm (where Linux keeps shared memory), None where it cannot be read."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return None
+    return int(st.f_bavail) * int(st.f_frsize)
+
+
 class SharedArray:
     """A numpy array in shared memory (``multiprocessing.shared_memory``), picklable as its
     name, shape and dtype: unpickled in another process, it maps the same memory.
@@ -483,7 +497,8 @@ class SharedArray:
     ``SharedArray.copy_of(a)`` makes one and copies ``a`` in; ``array`` is the mapped view;
     ``take()`` copies it out into an ordinary array and frees the memory. Both copies go one
     slice (axis 0) at a time, so that another thread (the viewer's) gets the GIL between
-    slices. Whoever made it frees it (``take`` or ``free``); what a dead process leaves is
+    slices. ``SharedMemoryFull`` when /dev/shm has too little room (checked first: writing past
+    a full tmpfs would kill this process with SIGBUS). Whoever made it frees it (``take`` or ``free``); what a dead process leaves is
     freed by multiprocessing's resource tracker when this program ends.
     """
 
@@ -493,6 +508,12 @@ class SharedArray:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         size = max(int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize, 1)
+        if _name is None:
+            free = shared_memory_free()
+            if free is not None and size > free:
+                # tmpfs pages are given on first write: beyond its size the writer dies of SIGBUS
+                raise SharedMemoryFull(f"shared memory holds {free / 2**20:.0f} MiB free, "
+                                       f"{size / 2**20:.0f} MiB needed")
         self._shm = (shared_memory.SharedMemory(create=True, size=size) if _name is None
                      else shared_memory.SharedMemory(name=_name))
         self.name = self._shm.name

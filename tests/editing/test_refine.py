@@ -301,9 +301,18 @@ def test_cli_refine_mask_off_the_scan_grid_one_line(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and message in err and "scan's grid" in err
 
 
-def test_a_click_in_the_child_process_gives_the_whole_scans_edit():
+@pytest.mark.parametrize("room", ["shared memory", "no room in shared memory"])
+def test_a_click_in_the_child_process_gives_the_whole_scans_edit(room, monkeypatch):
     """refine_process sends the child only the crop a click can see: the edit is the same, voxel
-    for voxel, as on the whole scan, for an include and an exclude click, cropped on every axis."""
+    for voxel, as on the whole scan, for an include and an exclude click, cropped on every axis;
+    the crop goes in shared memory, or pickled where /dev/shm has no room, and none is left behind."""
+    from pathlib import Path
+
+    from napari_ctseg import jobs
+
+    if room != "shared memory":
+        monkeypatch.setattr(jobs, "shared_memory_free", lambda: 1000)
+    before = {p.name for p in Path("/dev/shm").glob("psm_*")} if Path("/dev/shm").is_dir() else set()
     from napari_ctseg.editing.refine import Click, refine_click
     from napari_ctseg.editing.refine_process import RefineProcess, click_crop, refine_click_cropped
 
@@ -328,3 +337,5 @@ def test_a_click_in_the_child_process_gives_the_whole_scans_edit():
                 assert np.array_equal(edit.values, whole.values)
     finally:
         process.close()
+    after = {p.name for p in Path("/dev/shm").glob("psm_*")} if Path("/dev/shm").is_dir() else set()
+    assert after == before

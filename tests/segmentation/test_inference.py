@@ -349,3 +349,19 @@ def test_grow_into_hu_takes_the_partial_volume_rim_only():
     hu2[raw2 > 0] = -850.0
     out2 = apply_postprocess(card, raw2.copy(), {}, (1.0, 1.0, 1.0), hu=hu2)
     assert np.all(out2[0, :, 1] == 0) and np.all(out2[0, :, 3] == 2) and np.all(out2[0, :, 4] == 0)
+
+
+def test_without_room_in_shared_memory_it_segments_here_and_says_so(tiny_weights, volume, monkeypatch):
+    """A container's /dev/shm is often 64 MiB: writing past it would kill the viewer (SIGBUS),
+    so a volume that does not fit is segmented in this process instead."""
+    from napari_ctseg import jobs
+    from napari_ctseg.jobs import SharedArray, SharedMemoryFull, run
+    from napari_ctseg.segmentation.inference import segment_in_child
+
+    monkeypatch.setattr(jobs, "shared_memory_free", lambda: 1000)
+    with pytest.raises(SharedMemoryFull):
+        SharedArray((100, 100), np.uint8)
+    result, digests = run(segment_in_child(volume, ["liver"], "cpu"))
+    here = segment(volume, ["liver"], "cpu")
+    assert np.array_equal(result.masks["liver"], here.masks["liver"])
+    assert any("not a worker process" in n for n in result.notes) and len(digests["liver"]) == volume.shape[0]

@@ -28,7 +28,7 @@ import numpy as np
 from napari_ctseg.editing.refine import PROBE_MM, Click, _spacing3, refine_click
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import RefineError
-from napari_ctseg.jobs import SharedArray, without_main_module
+from napari_ctseg.jobs import SharedArray, SharedMemoryFull, without_main_module
 
 
 def click_crop(shape, click: Click, spacing) -> tuple[slice, ...]:
@@ -73,10 +73,19 @@ class _mapped:
                 a.close()
 
 
-def _shared(*arrays) -> tuple[SharedArray, ...]:
+def _shared(*arrays) -> tuple:
     """Copies in shared memory, a slice at a time: sending them costs the child a name, and the
-    viewer's thread gets the GIL between slices (pickling an 18 MB crop held it ~30 ms)."""
-    return tuple(SharedArray.copy_of(a) for a in arrays)
+    viewer's thread gets the GIL between slices (pickling an 18 MB crop held it ~30 ms). Where
+    /dev/shm is too small, plain copies (pickled to the child, as before)."""
+    out = []
+    try:
+        for a in arrays:
+            out.append(SharedArray.copy_of(a))
+    except SharedMemoryFull:
+        for a in out:
+            a.free()
+        return tuple(np.ascontiguousarray(a) for a in arrays)
+    return tuple(out)
 
 
 def _shifted(edit: RegionEdit, crop) -> RegionEdit:
@@ -191,13 +200,15 @@ class RefineProcess:
                 inner = self._pool.submit(fn, *args)
         except BaseException:
             for a in shared:
-                a.free()
+                if isinstance(a, SharedArray):
+                    a.free()
             raise
         out: Future = Future()
 
         def done(f: Future) -> None:
             for a in shared:
-                a.free()
+                if isinstance(a, SharedArray):
+                    a.free()
             try:
                 out.set_result(f.result() if crop is None else _shifted(f.result(), crop))
             except BrokenProcessPool:

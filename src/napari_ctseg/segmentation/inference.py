@@ -450,14 +450,27 @@ def segment_in_child(volume: CTVolume, targets: str | Iterable[str], device: str
     (``jobs.in_child_process``), which costs its start: importing torch, about 3 s on a 2-core
     CPU. The device is chosen here (``choose_device``), so its note is this process's view.
     """
-    from napari_ctseg.jobs import SharedArray, in_child_process
+    from napari_ctseg.jobs import SharedArray, SharedMemoryFull, in_child_process
 
     registry = as_registry(registry)
     targets = parse_targets(targets, registry)
     dev, note = choose_device(device)
-    shared = [SharedArray.copy_of(volume.hu)]
-    if lungs is not None:
-        shared.append(SharedArray.copy_of(lungs))
+    shared = []
+    try:
+        shared.append(SharedArray.copy_of(volume.hu))
+        if lungs is not None:
+            shared.append(SharedArray.copy_of(lungs))
+    except SharedMemoryFull as exc:  # a small /dev/shm (a container's): here, as before
+        for s in shared:
+            s.free()
+        from napari_ctseg.editing.corrections import slice_digests
+
+        result = yield from segment_steps(volume, targets, str(dev), models=ModelSet(versions, registry),
+                                          lungs=lungs)
+        result.notes.insert(0, f"segmented in this process, not a worker process ({exc})")
+        if note:
+            result.notes.insert(0, note)
+        return result, {t: slice_digests(m) for t, m in result.masks.items() if m.ndim == 3}
     args = (CHILD_JOB, shared[0], volume.geometry, volume.name, targets, str(dev))
     kwargs = dict(versions=dict(versions or {}), registry=registry, lungs=shared[1] if lungs is not None else None,
                   cancel=cancel)
