@@ -339,3 +339,32 @@ def test_a_click_in_the_child_process_gives_the_whole_scans_edit(room, monkeypat
         process.close()
     after = {p.name for p in Path("/dev/shm").glob("psm_*")} if Path("/dev/shm").is_dir() else set()
     assert after == before
+
+
+def test_an_include_takes_the_partial_volume_layer_that_an_outline_includes(monkeypatch):
+    """An organ (140 HU) in fat (-100 HU) with a one-voxel partial-volume shell (60 HU, mostly
+    organ): the mask lacks the shell and a cap; an include click on the cap's gap adds the cap
+    and, near the click, the shell; never the fat. Without the rim step the shell stays out."""
+    from napari_ctseg.editing import refine as refine_mod
+
+    shape, spacing = (60, 120, 120), (1.0, 1.0, 1.0)
+    z, y, x = np.indices(shape)
+    r = np.sqrt((z - 30.0) ** 2 + (y - 60.0) ** 2 + (x - 60.0) ** 2)
+    organ = r <= 22
+    shell = organ & (r > 21)
+    hu = np.where(organ, 140.0, -100.0)
+    hu[shell] = 60.0
+    hu = (hu + np.random.default_rng(0).normal(0, 5, shape)).astype(np.float32)
+    mask = (organ & ~shell).astype(np.uint8)
+    mask[:16] = 0  # the cap missing
+    click = Click((12, 60, 60), True)
+    added = {}
+    for rim in (True, False):
+        monkeypatch.setattr(refine_mod, "RIM", rim)
+        new, _ = refine(hu, mask, 1, [click], spacing)
+        added[rim] = (new == 1) & (mask == 0)
+    near = shell & (np.sqrt((z - 12.0) ** 2 + (y - 60.0) ** 2 + (x - 60.0) ** 2) <= 15)
+    assert near.sum() > 100
+    assert np.mean(added[True][near]) > 0.8          # the shell beside the click joins (its face neighbours)
+    assert np.mean(added[False][near]) < 0.1         # which the walker alone leaves out
+    assert not np.any(added[True] & ~organ)           # never the fat

@@ -81,6 +81,8 @@ MAX_CLICK_SPREAD_HU = 40.0  # a wider spread around a click: it sits on an edge 
 BETA = 20.0
 FINE_SMOOTH_MM = 0.5  # Gaussian sigma of the HU for the full-resolution pass
 COARSE_CELLS = 20  # coarse voxel ~ radius / COARSE_CELLS mm
+RIM = True  # an include also takes the partial-volume layer around what it adds (``_rim``) ...
+RIM_NEAR_MM = 5.0  # ... and around the label, when the click is within this of it
 EXCLUDE_MARGIN_MM = 10.0  # an exclude removes within 2 x its depth + this of the click
 
 
@@ -479,6 +481,12 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
         ball = (((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2
                 + ((xx - local[2]) * sp[2]) ** 2) <= radius ** 2
         change = _piece_at(cand, seed | (ndimage.binary_dilation(mine) & ball), 3)
+        if RIM and label_window is not None:
+            # around what this click adds; around the label too when the click is on its edge
+            # (a click in the middle of nowhere does not move the outline elsewhere in the box)
+            gap = ndimage.distance_transform_edt(~mine_c, sampling=csp)[centre_c] if mine_c.any() else np.inf
+            around = (mine | change) if gap <= RIM_NEAR_MM + csp.max() else change
+            change |= _rim(hu_box, around, free & ball, label_window[0], sp)
         if change.any():
             # holes (per axial slice) that the addition closes: vessels inside an organ
             in_plane = np.zeros((3, 3, 3), dtype=bool)
@@ -500,6 +508,28 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
         change = _piece_at(cand, seed, 3)
         values = np.where(change, np.asarray(0, old.dtype), old)
     return _tight(box, values, change)
+
+
+def _rim(hu: np.ndarray, inside: np.ndarray, allowed: np.ndarray, inside_hu: float, spacing) -> np.ndarray:
+    """The partial-volume layer just outside ``inside``: the face-neighbour voxels (``allowed``
+    only) whose HU, smoothed by 0.5 mm, lies on the structure's side of the midpoint between the
+    structure (``inside_hu``) and the tissue around it (the median within 1-3 mm outside). A
+    voxel that is mostly structure belongs to it, as a hand-drawn outline takes it; the walker's
+    windows, set from the interior, leave it out."""
+    if not inside.any():
+        return np.zeros_like(inside)
+    face = ndimage.generate_binary_structure(3, 1)
+    ring = ndimage.binary_dilation(inside, face) & ~inside
+    reach = np.maximum(1, np.round(3.0 / np.asarray(spacing, float))).astype(int)
+    around = ndimage.maximum_filter(inside, size=tuple(2 * reach + 1)) & ~inside & ~ring & allowed
+    if np.count_nonzero(around) < 20:
+        return np.zeros_like(inside)
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), FINE_SMOOTH_MM / np.asarray(spacing, float),
+                                     mode="nearest")
+    outside_hu = float(np.median(smooth[around]))
+    mid = (inside_hu + outside_hu) / 2
+    side = smooth >= mid if inside_hu > outside_hu else smooth <= mid
+    return ring & allowed & side
 
 
 def _piece_at(cand: np.ndarray, seed: np.ndarray, connectivity: int = 1) -> np.ndarray:
