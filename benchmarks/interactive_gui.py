@@ -10,7 +10,7 @@ one undo step), and the 10 ms timer's longest gap (``_gui_stall.StallMeter``) ov
 
 Run: xvfb-run -a .venv/bin/python benchmarks/interactive_gui.py [--data ../shared/data] [--clicks 5] [--thread]
 
-Last run (2-core development VM, quiet, 2026-12-02 19:52 UTC; liver v3 on CHAOS 3), three runs: per
+Last run (2-core development VM, quiet, 2026-12-02 19:44 UTC; liver v3 on CHAOS 3), three runs: per
 click median 0.30-0.34 s, max 0.37-0.54 s in the child process; longest stall from click to edit
 61-65 ms; napari drawing the edited slice 71-79 ms. See docs/benchmarks.md.
 """

@@ -38,9 +38,15 @@ Method (classical, sized for a 2-core CPU; a learned, guidance-aware model comes
    the HU smoothed by 0.5 mm: the mask's 1-3 mm errors are finer than the coarse voxels.
 6. **The change.** Include: the background voxels with probability > 0.5 inside a
    window, plus the click's sphere, in the pieces (corner-connected) that touch the click
-   or, within the box's radius, the label itself, plus the holes (per axial slice) that
-   the addition closes (vessels inside an organ). Exclude: the label's voxels with
-   probability < 0.5 in the piece that touches the click.
+   or, within the box's radius, the label itself; then the **partial-volume layer**
+   (``_rim``): the face neighbours, within 25 mm of the click, whose HU lies on the
+   structure's side of the midpoint between the structure and the tissue around it (around
+   what the click adds, and around the label when the click is within 5 mm of it: a voxel
+   that is mostly organ, which a hand-drawn outline takes and the windows leave out); plus
+   the holes (per axial slice) that the addition closes (vessels inside an organ). Exclude:
+   the label's voxels with probability < 0.5 in the piece that touches the click, no farther
+   than twice the click's depth plus 10 mm from it (a thin sheet of lung over the diaphragm
+   went with a gas pocket below it).
 
 A watershed on the HU gradient with the same seeds (tried in place of step 4 on two real
 livers, CHAOS 3 and IRCAD 1, with simulated errors, before steps 3's label window and 5
@@ -82,7 +88,8 @@ BETA = 20.0
 FINE_SMOOTH_MM = 0.5  # Gaussian sigma of the HU for the full-resolution pass
 COARSE_CELLS = 20  # coarse voxel ~ radius / COARSE_CELLS mm
 RIM = True  # an include also takes the partial-volume layer around what it adds (``_rim``) ...
-RIM_NEAR_MM = 5.0  # ... and around the label, when the click is within this of it
+RIM_NEAR_MM = 5.0  # ... and around the label, when the click is within this of it ...
+RIM_REACH_MM = 25.0  # ... up to this far from the click
 EXCLUDE_MARGIN_MM = 10.0  # an exclude removes within 2 x its depth + this of the click
 
 
@@ -486,7 +493,9 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
             # (a click in the middle of nowhere does not move the outline elsewhere in the box)
             gap = ndimage.distance_transform_edt(~mine_c, sampling=csp)[centre_c] if mine_c.any() else np.inf
             around = (mine | change) if gap <= RIM_NEAR_MM + csp.max() else change
-            change |= _rim(hu_box, around, free & ball, label_window[0], sp)
+            near = (((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2
+                    + ((xx - local[2]) * sp[2]) ** 2) <= min(radius, RIM_REACH_MM) ** 2
+            change |= _rim(hu_box, around, free & near, label_window[0], sp)
         if change.any():
             # holes (per axial slice) that the addition closes: vessels inside an organ
             in_plane = np.zeros((3, 3, 3), dtype=bool)
