@@ -522,11 +522,7 @@ class SharedArray:
     def copy_of(cls, a) -> SharedArray:
         a = np.asarray(a)
         out = cls(a.shape, a.dtype)
-        view = out.array
-        if a.ndim == 0:
-            view[()] = a
-        for i in range(a.shape[0] if a.ndim else 0):
-            view[i] = a[i]
+        _copy_by_slice(out.array, a)
         return out
 
     @property
@@ -536,12 +532,7 @@ class SharedArray:
     def take(self) -> np.ndarray:
         """An ordinary copy of the array; the shared memory is freed."""
         out = np.empty(self.shape, dtype=self.dtype)
-        view = self.array
-        if out.ndim == 0:
-            out[()] = view
-        for i in range(out.shape[0] if out.ndim else 0):
-            out[i] = view[i]
-        del view
+        _copy_by_slice(out, self.array)
         self.free()
         return out
 
@@ -570,6 +561,14 @@ class SharedArray:
 
     def __repr__(self) -> str:
         return f"SharedArray({self.name}, {'x'.join(map(str, self.shape))}, {self.dtype})"
+
+
+def _copy_by_slice(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` one slice of axis 0 at a time: the GIL is free between slices."""
+    if dst.ndim == 0:
+        dst[()] = src
+    for i in range(dst.shape[0] if dst.ndim else 0):
+        dst[i] = src[i]
 
 
 def _unmap(shm) -> None:

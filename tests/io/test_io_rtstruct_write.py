@@ -177,22 +177,29 @@ def test_training_reads_an_rtstruct_back(tmp_path):
     assert np.array_equal(read_mask(out, ct, "lungs"), mask)
 
 
-def test_refusals(tmp_path):
+@pytest.mark.parametrize("what", ["RTSTRUCT", "DICOM SEG"])
+def test_refusals(tmp_path, what):
+    """Both DICOM writers refuse the same things, in one line that says what to do, and leave
+    nothing behind (``seg.check_dicom_source`` is their one check)."""
+    from napari_ctseg.io.dicom_objects import write_seg
+
+    write = write_rtstruct if what == "RTSTRUCT" else write_seg
     nifti = read_scan(write_nifti(tmp_path / "ct.nii.gz", make_hu_volume((16, 16, 3)), np.eye(4)))
     with pytest.raises(DicomObjectError) as info:
-        write_rtstruct(np.zeros(nifti.shape, np.uint8), {1: "liver"}, nifti, tmp_path / "rs.dcm")
-    assert "RTSTRUCT needs the DICOM CT it was made from" in str(info.value) and "save as NIfTI" in str(info.value)
+        write(np.zeros(nifti.shape, np.uint8), {1: "liver"}, nifti, tmp_path / "rs.dcm")
+    assert f"{what} needs the DICOM CT it was made from" in str(info.value) and "save as NIfTI" in str(info.value)
     no_frame = _ct(tmp_path / "noframe", n=3, frame_uid=False)
-    with pytest.raises(DicomObjectError, match="no Frame of Reference UID, which RTSTRUCT needs.*save as NIfTI"):
-        write_rtstruct(np.zeros(no_frame.shape, np.uint8), {1: "liver"}, no_frame, tmp_path / "rs.dcm")
+    with pytest.raises(DicomObjectError, match=f"no Frame of Reference UID, which {what} needs.*save as NIfTI"):
+        write(np.zeros(no_frame.shape, np.uint8), {1: "liver"}, no_frame, tmp_path / "rs.dcm")
     ct = _ct(tmp_path / "ct", n=3)
     with pytest.raises(DicomObjectError, match="does not match"):
-        write_rtstruct(np.zeros((2, 3, 4), np.uint8), {1: "liver"}, ct, tmp_path / "rs.dcm")
+        write(np.zeros((2, 3, 4), np.uint8), {1: "liver"}, ct, tmp_path / "rs.dcm")
     with pytest.raises(DicomObjectError, match="non-integer"):
-        write_rtstruct(np.full(ct.shape, 0.5), {1: "liver"}, ct, tmp_path / "rs.dcm")
+        write(np.full(ct.shape, 0.5), {1: "liver"}, ct, tmp_path / "rs.dcm")
     with pytest.raises(DicomObjectError, match="CT's own files"):
-        write_rtstruct(np.zeros(ct.shape, np.uint8), {1: "liver"}, ct, ct.geometry.dicom.files[0])
+        write(np.zeros(ct.shape, np.uint8), {1: "liver"}, ct, ct.geometry.dicom.files[0])
     assert not (tmp_path / "rs.dcm").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 

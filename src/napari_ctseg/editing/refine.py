@@ -464,6 +464,7 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
     seed = _sphere_mask(hu_box.shape, local, CLICK_SPHERE_MM, sp)
     free = old == 0
     near = _near(hu_box, windows) if windows else np.ones(hu_box.shape, bool)
+    smooth = None
     if np.any(f > 1):
         coarse_fg = prob > 0.5
         size = tuple(int(2 * k + 1) for k in f)
@@ -493,9 +494,9 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
             # (a click in the middle of nowhere does not move the outline elsewhere in the box)
             gap = ndimage.distance_transform_edt(~mine_c, sampling=csp)[centre_c] if mine_c.any() else np.inf
             around = (mine | change) if gap <= RIM_NEAR_MM + csp.max() else change
-            near = (((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2
+            zone = (((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2
                     + ((xx - local[2]) * sp[2]) ** 2) <= min(radius, RIM_REACH_MM) ** 2
-            change |= _rim(hu_box, around, free & near, label_window[0], sp)
+            change |= _rim(hu_box, around, free & zone, label_window[0], sp, smooth)
         if change.any():
             # holes (per axial slice) that the addition closes: vessels inside an organ
             in_plane = np.zeros((3, 3, 3), dtype=bool)
@@ -519,7 +520,8 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
     return _tight(box, values, change)
 
 
-def _rim(hu: np.ndarray, inside: np.ndarray, allowed: np.ndarray, inside_hu: float, spacing) -> np.ndarray:
+def _rim(hu: np.ndarray, inside: np.ndarray, allowed: np.ndarray, inside_hu: float, spacing,
+         smooth: np.ndarray | None = None) -> np.ndarray:
     """The partial-volume layer just outside ``inside``: the face-neighbour voxels (``allowed``
     only) whose HU, smoothed by 0.5 mm, lies on the structure's side of the midpoint between the
     structure (``inside_hu``) and the tissue around it (the median within 1-3 mm outside). A
@@ -533,8 +535,9 @@ def _rim(hu: np.ndarray, inside: np.ndarray, allowed: np.ndarray, inside_hu: flo
     around = ndimage.maximum_filter(inside, size=tuple(2 * reach + 1)) & ~inside & ~ring & allowed
     if np.count_nonzero(around) < 20:
         return np.zeros_like(inside)
-    smooth = ndimage.gaussian_filter(hu.astype(np.float32), FINE_SMOOTH_MM / np.asarray(spacing, float),
-                                     mode="nearest")
+    if smooth is None:  # the full-resolution pass's smoothed HU, when it ran
+        smooth = ndimage.gaussian_filter(hu.astype(np.float32), FINE_SMOOTH_MM / np.asarray(spacing, float),
+                                         mode="nearest")
     outside_hu = float(np.median(smooth[around]))
     mid = (inside_hu + outside_hu) / 2
     side = smooth >= mid if inside_hu > outside_hu else smooth <= mid

@@ -463,14 +463,12 @@ def segment_in_child(volume: CTVolume, targets: str | Iterable[str], device: str
     except SharedMemoryFull as exc:  # a small /dev/shm (a container's): here, as before
         for s in shared:
             s.free()
-        from napari_ctseg.editing.corrections import slice_digests
-
         result = yield from segment_steps(volume, targets, str(dev), models=ModelSet(versions, registry),
                                           lungs=lungs)
         result.notes.insert(0, f"segmented in this process, not a worker process ({exc})")
         if note:
             result.notes.insert(0, note)
-        return result, {t: slice_digests(m) for t, m in result.masks.items() if m.ndim == 3}
+        return result, _digests(result)
     args = (CHILD_JOB, shared[0], volume.geometry, volume.name, targets, str(dev))
     kwargs = dict(versions=dict(versions or {}), registry=registry, lungs=shared[1] if lungs is not None else None,
                   cancel=cancel)
@@ -495,9 +493,15 @@ def segment_in_child(volume: CTVolume, targets: str | Iterable[str], device: str
     return replace(result, masks=masks), digests
 
 
+def _digests(result: SegmentResult) -> dict[str, list[int]]:
+    """Each 3D mask's slice fingerprints: the baseline of 'changed slices'."""
+    from napari_ctseg.editing.corrections import slice_digests
+
+    return {t: slice_digests(m) for t, m in result.masks.items() if m.ndim == 3}
+
+
 def _child_segment(hu, geometry, name, targets, device, *, versions, registry, lungs=None):
     """``segment_in_child``'s job, in the child: the shared arrays mapped, the masks sent back shared."""
-    from napari_ctseg.editing.corrections import slice_digests
     from napari_ctseg.jobs import SharedArray
 
     volume = CTVolume(hu=hu.array, geometry=geometry, name=name)
@@ -514,7 +518,7 @@ def _child_segment(hu, geometry, name, targets, device, *, versions, registry, l
         hu.close()
         if lungs is not None:
             lungs.close()
-    digests = {t: slice_digests(m) for t, m in result.masks.items() if m.ndim == 3}
+    digests = _digests(result)
     shared = {}
     for target, mask in result.masks.items():
         out = SharedArray.copy_of(mask)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from napari_ctseg._files import replaced_atomically, same_file
+from napari_ctseg._files import replaced_atomically
 from napari_ctseg.errors import DicomObjectError
 from napari_ctseg.io.dicom_objects.common import FALLBACK_RGB, RTSTRUCT_SOP_CLASS, TYPE2_PATIENT_STUDY, LabelMap, Segment, _Maps, _READ_ERRORS, _Slices, _one_line, _referenced_series, object_kind
 from napari_ctseg.io.volume import CTVolume, Geometry
@@ -271,10 +271,7 @@ def write_rois(rois: list[Roi], ct, path, *, series_description: str | None = No
     path = Path(path)
     name = path.name
     geometry = ct.geometry if isinstance(ct, CTVolume) else ct
-    ref = check_dicom_source(geometry, name, "RTSTRUCT")
-    if any(same_file(path, f) for f in ref.files):
-        raise DicomObjectError(f"{name}: this is one of the CT's own files; choose another name "
-                               "(the scan is never overwritten)")
+    ref = check_dicom_source(geometry, name, "RTSTRUCT", path)
     try:
         source = pydicom.dcmread(ref.files[0], stop_before_pixels=True)
     except _READ_ERRORS as exc:

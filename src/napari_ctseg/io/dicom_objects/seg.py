@@ -255,10 +255,11 @@ def check_seg_source(ct, name: str) -> DicomSeries:
     return check_dicom_source(ct, name, "DICOM SEG")
 
 
-def check_dicom_source(ct, name: str, what: str) -> DicomSeries:
+def check_dicom_source(ct, name: str, what: str, path=None) -> DicomSeries:
     """The DICOM series an object ``what`` ("DICOM SEG", "RTSTRUCT") on ``ct`` would reference:
     one with UIDs, a Frame of Reference UID and slice positions and orientation; otherwise a
-    one-line ``DicomObjectError`` naming ``name`` that says to save as NIfTI."""
+    one-line ``DicomObjectError`` naming ``name`` that says to save as NIfTI. With ``path`` (where
+    the object is to be written), also refused when that is one of the CT's own files."""
     geometry = ct.geometry if isinstance(ct, CTVolume) else ct
     ref = geometry.dicom if isinstance(geometry, Geometry) else None
     if ref is None:
@@ -271,6 +272,9 @@ def check_dicom_source(ct, name: str, what: str) -> DicomSeries:
     if not ref.positions or len(ref.orientation) != 6:
         raise DicomObjectError(f"{name}: the series' slices have no ImagePositionPatient/ImageOrientationPatient, "
                                f"which {what} needs; save as NIfTI")
+    if path is not None and any(same_file(Path(path), f) for f in ref.files):
+        raise DicomObjectError(f"{name}: this is one of the CT's own files; choose another name "
+                               "(the scan is never overwritten)")
     return ref
 
 
@@ -296,10 +300,7 @@ def write_seg(mask: np.ndarray, labels: dict[int, str], ct, path, *, algorithm: 
     path = Path(path)
     name = path.name
     geometry = ct.geometry if isinstance(ct, CTVolume) else ct
-    ref = check_seg_source(geometry, name)
-    if any(same_file(path, f) for f in ref.files):
-        raise DicomObjectError(f"{name}: this is one of the CT's own files; choose another name "
-                               "(the scan is never overwritten)")
+    ref = check_dicom_source(geometry, name, "DICOM SEG", path)
     mask = np.asarray(mask)
     if mask.dtype.kind not in "biu" and (mask.dtype.kind != "f" or not np.array_equal(mask, np.round(mask))):
         raise DicomObjectError(f"{name}: the mask holds non-integer values; labels must be integers")
