@@ -368,3 +368,29 @@ def test_an_include_takes_the_partial_volume_layer_that_an_outline_includes(monk
     assert np.mean(added[True][near]) > 0.8          # the shell beside the click joins (its face neighbours)
     assert np.mean(added[False][near]) < 0.1         # which the walker alone leaves out
     assert not np.any(added[True] & ~organ)           # never the fat
+
+
+def test_an_exclude_peels_the_same_mistake_beyond_its_reach(monkeypatch):
+    """An organ (60 HU) in fat (-100 HU), the mask 6 mm too large all round: one exclude click in
+    the fat layer removes the layer near the click, and with the peel the layer farther than the
+    exclude's reach too (it looks like the click, not like the organ); never the organ."""
+    from napari_ctseg.editing import refine as refine_mod
+
+    shape, spacing = (64, 128, 128), (1.0, 1.0, 1.0)
+    z, y, x = np.indices(shape)
+    r = np.sqrt((z - 32.0) ** 2 + (y - 64.0) ** 2 + (x - 64.0) ** 2)
+    organ = r <= 24
+    hu = (np.where(organ, 60.0, -100.0) + np.random.default_rng(0).normal(0, 8, shape)).astype(np.float32)
+    mask = (r <= 30).astype(np.uint8)
+    click = Click((32, 64, 64 + 27), include=False)  # in the middle of the 6 mm fat layer
+    far = (mask == 1) & ~organ & (np.sqrt((z - 32.0) ** 2 + (y - 64.0) ** 2 + (x - 91.0) ** 2) > 2 * 3 + 10 + 2)
+    far &= np.sqrt((z - 32.0) ** 2 + (y - 64.0) ** 2 + (x - 91.0) ** 2) < 40  # within the box
+    assert far.sum() > 2000
+    removed = {}
+    for peel in (True, False):
+        monkeypatch.setattr(refine_mod, "PEEL", peel)
+        new, _ = refine(hu, mask, 1, [click], spacing)
+        removed[peel] = (mask == 1) & (new == 0)
+        assert not np.any(removed[peel] & organ)  # never the organ
+    assert np.mean(removed[True][far]) > 0.8   # the layer beyond the reach goes with the peel
+    assert np.mean(removed[False][far]) < 0.05  # and stays without it (the reach alone)

@@ -46,7 +46,12 @@ Method (classical, sized for a 2-core CPU; a learned, guidance-aware model comes
    the holes (per axial slice) that the addition closes (vessels inside an organ). Exclude:
    the label's voxels with probability < 0.5 in the piece that touches the click, no farther
    than twice the click's depth plus 10 mm from it (a thin sheet of lung over the diaphragm
-   went with a gas pocket below it).
+   went with a gas pocket below it); farther than that, the **peel**: only the label's outer
+   layer (twice the click's depth plus 3 mm deep) where it looks like the clicked tissue and
+   not like the kept interior, when the click lies on a uniform tissue unlike the label (a
+   mask 2-3 mm too large into fat all round: the expert livers of IRCAD 7 and 1 grown by
+   3 mm, Dice after 5 clicks 0.908 -> 0.915 and 0.928 -> 0.930; grown by 2 mm, 0.937 ->
+   0.942 and 0.951 -> 0.951; the lungs' and infection's benchmark figures unchanged).
 
 A watershed on the HU gradient with the same seeds (tried in place of step 4 on two real
 livers, CHAOS 3 and IRCAD 1, with simulated errors, before steps 3's label window and 5
@@ -90,7 +95,9 @@ COARSE_CELLS = 20  # coarse voxel ~ radius / COARSE_CELLS mm
 RIM = True  # an include also takes the partial-volume layer around what it adds (``_rim``) ...
 RIM_NEAR_MM = 5.0  # ... and around the label, when the click is within this of it ...
 RIM_REACH_MM = 25.0  # ... up to this far from the click
-EXCLUDE_MARGIN_MM = 10.0  # an exclude removes within 2 x its depth + this of the click
+EXCLUDE_MARGIN_MM = 10.0  # an exclude removes within 2 x its depth + this of the click ...
+PEEL = True  # ... and farther, the label's outer layer where it looks like the click, not the label
+PEEL_MM = 3.0  # that layer's depth: 2 x the click's depth + this
 
 
 @dataclass(frozen=True)
@@ -512,8 +519,18 @@ def refine_click(hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spa
         # diaphragm, cut off from the kept interior, would go with a gas pocket below it)
         zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in old.shape)]
         reach = max(2 * depth + EXCLUDE_MARGIN_MM, MIN_RADIUS_MM)
-        cand &= (((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2
-                 + ((xx - local[2]) * sp[2]) ** 2) <= reach ** 2
+        within = (((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2
+                  + ((xx - local[2]) * sp[2]) ** 2) <= reach ** 2
+        if PEEL and click_ok and keep_window is not None \
+                and abs(click_window[0] - keep_window[0]) > keep_window[1]:
+            # farther away, the same mistake: the label's outer layer (as deep as twice the
+            # click's depth, plus PEEL_MM) where it holds the clicked tissue and not the kept
+            # one (a liver mask 3 mm too large into fat all round)
+            edge = _upsample(ndimage.distance_transform_edt(mine_c, sampling=csp).astype(np.float32), f,
+                             hu_box.shape)
+            tissue = smooth if smooth is not None else hu_box
+            within |= (edge <= 2 * depth + PEEL_MM) & _near(tissue, [click_window]) & ~_near(tissue, [keep_window])
+        cand &= within
         cand |= seed & mine
         change = _piece_at(cand, seed, 3)
         values = np.where(change, np.asarray(0, old.dtype), old)
