@@ -230,11 +230,18 @@ class ClickPanel(QGroupBox):
             host.say(f"Click to correct: {tuple(zyx)} is outside the volume {tuple(shape)}")
             return False
         click = Click(tuple(zyx), include)
-        self._add_point(click)
         self.pending.append(click)
+        # the marker in a pass of the event loop of its own: a Points.add costs 30-40 ms here and
+        # drawing it 60-100 ms, and in the pass of the mouse event the two froze the viewer for
+        # their sum (benchmarks/interactive_gui.py, 3 runs each: 99th percentile 93-106 ms in one
+        # pass, 57-65 ms split)
+        QTimer.singleShot(0, lambda: self._mark(click))
+        return True
+
+    def _mark(self, click: Click) -> None:
+        self._add_point(click)
         # after the marker is drawn: the worker's copy of the scan would share the GIL with that draw
         QTimer.singleShot(0, self._next)
-        return True
 
     def _next(self) -> None:
         if self.worker is not None or not self.pending:
