@@ -152,3 +152,54 @@ def test_ctseg_train_makes_a_version_that_takes_clicks(data, tmp_path, capsys): 
     said = json.loads(capsys.readouterr().out)
     assert said["method"] == "liver g1 (guidance-aware)"
     assert (tmp_path / "fixed.nii.gz").exists()
+
+
+class _Background(torch.nn.Module):
+    """A network that labels everything background (its errors are the whole truth)."""
+
+    def forward(self, x):
+        out = torch.zeros((x.shape[0], 3, *x.shape[2:]))
+        out[:, 0] = 1.0
+        return out
+
+
+def test_a_target_of_two_labels_trains_clicks_on_each_label():
+    """Lungs (right 1, left 2): a pool unit per label of each case, its mask and clicks of that
+    label only, and DeepEdit's iteration clicks on the sample's own label."""
+    from types import SimpleNamespace
+
+    from napari_ctseg.models.preprocess import Preprocessing
+    from napari_ctseg.training.guidance import build_pool, iterate, sample_guided
+
+    z, h, w = 6, 32, 32
+    target = np.zeros((z, h, w), np.int64)
+    target[1:5, 8:24, 3:13] = 1  # right: the image's left half
+    target[1:5, 8:24, 19:29] = 2  # left: the image's right half
+    hu = np.full((z, h, w), 40.0, np.float32)
+    case = SimpleNamespace(hu=hu, spacing=(2.0, 1.0, 1.0), group="expert", image8=None)
+    cache = SimpleNamespace(images=[torch.from_numpy(hu / 1000)], targets=[torch.from_numpy(target)])
+    prep = Preprocessing(size=(h, w), crop="none", context=0)
+    pool = build_pool(cache, [case], prep, [1, 2], {"pool_per_case": 3, "max_clicks": 2, "p_iterate": 1.0},
+                      np.random.default_rng(0))
+    assert pool.labels == [1, 2]
+    for label, truth, priors in zip(pool.labels, pool.truths, pool.priors):
+        assert np.array_equal(truth, target == label)
+        for prior in priors:
+            assert not (prior.mask & (target != label) & (target > 0)).any()  # never the other lung
+            for cz, cy, cx, include in prior.clicks:
+                # a click of this label's errors: an include on it, an exclude off it
+                assert (target[cz, cy, cx] == label) == include
+    # the batch carries each sample's label; the iteration's include lands on that label
+    x, y, labels = sample_guided(pool, prep, 16, np.random.default_rng(1))
+    assert set(labels) == {1, 2}
+    x[:, prep.channels:] = 0.0
+    x = iterate(_Background(), x, y, pool, prep.channels, np.random.default_rng(2), labels=labels)
+    clicked = set()
+    for b, label in enumerate(labels):
+        include = x[b, prep.channels + 1].numpy()
+        if include.max() == 0:
+            continue  # a slice without the label: no error to click
+        cy, cx = np.unravel_index(int(np.argmax(include)), include.shape)
+        assert y[b, cy, cx] == label
+        clicked.add(label)
+    assert clicked == {1, 2}

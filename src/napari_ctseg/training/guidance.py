@@ -52,11 +52,14 @@ class _Prior:
 
 @dataclass
 class GuidancePool:
-    """Per training case: the stacks, the label, the grid's mm and the current masks."""
+    """Per training case and label (a unit): the stacks, the label, the grid's mm and the
+    current masks of that label. A target of several labels (the lungs: right, left) has a
+    unit per label of each case, sharing the case's stacks; a unit's clicks and mask channel
+    are that label's, its target the case's whole label map."""
 
     spec: GuidanceSpec
     settings: dict[str, Any]
-    label: int
+    labels: list[int] = field(default_factory=list)  # per unit: the label its mask and clicks are of
     images: list[torch.Tensor] = field(default_factory=list)  # (Z, H, W)
     truths: list[np.ndarray] = field(default_factory=list)  # (Z, H, W) bool
     targets: list[torch.Tensor] = field(default_factory=list)  # (Z, H, W) int64
@@ -147,18 +150,20 @@ def made_error(truth: np.ndarray, mm: tuple[float, float], rng: np.random.Genera
 
 
 # --- the pool ----------------------------------------------------------------------------------
-def build_pool(cache, cases, prep: Preprocessing, label: int, guidance: dict[str, Any],
+def build_pool(cache, cases, prep: Preprocessing, labels, guidance: dict[str, Any],
                rng: np.random.Generator, reference=None, group_shares: dict[str, float] | None = None
                ) -> GuidancePool:
-    """The current masks and clicks per training case (``cache``'s order): HU stacks and
+    """The current masks and clicks per training case (``cache``'s order) and label of
+    ``labels`` (an int or several: the target's labels, each a unit of its own): HU stacks and
     single 8-bit slices (``pool_per_slice`` masks each; their pixel is taken as 1 mm, as the
     slices carry no size). ``reference``: a plain model of the same target and grid whose
     own predictions are current masks too. ``group_shares``: each case group's share of the
-    draws (as the plain recipe samples them)."""
+    draws (as the plain recipe samples them), split evenly between its cases' labels."""
     from napari_ctseg.training.cases import case_crop
 
     st = settings_of(guidance)
-    pool = GuidancePool(GuidanceSpec.from_dict(st), st, int(label))
+    labels = [int(v) for v in np.atleast_1d(labels)]
+    pool = GuidancePool(GuidanceSpec.from_dict(st), st)
     for ci, case in enumerate(cases):
         single = cache.images[ci].shape[0] < 2
         if case.hu is not None and not single:
@@ -169,25 +174,30 @@ def build_pool(cache, cases, prep: Preprocessing, label: int, guidance: dict[str
             side = max(np.shape(case.image8)[:2]) if case.image8 is not None else prep.size[0]
             sz, px = 1.0, float(side) / prep.size[0]
         mm = (sz, px)
-        truth = (cache.targets[ci] == label).numpy()
-        if single and not truth.any():
-            continue
-        entries = []
+        pred_all = None
         if reference is not None:
-            pred = _predict_stack(reference, cache.images[ci], prep) == label
-            entries.append(_Prior(pred, error_clicks(truth, pred, mm, st["max_clicks"]), "reference"))
-        empty = np.zeros_like(truth)
-        entries.append(_Prior(empty, error_clicks(truth, empty, mm, st["max_clicks"]), "empty"))
-        while len(entries) < (st["pool_per_slice"] if single else st["pool_per_case"]):
-            m, kind = made_error(truth, mm, rng)
-            entries.append(_Prior(m, error_clicks(truth, m, mm, st["max_clicks"]), kind))
-        pool.groups.append(case.group)
-        pool.images.append(cache.images[ci])
-        pool.targets.append(cache.targets[ci])
-        pool.truths.append(truth)
-        pool.mm.append(mm)
-        pool.priors.append(entries)
-        pool.organ_z.append(np.flatnonzero(truth.any(axis=(1, 2))))
+            pred_all = _predict_stack(reference, cache.images[ci], prep)
+        for label in labels:
+            truth = (cache.targets[ci] == label).numpy()
+            if single and not truth.any():
+                continue
+            entries = []
+            if pred_all is not None:
+                pred = pred_all == label
+                entries.append(_Prior(pred, error_clicks(truth, pred, mm, st["max_clicks"]), "reference"))
+            empty = np.zeros_like(truth)
+            entries.append(_Prior(empty, error_clicks(truth, empty, mm, st["max_clicks"]), "empty"))
+            while len(entries) < (st["pool_per_slice"] if single else st["pool_per_case"]):
+                m, kind = made_error(truth, mm, rng)
+                entries.append(_Prior(m, error_clicks(truth, m, mm, st["max_clicks"]), kind))
+            pool.labels.append(label)
+            pool.groups.append(case.group)
+            pool.images.append(cache.images[ci])
+            pool.targets.append(cache.targets[ci])
+            pool.truths.append(truth)
+            pool.mm.append(mm)
+            pool.priors.append(entries)
+            pool.organ_z.append(np.flatnonzero(truth.any(axis=(1, 2))))
     w = np.ones(len(pool.groups))
     if group_shares:
         g = np.asarray(pool.groups)
@@ -221,10 +231,11 @@ def _maps(clicks, z: int, shape_hw, mm, sigma: float) -> np.ndarray:
 
 
 def sample_guided(pool: GuidancePool, prep: Preprocessing, n: int, rng: np.random.Generator
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch (x (n, C + 3, H, W): image, mask, include, exclude; y (n, H, W))."""
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """A batch (x (n, C + 3, H, W): image, mask, include, exclude; y (n, H, W); per sample,
+    the label its mask and clicks are of)."""
     st = pool.settings
-    xs, ys = [], []
+    xs, ys, labels = [], [], []
     for _ in range(n):
         ci = int(rng.choice(len(pool.images), p=pool.weights))
         stack, mm = pool.images[ci], pool.mm[ci]
@@ -256,7 +267,8 @@ def sample_guided(pool: GuidancePool, prep: Preprocessing, n: int, rng: np.rando
         g = torch.cat([torch.from_numpy(prior.mask[z].astype(np.float32))[None], torch.from_numpy(maps)])
         xs.append(torch.cat([img, g]))
         ys.append(pool.targets[ci][z])
-    return torch.stack(xs), torch.stack(ys)
+        labels.append(pool.labels[ci])
+    return torch.stack(xs), torch.stack(ys), labels
 
 
 def augment_guided(x: torch.Tensor, y: torch.Tensor, aug: dict[str, Any], pad_value: float, gen,
@@ -280,14 +292,15 @@ def _deepest_2d(region: np.ndarray) -> tuple[int, int]:
 
 
 def iterate(model, x: torch.Tensor, y: torch.Tensor, pool: GuidancePool, image_channels: int,
-            rng: np.random.Generator, ignore_label: int | None = None) -> torch.Tensor:
-    """DeepEdit's simulation: once or twice, the network's own prediction of the batch
-    becomes the mask channel and a click goes on each sample's largest error (in plane).
-    ``x`` is modified in place and returned. No-op with probability 1 - ``p_iterate``."""
+            rng: np.random.Generator, ignore_label: int | None = None, labels=None) -> torch.Tensor:
+    """DeepEdit's simulation: once or twice, the network's own prediction of the batch (of
+    each sample's label, ``labels``; default the pool's first) becomes the mask channel and a
+    click goes on each sample's largest error (in plane). ``x`` is modified in place and
+    returned. No-op with probability 1 - ``p_iterate``."""
     st = pool.settings
     if rng.random() >= st["p_iterate"]:
         return x
-    label = pool.label
+    labels = np.asarray(labels if labels is not None else [pool.labels[0]] * x.shape[0])[:, None, None]
     sigma_px = pool.spec.sigma_mm / float(np.median([m[1] for m in pool.mm]))
     hh, ww = x.shape[-2:]
     yy, xx = np.mgrid[0:hh, 0:ww]
@@ -296,8 +309,8 @@ def iterate(model, x: torch.Tensor, y: torch.Tensor, pool: GuidancePool, image_c
     try:
         for _ in range(int(rng.integers(1, st["max_iterations"] + 1))):
             with torch.no_grad():
-                pred = model(x).argmax(dim=1).cpu().numpy() == label
-            truth = (y.cpu().numpy() == label)
+                pred = model(x).argmax(dim=1).cpu().numpy() == labels
+            truth = (y.cpu().numpy() == labels)
             valid = np.ones_like(truth) if ignore_label is None else (y.cpu().numpy() != ignore_label)
             for b in range(x.shape[0]):
                 x[b, image_channels] = torch.from_numpy(pred[b].astype(np.float32))
@@ -331,10 +344,10 @@ def guided_batch(model, pool: GuidancePool, sample_plain, cfg, prep: Preprocessi
     from napari_ctseg.training.engine import IGNORE_LABEL
 
     n_plain = min(int(rng.binomial(cfg.batch_size, pool.settings["p_plain"])), cfg.batch_size - 1)
-    x, y = augment_guided(*sample_guided(pool, prep, cfg.batch_size - n_plain, rng), cfg.augmentation,
-                          prep.pad_value, gen, prep.channels)
+    x, y, labels = sample_guided(pool, prep, cfg.batch_size - n_plain, rng)
+    x, y = augment_guided(x, y, cfg.augmentation, prep.pad_value, gen, prep.channels)
     x, y = x.to(dev), y.to(dev)
-    x = iterate(model, x, y, pool, prep.channels, rng, IGNORE_LABEL)
+    x = iterate(model, x, y, pool, prep.channels, rng, IGNORE_LABEL, labels)
     if n_plain:
         xp, yp = augment(*sample_plain(n_plain, rng), cfg.augmentation, prep.pad_value, gen)
         xp = torch.cat([xp, xp.new_zeros((n_plain, x.shape[1] - xp.shape[1], *xp.shape[2:]))], dim=1)

@@ -250,7 +250,7 @@ def _read_training_data(target: str, data_dir: Path, names: _SplitNames, cfg: Tr
             from napari_ctseg.models.registry import load_model
 
             reference = load_model(target, st["reference_version"], device="cpu")[0].float()
-        data.guidance = build_pool(data.cache, train_cases, prep, min(TARGET_LABELS[target].values()),
+        data.guidance = build_pool(data.cache, train_cases, prep, sorted(TARGET_LABELS[target].values()),
                                    st, np.random.default_rng(1), reference, cfg.group_shares)
     return data
 
