@@ -203,3 +203,44 @@ def test_a_target_of_two_labels_trains_clicks_on_each_label():
         assert y[b, cy, cx] == label
         clicked.add(label)
     assert clicked == {1, 2}
+
+
+class _Bright(torch.nn.Module):
+    """A plain network (no clicks) that labels bright pixels of its middle input channel."""
+
+    def forward(self, x):
+        v = x[:, x.shape[1] // 2] - 0.5
+        return torch.stack([-20 * v, 20 * v], 1)
+
+
+def test_the_plain_network_rerun_brings_back_only_what_it_labels():
+    """The benchmark's baseline: the plain network re-run at a click adds its label in the
+    piece at the click (a piece the mask lost) and nothing elsewhere; where it labels nothing,
+    only the click's own sphere changes."""
+    from napari_ctseg.editing.refine_model import NetworkRerun
+
+    class Card(_Card):
+        takes_clicks, stages = False, []
+
+    rerun = NetworkRerun(_Bright(), Card(5.0), reach_mm=20.0)
+    shape, sp = (30, 64, 64), (2.0, 1.0, 1.0)
+    hu = np.full(shape, -200, np.int16)
+    hu[5:25, 10:30, 10:30] = 300  # piece A, in the mask
+    hu[5:25, 36:56, 36:56] = 300  # piece B, lost from the mask
+    hu[5:25, 36:56, 58:63] = 300  # piece C, within reach of the click but not connected to B
+    mask = np.zeros(shape, np.uint8)
+    mask[5:25, 10:30, 10:30] = 1
+    new, _ = refine(hu, mask, 1, [Click((15, 46, 46))], sp, refiner=rerun)
+    b = np.zeros(shape, bool)
+    b[5:25, 36:56, 36:56] = True
+    zz, yy, xx = np.mgrid[:30, :64, :64]
+    within = np.sqrt(((zz - 15) * 2.0) ** 2 + (yy - 46) ** 2 + (xx - 46) ** 2) <= 20.0
+    assert np.all(new[b & within] == 1)  # the piece at the click, within its reach
+    assert not np.any(new[~b & (mask == 0)])  # nothing else: not piece C, not the background
+    assert np.array_equal(new[mask == 1], mask[mask == 1])
+    # a click where the network labels nothing: the click's own sphere only
+    new2, _ = refine(hu, mask, 1, [Click((15, 5, 60))], sp, refiner=rerun)
+    added = (new2 == 1) & (mask == 0)
+    assert 0 < added.sum() <= 40 and added[15, 5, 60]
+    with pytest.raises(RefineError, match="stages"):
+        NetworkRerun(_Bright(), type("Staged", (Card,), {"stages": [{"name": "locate"}]})(5.0))

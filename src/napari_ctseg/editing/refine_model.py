@@ -68,6 +68,11 @@ class GuidedRefiner:
             self._crop_key = key
         return self._crop
 
+    def _probability(self, hu, mask, label, zs, clicks, spacing, crop) -> np.ndarray:
+        """(len(zs), y, x): the network's probability of ``label`` given the mask and the clicks."""
+        return label_probability(self.model, hu, mask, label, zs, clicks, spacing, self.prep, crop, self.spec,
+                                 self.device)
+
     def click(self, hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spacing,
               history=(), crop=None) -> RegionEdit:
         """The edit of one ``click`` given the ``history`` (earlier clicks on this label)."""
@@ -84,8 +89,7 @@ class GuidedRefiner:
         box = (slice(z0, z1),) + tuple(slice(max(c - h, 0), min(c + h + 1, n))
                                        for c, h, n in zip(click.zyx[1:], half[1:], hu.shape[1:]))
         clicks = list(history) + [click]
-        prob = label_probability(self.model, hu, mask, label, np.arange(z0, z1), clicks, sp,
-                                 self.prep, crop, self.spec, self.device)
+        prob = self._probability(hu, mask, label, np.arange(z0, z1), clicks, sp, crop)
         prob = prob[:, box[1], box[2]]
         old = np.asarray(mask[box])
         mine = old == label
@@ -107,3 +111,37 @@ class GuidedRefiner:
         values[add] = label
         values[remove] = 0
         return _tight(box, values, add | remove)
+
+
+class NetworkRerun(GuidedRefiner):
+    """The interactive-segmentation literature's baseline: a *plain* version's network (one
+    that takes no clicks) re-run at each click on the slices within ``reach_mm`` of it, its
+    label applied by the same rule as a guidance-aware one's (an include adds what the network
+    labels in the piece at the click, an exclude removes what it does not). The clicks never
+    enter its input, so it can only bring back what the network labels and the mask lacks (a
+    piece post-processing removed, a hand edit); the click's own 2 mm sphere is always applied.
+    For ``benchmarks/interactive.py`` (its "re-run" rows), not offered in the viewer."""
+
+    def __init__(self, model, card, device: str = "cpu", reach_mm: float = 30.0):
+        if card.stages:
+            raise RefineError(f"{card.target} {card.version} has stages; a re-run of its one network is not its output")
+        spec = GuidanceSpec.from_dict({"reach_mm": reach_mm})
+        self._setup(model, spec, Preprocessing.from_dict(card.preprocessing), card.labels,
+                    f"{card.target} {card.version} (re-run)", device)
+        self.card = card
+
+    def _probability(self, hu, mask, label, zs, clicks, spacing, crop) -> np.ndarray:
+        import torch
+
+        from napari_ctseg.models.predict import class_probs
+        from napari_ctseg.models.preprocess import probs_to_grid, slices_to_input
+
+        out = np.zeros((len(zs), *hu.shape[1:]), dtype=np.float32)
+        weight = next((w for w in self.model.parameters() if w.dim() == 4), None)
+        dtype = weight.dtype if weight is not None else torch.float32
+        with torch.inference_mode():
+            for start in range(0, len(zs), 8):
+                z = zs[start:start + 8]
+                probs = class_probs(self.model, slices_to_input(hu, z, self.prep, crop).to(self.device, dtype))
+                out[start:start + len(z)] = probs_to_grid(probs[:, [0, label]], crop)[:, 1].numpy()
+        return out
