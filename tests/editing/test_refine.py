@@ -281,6 +281,44 @@ def test_cli_refine_click_on_another_label_or_no_label_one_line(tmp_path, capsys
                           ("exclude", "holds no label 1")):
         clicks = write_clicks(tmp_path / "c.json", [{"ijk": ijk, "label": kind}])
         code = main(["refine", str(scan), "--target", "lungs", "--mask", str(mask_path), "--clicks", str(clicks),
+                     "--out", str(tmp_path / "o.nii.gz"), "--label", "1"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_cli_refine_clicks_of_a_two_label_target_refine_the_label_they_are_on_or_near(tmp_path, capsys):
+    """Lungs without --label: an include on background grows the nearest lung, an exclude
+    shrinks the lung it is on; each lung keeps its own value."""
+    rng = np.random.default_rng(1)
+    right = ellipsoid(SHAPE, (20, 32, 18), (8, 14, 10))
+    left = ellipsoid(SHAPE, (20, 32, 46), (8, 14, 10))
+    hu = (np.where(right | left, -850, 40) + rng.normal(0, 10, SHAPE)).astype(np.int16)
+    hu[:, :2] = -1000
+    mask = np.where(right, 1, np.where(left, 2, 0)).astype(np.uint8)
+    mask[:, :, 50:] = 0  # the left lung's outer part is missing ...
+    blob = ellipsoid(SHAPE, (20, 32, 4), (3, 4, 4)) & ~right
+    mask[blob] = 1  # ... and the right has an extra blob of soft tissue
+    geo, scan, mask_path = write_case(tmp_path, mask, hu)
+    include, exclude = (20, 32, 53), (20, 32, 4)  # include: background, 3 mm from the left lung
+    clicks = write_clicks(tmp_path / "c.json", [
+        {"ijk": list(geo.display_to_source_index(include)), "label": "include"},
+        {"ijk": list(geo.display_to_source_index(exclude)), "label": "exclude"}])
+    out = tmp_path / "fixed.nii.gz"
+    assert main(["refine", str(scan), "--target", "lungs", "--mask", str(mask_path), "--clicks", str(clicks),
+                 "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["refines"] for c in report["clicks"]] == [2, 1] and report["label"] == [1, 2]
+    written = geo.to_display(np.asarray(nib.load(out).dataobj))
+    assert written[include] == 2 and written[exclude] == 0
+    assert dice(written == 2, left) > 0.97 > dice(mask == 2, left)
+    assert np.count_nonzero((written == 1) & blob) < 0.1 * np.count_nonzero(blob)
+    assert not np.any((written == 1) & (mask != 1))  # the right lung only lost voxels ...
+    far = ~ellipsoid(SHAPE, (20, 32, 4), (6, 12, 12))
+    assert np.array_equal((written == 1) & far, (mask == 1) & far)  # ... near the blob only
+    # nothing to choose: an exclude on background
+    for zyx, kind, message in (((20, 4, 32), "exclude", "is on background"),):
+        c = write_clicks(tmp_path / "bad.json", [{"ijk": list(geo.display_to_source_index(zyx)), "label": kind}])
+        code = main(["refine", str(scan), "--target", "lungs", "--mask", str(mask_path), "--clicks", str(c),
                      "--out", str(tmp_path / "o.nii.gz")])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("refine", parents=[weights], help="correct a mask with include/exclude clicks, in 3D around each",
-                       description="Apply include/exclude clicks in order to one label of a mask; each "
+                       description="Apply include/exclude clicks in order to a mask's labels; each "
                                    "re-segments the mask in 3D around the click: with a guidance-aware "
                                    "version of the target (its card says it takes clicks) its network, "
                                    "given the mask and the clicks (napari_ctseg.editing.refine_model), else "
@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "own voxel indices (source i,j,k of ctseg info; nibabel's array order for NIfTI)")
     p.add_argument("--out", required=True, help="the corrected mask, .nii or .nii.gz")
     p.add_argument("--label", type=int, default=None,
-                   help="the label value the clicks refine (default: the target's only label, else 1)")
+                   help="the label value every click refines (default: the target's only label; for a target of "
+                        "several, each click refines the label it is on, or for an include on background "
+                        "the label nearest to it, within 50 mm)")
     p.add_argument("--method", choices=("auto", "model", "classical"), default="auto",
                    help="model: the guidance-aware version's network; classical: the random walker; auto "
                         "(default): the model when the version takes clicks")

@@ -193,6 +193,40 @@ def _read_clicks(path, geometry) -> list:
     return clicks
 
 
+NEAREST_LABEL_MM = 50.0
+
+
+def _click_label(mask: np.ndarray, click, labels: dict[str, int], spacing, n: int, path, ijk) -> int:
+    """The label a click refines when the target has several and ``--label`` is not given: the
+    label under it, or for an include on background the target's label nearest to it (mm, within
+    ``NEAREST_LABEL_MM``). ``RefineError`` when there is none to choose."""
+    from napari_ctseg.errors import RefineError
+
+    here = int(mask[click.zyx])
+    values = set(labels.values())
+    if here in values:
+        return here
+    if not click.include:
+        raise RefineError(f"--clicks {path}: click {n} (exclude) at ijk {ijk} is on background, not on any of the "
+                          f"labels {sorted(values)}: nothing to remove there")
+    sp = np.asarray(spacing, float)
+    half = np.ceil(NEAREST_LABEL_MM / sp).astype(int)
+    lo = np.maximum(np.asarray(click.zyx) - half, 0)
+    box = tuple(slice(int(a), int(c) + int(h) + 1) for a, c, h in zip(lo, click.zyx, half))
+    sub = mask[box]
+    best, where = None, None
+    for v in sorted(values):
+        pts = np.argwhere(sub == v)
+        if len(pts):
+            d = float(np.min(np.sqrt((((pts + lo - np.asarray(click.zyx)) * sp) ** 2).sum(1))))
+            if d <= NEAREST_LABEL_MM and (best is None or d < best):
+                best, where = d, v
+    if where is None:
+        raise RefineError(f"--clicks {path}: click {n} (include) at ijk {ijk} is not within {NEAREST_LABEL_MM:g} mm of any "
+                          f"of the labels {sorted(values)}; name the label with --label")
+    return where
+
+
 def cmd_refine(args) -> int:
     from pathlib import Path
 
@@ -217,41 +251,48 @@ def cmd_refine(args) -> int:
 
         refiner = GuidedRefiner.load(args.target, card.version, registry_of(args))
     label = args.label
+    per_click = label is None and len(card_labels) > 1  # each click refines the label it is on or near
     if label is None:
-        label = next(iter(card_labels.values())) if len(card_labels) == 1 else 1
+        label = next(iter(card_labels.values()))
     if label <= 0:
         raise RefineError(f"--label {label}: give the label value to refine, 1 or more")
     allowed = {**card_labels, **({f"label {label}": label} if label not in card_labels.values() else {})}
     source = read_reference_volume(Path(args.mask), volume.geometry, args.target, allowed)
-    present = bool(np.any(source == label))
-    for n, (ijk, click) in enumerate(clicks, 1):  # checked here to name the scan's own indices
-        here = int(source[tuple(ijk)])
-        if click.include and here not in (0, label):
-            raise RefineError(f"--clicks {args.clicks}: click {n} (include) at ijk {ijk} is on label {here}, "
-                              f"not on label {label} or background; an include never takes another label's "
-                              f"voxels (--label {here} to refine that one)")
-        if not click.include and not present:
-            raise RefineError(f"--clicks {args.clicks}: click {n} (exclude): {args.mask} holds no label {label} "
-                              "to remove voxels from")
     mask = np.ascontiguousarray(volume.geometry.to_display(source))
+    labels = [_click_label(mask, click, card_labels, volume.spacing, n, args.clicks, ijk) if per_click else label
+              for n, (ijk, click) in enumerate(clicks, 1)]
+    for n, ((ijk, click), lab) in enumerate(zip(clicks, labels), 1):  # checked here to name the scan's own indices
+        here = int(source[tuple(ijk)])
+        if click.include and here not in (0, lab):
+            raise RefineError(f"--clicks {args.clicks}: click {n} (include) at ijk {ijk} is on label {here}, "
+                              f"not on label {lab} or background; an include never takes another label's "
+                              f"voxels (--label {here} to refine that one)")
+        if not click.include and not np.any(source == lab):
+            raise RefineError(f"--clicks {args.clicks}: click {n} (exclude): {args.mask} holds no label {lab} "
+                              "to remove voxels from")
     results: list = []
-    new, _edits = refine(np.asarray(volume.hu), mask, label, [c for _, c in clicks], volume.spacing,
-                         results=results, refiner=refiner)
+    new, done = mask, {}
+    for (_, click), lab in zip(clicks, labels):  # one label per click; the network sees that label's clicks
+        new, _edits = refine(np.asarray(volume.hu), new, lab, [click], volume.spacing, results=results,
+                             refiner=refiner, history=done.get(lab, []))
+        done.setdefault(lab, []).append(click)
     out = write_mask(args.out, new, volume.geometry)
     ml = volume.voxel_volume_ml
-    rows = [{"ijk": ijk, "label": r.click.kind, "zyx": list(r.click.zyx), "added_voxels": r.added,
+    rows = [{"ijk": ijk, "label": r.click.kind, "refines": lab, "zyx": list(r.click.zyx), "added_voxels": r.added,
              "removed_voxels": r.removed, "added_ml": round(r.added * ml, 3),
              "removed_ml": round(r.removed * ml, 3), "seconds": round(r.seconds, 3)}
-            for (ijk, _), r in zip(clicks, results)]
+            for (ijk, _), r, lab in zip(clicks, results, labels)]
     if args.json:
         print(json.dumps({"scan": str(args.scan), "mask": str(args.mask), "out": str(out), "target": args.target,
-                          "label": label, "method": f"{refiner.name} (guidance-aware)" if refiner else "classical",
+                          "label": label if not per_click else sorted(set(labels)), "method": f"{refiner.name} (guidance-aware)" if refiner else "classical",
                           "clicks": rows}))
         return 0
     for n, row in enumerate(rows, 1):
-        print(f"click {n} {row['label']} at ijk {row['ijk']}: +{row['added_voxels']} / -{row['removed_voxels']} "
+        print(f"click {n} {row['label']} at ijk {row['ijk']} (label {row['refines']}): "
+              f"+{row['added_voxels']} / -{row['removed_voxels']} "
               f"voxels ({row['added_ml'] - row['removed_ml']:+.2f} mL) in {row['seconds']:.2f} s")
-    print(f"wrote {out} (label {label}; {refiner.name + ' network' if refiner else 'classical method'})")
+    said = f"label {label}" if not per_click else "labels " + ", ".join(map(str, sorted(set(labels))))
+    print(f"wrote {out} ({said}; {refiner.name + ' network' if refiner else 'classical method'})")
     return 0
 
 
