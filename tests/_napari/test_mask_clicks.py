@@ -190,3 +190,31 @@ def test_clicks_follow_a_guidance_aware_version(qtbot, make_napari_viewer, tmp_p
     layer.undo()
     combo.setCurrentIndex(0)  # the random walker instead
     assert widget.clicks.guided_card() is None
+
+
+def test_choosing_a_network_in_the_method_list_loads_it_in_the_child(qtbot, make_napari_viewer, tmp_path,
+                                                                      monkeypatch):
+    """Turning clicks on with the random walker chosen loads no network; choosing a
+    guidance-aware version in the list loads it in the child then, not at its first click."""
+    from synthetic import write_follower_version
+
+    write_follower_version(tmp_path / "w", sigma_mm=6.0)
+    monkeypatch.setattr("napari_ctseg.models.registry.bundled_weights_dir", lambda: tmp_path / "no_bundled")
+    monkeypatch.setenv("CTSEG_WEIGHTS_DIR", str(tmp_path / "w"))
+    viewer = make_napari_viewer(show=True)
+    hu, mask, _ = organ_scan()
+    viewer.add_image(hu, name="ct", scale=SPACING)
+    viewer.add_labels(mask, name="liver", scale=SPACING, metadata={"target": "liver", "model_version": "g1"})
+    widget = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    clicks = widget.clicks
+    clicks.refresh_methods()
+    clicks.method_combo.setCurrentIndex(0)  # the random walker
+    qtbot.mouseClick(clicks.toggle_button, Qt.MouseButton.LeftButton)
+    if clicks.process is None:
+        pytest.skip("no child processes here")
+    assert clicks.process.loaded_models().result(timeout=120) == []
+    clicks.method_combo.setCurrentIndex(1)
+    card = clicks.guided_card()
+    assert card.version == "g1"
+    assert clicks.process.loaded_models().result(timeout=120) == [str(card.path)]

@@ -119,6 +119,10 @@ def _warm_model(folder: str) -> bool:
     return True
 
 
+def _loaded_models() -> list[str]:
+    return sorted(_REFINERS)
+
+
 def model_slab(shape, click: Click, spacing, reach_mm: float, context: int) -> tuple[slice, ...]:
     """The axial slab a guidance-aware click reads: ``reach_mm`` either side of the click in z,
     plus ``context`` slices for the network's neighbours, whole slices."""
@@ -175,6 +179,10 @@ class RefineProcess:
     def warm_model(self, folder) -> Future:
         """Load a guidance-aware version (its folder) in the child now, not at the first click."""
         return self._run(_warm_model, (str(folder),), None)
+
+    def loaded_models(self) -> Future:
+        """The version folders whose networks the child holds loaded (sorted)."""
+        return self._run(_loaded_models, (), None)
 
     def submit_model(self, card, hu: np.ndarray, mask: np.ndarray, label: int, click: Click, spacing,
                      crop, history=()) -> Future:

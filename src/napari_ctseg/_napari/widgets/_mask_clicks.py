@@ -87,6 +87,7 @@ class ClickPanel(QGroupBox):
         self.hint.setWordWrap(True)
         layout.addWidget(self.hint)
         self.toggle_button.toggled.connect(self.set_active)
+        self.method_combo.currentIndexChanged.connect(self._warm_chosen)
         self.clear_button.clicked.connect(self.clear_points)
         # the viewer holds a function that holds the panel weakly: a deleted widget is released
         me = weakref.ref(self)
@@ -127,12 +128,18 @@ class ClickPanel(QGroupBox):
             self._points_layer()
             self.refresh_methods()
             card = self.guided_card()
-            if card is not None and self.process is not None and str(card.path) not in self._warm:
-                self.process.warm_model(card.path)  # torch and the weights load now, not at the first click
-                self._warm.add(str(card.path))
+            self._warm_chosen()
             how = f"{card.target} {card.version}'s network follows them" if card is not None else \
                 "random walker on the HU"
             self.host.say(f"Clicks on: left click includes, Shift+click excludes (on a 2D view); {how}")
+
+    def _warm_chosen(self, *_) -> None:
+        """Load the chosen guidance-aware version in the child now (on turning clicks on, or on
+        choosing it in the method list), not at its first click."""
+        card = self.method_combo.currentData()
+        if self.active and card is not None and self.process is not None and str(card.path) not in self._warm:
+            self.process.warm_model(card.path)
+            self._warm.add(str(card.path))
 
     def _guided_cards(self) -> tuple[list, object]:
         """The layer's target's guidance-aware versions, and the default one (or None)."""
@@ -176,6 +183,7 @@ class ClickPanel(QGroupBox):
         if default is not None:
             self.method_combo.setCurrentIndex(1 + cards.index(default))
         self.method_combo.blockSignals(False)
+        self._warm_chosen()  # another layer's default network loads now, not at its first click
 
     def guided_card(self):
         """The guidance-aware version chosen in the method list, or None (the random walker)."""
