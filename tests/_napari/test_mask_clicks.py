@@ -218,3 +218,78 @@ def test_choosing_a_network_in_the_method_list_loads_it_in_the_child(qtbot, make
     card = clicks.guided_card()
     assert card.version == "g1"
     assert clicks.process.loaded_models().result(timeout=120) == [str(card.path)]
+
+
+def drag(viewer, zyxs):
+    """A press, moves and a release, as napari's canvas hands them out: to the viewer's mouse
+    callbacks, then to the active layer's (a brush stroke on a Labels layer in paint mode)."""
+    from napari.utils.interactions import mouse_move_callbacks
+
+    pos = [tuple(float(v) * s for v, s in zip(zyx, SPACING)) for zyx in zyxs]
+    kw = dict(modifiers=[], button=1, view_direction=None, dims_displayed=[1, 2], dims_point=None)
+    targets = (viewer, viewer.layers.selection.active)
+
+    def send(fn, type_, p, dragging):
+        event = ReadOnlyWrapper(Event(type=type_, is_dragging=dragging, position=p, **kw), exceptions=("handled",))
+        for target in targets:
+            fn(target, event)
+
+    send(mouse_press_callbacks, "mouse_press", pos[0], False)
+    for p in pos[1:]:
+        send(mouse_move_callbacks, "mouse_move", p, True)
+    send(mouse_release_callbacks, "mouse_release", pos[-1], False)
+
+
+def test_scribble_strokes_correct_the_mask_in_3d_one_undo_step_each(qtbot, setup, screenshots):
+    from napari_ctseg._napari.widgets._mask_clicks import SCRIBBLES_KEY
+
+    viewer, layer, widget, organ = setup
+    start = np.array(layer.data, copy=True)
+    clicks = widget.clicks
+    qtbot.mouseClick(clicks.toggle_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(clicks.scribble_button, Qt.MouseButton.LeftButton)
+    assert clicks.scribbling and not clicks.active  # one or the other
+    scribbles = next(ly for ly in viewer.layers if ly.metadata.get(SCRIBBLES_KEY) == "liver")
+    assert viewer.layers.selection.active is scribbles and scribbles.mode == "paint"
+    assert scribbles.selected_label == 1 and widget.layer is layer  # Mask tools stays on the mask
+    assert scribbles.data.shape == layer.data.shape
+
+    # an include stroke across the missing cap, on the axial slice through it
+    z = CENTRE[0] + 6
+    viewer.dims.set_point(0, z * SPACING[0])
+    drag(viewer, [(z, CENTRE[1], x) for x in range(CENTRE[2] - 6, CENTRE[2] + 7, 2)])
+    wait_idle(qtbot, widget)
+    after_include = np.array(layer.data, copy=True)
+    added = (after_include == 1) & (start == 0)
+    assert len(np.unique(np.nonzero(added)[0])) >= 3  # in 3D
+    assert dice(after_include == 1, organ) > dice(start == 1, organ) + 0.05
+    assert np.count_nonzero(added & ~organ) < 0.05 * np.count_nonzero(added)
+    assert set(np.unique(scribbles.data)) == {0, 3}  # applied: shown dimmer
+    assert "include stroke" in widget.status.text()
+
+    # an exclude stroke over the extra blob
+    widget.clicks.exclude_radio.setChecked(True)
+    assert scribbles.selected_label == 2
+    viewer.dims.set_point(0, 12 * SPACING[0])
+    drag(viewer, [(12, y, 12) for y in range(51, 58, 2)])
+    wait_idle(qtbot, widget)
+    after_exclude = np.array(layer.data, copy=True)
+    assert np.count_nonzero(after_exclude[10:14, 50:58, 8:16]) < 0.1 * 4 * 8 * 8
+    assert (after_exclude[organ & (start == 1)] == 1).all()
+
+    # on the canvas: the applied include stroke, green, on its slice
+    viewer.dims.set_point(0, z * SPACING[0])
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    green = (shot[..., 1] > 120) & (shot[..., 1] > shot[..., 0] + 40) & (shot[..., 1] > shot[..., 2] + 20)
+    assert green.sum() > 10
+    qt_window(viewer).grab().save(str(screenshots / "mask_scribbles.png"))
+
+    # one undo step per stroke; Clear clicks clears the strokes; off: the mask is selected again
+    layer.undo()
+    assert np.array_equal(layer.data, after_include)
+    layer.undo()
+    assert np.array_equal(layer.data, start)
+    qtbot.mouseClick(clicks.clear_button, Qt.MouseButton.LeftButton)
+    assert not scribbles.data.any()
+    qtbot.mouseClick(clicks.scribble_button, Qt.MouseButton.LeftButton)
+    assert not clicks.scribbling and viewer.layers.selection.active is layer and scribbles.mode == "pan_zoom"

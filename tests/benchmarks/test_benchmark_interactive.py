@@ -52,3 +52,24 @@ def test_robot_user_clicks_raise_dice(interactive):
     first = run.clicks[0]
     assert first["kind"] in ("include", "exclude") and first["region_voxels"] > 0
     assert run.noc(run.dice_after(0), 3) == 0 and run.noc(1.01, 3) is None
+
+
+def test_robot_strokes_raise_dice_and_stroke_through_the_largest_error(interactive):
+    shape, spacing = (32, 56, 56), (2.0, 1.0, 1.0)
+    organ = ellipsoid(shape, (16, 28, 28), (9, 18, 18))
+    rng = np.random.default_rng(0)
+    hu = (np.where(organ, 60, -100) + rng.normal(0, 12, shape)).astype(np.int16)
+    from scipy import ndimage
+
+    from napari_ctseg.evaluation.robot import stroke_through
+
+    inner = np.zeros((1, 7, 7), bool)
+    inner[0, 1:6, 1:6] = True
+    auto = ndimage.binary_erosion(organ, inner).astype(np.uint8)  # 2-3 mm short all round, in-plane
+    region = organ & ~auto.astype(bool)
+    stroke = stroke_through(region, spacing)
+    assert len(stroke) > 40 and region[tuple(stroke.T)].all()  # along the ring, on one plane
+    assert len(np.unique(stroke[:, 0])) == 1
+    run = interactive.robot_strokes(hu, auto, organ.astype(np.uint8), [1], spacing, n_strokes=2)
+    assert len(run.clicks) >= 1 and run.clicks[0]["kind"] == "include" and run.clicks[0]["clicks"] >= 1
+    assert run.dice_after(1) > run.dice_after(0) + 0.05

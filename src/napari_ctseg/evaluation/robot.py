@@ -25,6 +25,42 @@ def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
                  for i, n in zip(idx, mask.shape))
 
 
+def largest_plane(region: np.ndarray, spacing) -> tuple[int, int]:
+    """(axis, index) of the axial, coronal or sagittal plane where the 3D boolean ``region``'s
+    cross-section is largest (mm^2); ties: the first index, then axial, coronal, sagittal. A
+    one-slice volume: its axial plane."""
+    sp = np.asarray(spacing, dtype=float)
+    best = None  # (area mm2, axis, index)
+    for ax in range(3):
+        if region.shape[0] == 1 and ax != 0:
+            continue
+        others = tuple(a for a in range(3) if a != ax)
+        area = region.sum(axis=others) * float(np.prod(sp[list(others)]))
+        k = int(np.argmax(area))
+        if best is None or area[k] > best[0]:
+            best = (float(area[k]), ax, k)
+    return best[1], best[2]
+
+
+def stroke_through(region: np.ndarray, spacing) -> np.ndarray:
+    """The robot's scribble in a 3D boolean ``region``: (n, 3) voxels, the skeleton
+    (``skimage.morphology.skeletonize``) of the region's largest cross-section
+    (``largest_plane``), the line a user draws along an elongated error; the deepest point
+    alone when the skeleton is empty."""
+    from skimage.morphology import skeletonize
+
+    ax, k = largest_plane(region, spacing)
+    others = [a for a in range(3) if a != ax]
+    plane = np.take(region, k, axis=ax)
+    uv = np.argwhere(skeletonize(plane) & plane)
+    if not len(uv):
+        return np.asarray([deepest_point(region, spacing)])
+    out = np.zeros((len(uv), 3), dtype=np.int64)
+    out[:, ax] = k
+    out[:, others[0]], out[:, others[1]] = uv[:, 0], uv[:, 1]
+    return out
+
+
 def deepest_point(region: np.ndarray, spacing) -> tuple[int, int, int]:
     """The robot's click in a 3D boolean ``region``: on the axial, coronal or sagittal plane
     where the region's cross-section is largest (mm^2), the voxel deepest inside that
@@ -33,16 +69,7 @@ def deepest_point(region: np.ndarray, spacing) -> tuple[int, int, int]:
     the deepest voxel nearest (mm) the mean position of all the deepest ones, then the first
     in order; the plane: axial, then coronal, then sagittal."""
     sp = np.asarray(spacing, dtype=float)
-    best = None  # (area mm2, axis, index)
-    for ax in range(3):
-        if region.shape[0] == 1 and ax != 0:
-            continue  # a one-slice volume: its axial plane only
-        others = tuple(a for a in range(3) if a != ax)
-        area = region.sum(axis=others) * float(np.prod(sp[list(others)]))
-        k = int(np.argmax(area))
-        if best is None or area[k] > best[0]:
-            best = (float(area[k]), ax, k)
-    _, ax, k = best
+    ax, k = largest_plane(region, sp)
     others = [a for a in range(3) if a != ax]
     plane = np.take(region, k, axis=ax)
     depth = ndimage.distance_transform_edt(np.pad(plane, 1), sampling=sp[others])[1:-1, 1:-1]
@@ -171,4 +198,60 @@ def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_clic
         run.clicks.append(row)
         if on_click is not None:
             on_click(row)
+    return run
+
+
+def robot_strokes(hu, mask, reference, labels, spacing, n_strokes: int = 5, on_stroke=None) -> RobotRun:
+    """The robot user with scribbles: each step one stroke (``stroke_through``) through the
+    largest error region (include where the mask misses, exclude where it has extra), applied
+    with ``editing.refine_stroke`` and the classical method; a region stroked before is
+    passed over for the next. ``RobotRun.clicks`` holds a row per stroke."""
+    from napari_ctseg.editing.refine_stroke import refine_stroke
+    from napari_ctseg.errors import RefineError
+
+    labels = tuple(int(v) for v in labels)
+    cur = np.array(mask, copy=True)
+    run = RobotRun()
+    first = score(cur, reference, labels)
+    run.dice.append(first["dice"])
+    run.per_label.append(first.get("per_label", {}))
+    stroked: set = set()
+    for n in range(1, n_strokes + 1):
+        t0 = time.perf_counter()
+        chosen = None
+        for r in error_regions(reference, cur, labels):
+            local = stroke_through(r.voxels, spacing)
+            voxels = local + np.array([b.start for b in r.box])
+            key = (r.label, r.include, tuple(map(tuple, voxels[:3])))
+            if key not in stroked:
+                chosen = (r, voxels, key)
+                break
+        run.robot_seconds += time.perf_counter() - t0
+        if chosen is None:
+            break
+        r, voxels, key = chosen
+        stroked.add(key)
+        t1 = time.perf_counter()
+        try:
+            edit, clicks = refine_stroke(hu, cur, r.label, voxels, r.include, spacing)
+            before = cur[edit.box] == r.label
+            added = int(np.count_nonzero((edit.values == r.label) & ~before))
+            removed = int(np.count_nonzero(before & (edit.values != r.label)))
+            edit.apply(cur)
+            seconds, error, n_clicks = time.perf_counter() - t1, None, len(clicks)
+        except RefineError as exc:
+            seconds, added, removed, error, n_clicks = float("nan"), 0, 0, str(exc), 0
+        s = score(cur, reference, labels)
+        run.dice.append(s["dice"])
+        run.per_label.append(s.get("per_label", {}))
+        if np.isfinite(seconds):
+            run.seconds.append(seconds)
+        row = {"n": n, "label": r.label, "kind": "include" if r.include else "exclude", "zyx": list(map(int, voxels[0])),
+               "stroke_voxels": int(len(voxels)), "clicks": n_clicks, "region_voxels": r.size, "added": added,
+               "removed": removed, "seconds": seconds, "dice": s["dice"]}
+        if error:
+            row["error"] = error
+        run.clicks.append(row)
+        if on_stroke is not None:
+            on_stroke(row)
     return run

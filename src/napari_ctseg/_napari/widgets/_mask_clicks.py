@@ -12,6 +12,12 @@ voxels, through the HU range limit, one step of napari's undo history), so it co
 correction for Save corrected mask and Fine-tune. Clicks made while one is being computed
 wait their turn, in order.
 
+With **Scribble** on, the brush paints include (or, with "Exclude" chosen, exclude) strokes
+on a Labels layer beside the mask ("scribbles (<mask>)"); each stroke, when the mouse is
+released, re-segments the label along it in 3D (``editing.refine_stroke``: clicks spread
+along the stroke, then what was painted), one undo step per stroke; applied strokes stay
+shown, dimmer. Clicks and scribbles take turns: turning one on turns the other off.
+
 **Method**: the classical random walker, or a **guidance-aware version** of the layer's
 target (its card says it takes clicks), whose network follows the clicks
 (``editing.refine_model``), given the mask and every click so far on the label. The list
@@ -32,6 +38,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QRadioButton, QVBoxLayout
 
 from napari_ctseg.editing.refine import Click, refine_click
+from napari_ctseg.editing.refine_stroke import refine_stroke
 from napari_ctseg.editing.refine_process import RefineProcess
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import CTSegError
@@ -41,6 +48,27 @@ CLASSICAL = "Random walker (classical)"
 CLICKS_KEY = "ctseg_clicks_for"
 """``layer.metadata`` key of a clicks Points layer: the name of the mask layer it belongs to."""
 COLOURS = {True: (0.2, 0.85, 0.3, 1.0), False: (0.95, 0.2, 0.8, 1.0)}  # include, exclude
+SCRIBBLES_KEY = "ctseg_scribbles_for"
+"""``layer.metadata`` key of a scribbles Labels layer: the name of the mask layer it belongs to."""
+# scribble values: 1 include, 2 exclude being drawn; 3 and 4 the same once applied (dimmer)
+SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: COLOURS[False],
+                    3: (0.2, 0.85, 0.3, 0.45), 4: (0.95, 0.2, 0.8, 0.45)}
+
+
+CLICK_HINT = "Left click adds to the label around the click, Shift+click removes; each click is one Ctrl+Z."
+SCRIBBLE_HINT = ("Paint a stroke with the brush: an include stroke adds to the label along it in 3D, an "
+                 "exclude stroke removes; each stroke is one Ctrl+Z.")
+
+
+class Stroke:
+    """A scribble stroke: its voxels (n, 3) on the mask's grid, include or exclude."""
+
+    def __init__(self, voxels: np.ndarray, include: bool):
+        self.voxels, self.include = voxels, bool(include)
+
+    @property
+    def kind(self) -> str:
+        return "include" if self.include else "exclude"
 
 
 class ClickPanel(QGroupBox):
@@ -70,9 +98,16 @@ class ClickPanel(QGroupBox):
         self.exclude_radio.setToolTip(self.include_radio.toolTip())
         self.clear_button = QPushButton("Clear clicks")
         self.clear_button.setToolTip("Remove the click markers (the mask keeps its corrections; Ctrl+Z undoes them)")
-        for w in (self.toggle_button, self.include_radio, self.exclude_radio, self.clear_button):
+        self.scribble_button = QPushButton("Scribble")
+        self.scribble_button.setCheckable(True)
+        self.scribble_button.setToolTip("Paint include (exclude) strokes with the brush; each stroke re-segments "
+                                        "the label along it in 3D, one Ctrl+Z per stroke")
+        for w in (self.toggle_button, self.scribble_button, self.include_radio, self.exclude_radio,
+                  self.clear_button):
             row.addWidget(w)
         layout.addLayout(row)
+        self.scribbles: Labels | None = None
+        self.scribbling = False
         method_row = QHBoxLayout()
         method_row.addWidget(QLabel("Method:"))
         self.method_combo = QComboBox()
@@ -82,11 +117,12 @@ class ClickPanel(QGroupBox):
         method_row.addWidget(self.method_combo, 1)
         layout.addLayout(method_row)
         self._methods_for = None
-        self.hint = QLabel("Left click adds to the label around the click, Shift+click removes; "
-                           "each click is one Ctrl+Z.")
+        self.hint = QLabel(CLICK_HINT)
         self.hint.setWordWrap(True)
         layout.addWidget(self.hint)
         self.toggle_button.toggled.connect(self.set_active)
+        self.scribble_button.toggled.connect(self.set_scribbling)
+        self.include_radio.toggled.connect(self._scribble_label)
         self.method_combo.currentIndexChanged.connect(self._warm_chosen)
         self.clear_button.clicked.connect(self.clear_points)
         # the viewer holds a function that holds the panel weakly: a deleted widget is released
@@ -98,11 +134,18 @@ class ClickPanel(QGroupBox):
                 yield from panel._on_mouse(viewer, event)
 
         self._callback = on_mouse
+
+        def on_paint(event):
+            panel = me()
+            if panel is not None:
+                panel._on_paint(event)
+
+        self._paint_callback = on_paint
         host.viewer.mouse_drag_callbacks.append(on_mouse)
 
     @property
     def buttons(self) -> tuple[QPushButton, ...]:
-        return (self.toggle_button, self.clear_button)
+        return (self.toggle_button, self.scribble_button, self.clear_button)
 
     @property
     def busy(self) -> bool:
@@ -116,14 +159,10 @@ class ClickPanel(QGroupBox):
         self.active = bool(on)
         if self.toggle_button.isChecked() != self.active:
             self.toggle_button.setChecked(self.active)
+        if self.active and self.scribbling:
+            self.set_scribbling(False)
         if self.active:
-            if self.process is None:
-                try:
-                    self.process = RefineProcess()  # warm before the first click
-                except (OSError, RuntimeError):  # no child processes here: clicks run in a thread
-                    self.process = None
-                else:  # the child ends with the widget, even one deleted without being closed
-                    self.host.destroyed.connect(lambda *_, child=self.process: child.close())
+            self._start_process()
             self.host.layer.mode = "pan_zoom"
             self._points_layer()
             self.refresh_methods()
@@ -132,6 +171,115 @@ class ClickPanel(QGroupBox):
             how = f"{card.target} {card.version}'s network follows them" if card is not None else \
                 "random walker on the HU"
             self.host.say(f"Clicks on: left click includes, Shift+click excludes (on a 2D view); {how}")
+
+    def _start_process(self) -> None:
+        if self.process is None:
+                try:
+                    self.process = RefineProcess()  # warm before the first click
+                except (OSError, RuntimeError):  # no child processes here: clicks run in a thread
+                    self.process = None
+                else:  # the child ends with the widget, even one deleted without being closed
+                    self.host.destroyed.connect(lambda *_, child=self.process: child.close())
+
+    # --- scribbles ---------------------------------------------------------------------------
+    def set_scribbling(self, on: bool = True) -> None:
+        """Scribble on: the brush paints include/exclude strokes on the scribbles layer."""
+        if on and not self.host.ready("scribble"):
+            self.scribble_button.setChecked(False)
+            return
+        if not on and not self.scribbling:
+            if self.scribble_button.isChecked():
+                self.scribble_button.setChecked(False)
+            return
+        self.scribbling = bool(on)
+        if self.scribble_button.isChecked() != self.scribbling:
+            self.scribble_button.setChecked(self.scribbling)
+        viewer = self.host.viewer
+        if self.scribbling:
+            if self.active:
+                self.set_active(False)
+            self._start_process()
+            self.refresh_methods()
+            self._warm_chosen_always()
+            layer = self._scribbles_layer()
+            viewer.layers.selection.active = layer
+            layer.mode = "paint"
+            self._scribble_label()
+            self.hint.setText(SCRIBBLE_HINT)
+            self.host.say("Scribble on: paint include strokes (choose Exclude for exclude strokes); each stroke "
+                          "re-segments the label along it in 3D when you release the mouse")
+        else:
+            self.hint.setText(CLICK_HINT)
+            if self.scribbles is not None and self.scribbles in viewer.layers:
+                self.scribbles.mode = "pan_zoom"
+                if viewer.layers.selection.active is self.scribbles and self.host.layer is not None:
+                    viewer.layers.selection.active = self.host.layer
+
+    def _warm_chosen_always(self) -> None:
+        card = self.method_combo.currentData()
+        if card is not None and self.process is not None and str(card.path) not in self._warm:
+            self.process.warm_model(card.path)
+            self._warm.add(str(card.path))
+
+    def _scribble_label(self, *_) -> None:
+        if self.scribbling and self.scribbles is not None:
+            self.scribbles.selected_label = 1 if self.include_radio.isChecked() else 2
+
+    def _scribbles_layer(self) -> Labels:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer = unwrap(self.host.layer)
+        viewer = self.host.viewer
+        found = next((x for x in viewer.layers if isinstance(x, Labels)
+                      and x.metadata.get(SCRIBBLES_KEY) == layer.name), None)
+        if found is None or tuple(found.data.shape) != tuple(layer.data.shape[-3:]):
+            if found is not None:
+                viewer.layers.remove(found)
+            found = Labels(np.zeros(layer.data.shape[-3:], np.uint8), name=f"scribbles ({layer.name})",
+                           scale=tuple(layer.scale[-3:]), translate=tuple(layer.translate[-3:]),
+                           colormap=DirectLabelColormap(color_dict=SCRIBBLE_COLOURS), opacity=1.0,
+                           metadata={SCRIBBLES_KEY: layer.name})
+            found.brush_size = 5
+            viewer.add_layer(found)
+        if self._paint_callback not in [getattr(c, "__func__", c) for c in found.events.paint.callbacks]:
+            found.events.paint.connect(self._paint_callback)
+        self.scribbles = found
+        return found
+
+    def _on_paint(self, event) -> None:
+        """A stroke finished on the scribbles layer: its voxels (1 include, 2 exclude) become a
+        stroke to refine; on the layer they turn to 3 / 4 (applied, shown dimmer)."""
+        layer = self.scribbles
+        if not self.scribbling or layer is None:
+            return
+        lo, hi = None, None
+        for atom in event.value or ():
+            key = getattr(atom, "slice_key", None)
+            if key is not None:
+                a = [s.start or 0 for s in key]
+                b = [s.stop if s.stop is not None else n for s, n in zip(key, layer.data.shape)]
+            else:
+                idx = [np.atleast_1d(np.asarray(i)) for i in atom[0]]
+                if not idx or idx[0].size == 0:
+                    continue
+                a = [int(i.min()) for i in idx]
+                b = [int(i.max()) + 1 for i in idx]
+            lo = a if lo is None else np.minimum(lo, a)
+            hi = b if hi is None else np.maximum(hi, b)
+        if lo is None:
+            return
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        region = np.asarray(layer.data[box])
+        for value, include in ((1, True), (2, False)):
+            local = np.argwhere(region == value)
+            if not len(local):
+                continue
+            voxels = local + np.array([s.start for s in box])
+            layer.data_setitem(tuple(voxels.T), value + 2)
+            if not self.host.ready("scribble"):
+                return
+            self.pending.append(Stroke(voxels, include))
+        QTimer.singleShot(0, self._next)
 
     def _warm_chosen(self, *_) -> None:
         """Load the chosen guidance-aware version in the child now (on turning clicks on, or on
@@ -196,6 +344,11 @@ class ClickPanel(QGroupBox):
             self.host.viewer.mouse_drag_callbacks.remove(self._callback)
         except ValueError:
             pass
+        if self.scribbles is not None:
+            try:
+                self.scribbles.events.paint.disconnect(self._paint_callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
         if self.process is not None:
             self.process.close()
             self.process = None
@@ -203,7 +356,7 @@ class ClickPanel(QGroupBox):
     # --- the mouse ---------------------------------------------------------------------------
     def _on_mouse(self, viewer, event):
         layer = self.host.layer
-        if not self.active or layer is None or getattr(event, "button", 1) != 1 \
+        if not self.active or self.scribbling or layer is None or getattr(event, "button", 1) != 1 \
                 or getattr(layer, "mode", "pan_zoom") != "pan_zoom":
             return
         start = np.asarray(event.position, dtype=float)
@@ -257,20 +410,30 @@ class ClickPanel(QGroupBox):
         host = self.host
         click = self.pending.popleft()
         layer, label = host.layer, host.label
-        hu = np.asarray(host.selected_image().data)
+        image = host.selected_image()
+        if image is None or tuple(image.data.shape[-3:]) != tuple(layer.data.shape[-3:]):
+            show_error("Mask tools: click to correct needs the CT image (HU) on the mask's grid: choose it above")
+            QTimer.singleShot(0, self._next)
+            return
+        hu = np.asarray(image.data)
         mask = np.asarray(layer.data)
         spacing = host.spacing()
-        host.say(f"Click to correct: {click.kind} at z {click.zyx[0]}, y {click.zyx[1]}, x {click.zyx[2]}…")
+        stroke = click if isinstance(click, Stroke) else None
+        if stroke is not None:
+            host.say(f"Click to correct: {stroke.kind} stroke of {len(stroke.voxels):,} voxels…")
+        else:
+            host.say(f"Click to correct: {click.kind} at z {click.zyx[0]}, y {click.zyx[1]}, x {click.zyx[2]}…")
 
         process = self.process
         card = self.guided_card()
         key = (unwrap(layer).name, int(label))
         history = list(self.history.get(key, []))
-        self.history.setdefault(key, []).append(click)
+        done = self.history.setdefault(key, [])
+        if stroke is None:
+            done.append(click)
         crops = self._crops
 
-        def work():
-            t0 = time.perf_counter()
+        def one(hu, mask, label, click, spacing, history):
             if card is not None:
                 from napari_ctseg.editing.refine_process import refine_model_cropped
                 from napari_ctseg.models.preprocess import find_crop
@@ -280,16 +443,23 @@ class ClickPanel(QGroupBox):
                 if crop is None:  # the network's square of this scan, once
                     crop = crops[key] = find_crop(hu, card.preprocessing)
                 if process is not None:
-                    edit = process.submit_model(card, hu, mask, label, click, spacing, crop, history).result()
-                else:  # no child process here: the network loaded once in this one
-                    from napari_ctseg.editing.refine_process import guided_refiner
+                    return process.submit_model(card, hu, mask, label, click, spacing, crop, history).result()
+                from napari_ctseg.editing.refine_process import guided_refiner  # no child process here
 
-                    edit = refine_model_cropped(guided_refiner(str(card.path)), hu, mask, label, click, spacing,
-                                                crop, history)
-            elif process is not None:  # the warm child: the event loop never waits for the GIL
-                edit = process.submit(hu, mask, label, click, spacing).result()
+                return refine_model_cropped(guided_refiner(str(card.path)), hu, mask, label, click, spacing,
+                                            crop, history)
+            if process is not None:  # the warm child: the event loop never waits for the GIL
+                return process.submit(hu, mask, label, click, spacing).result()
+            return refine_click(hu, mask, label, click, spacing)
+
+        def work():
+            t0 = time.perf_counter()
+            if stroke is not None:
+                edit, clicks = refine_stroke(hu, mask, label, stroke.voxels, stroke.include, spacing,
+                                             click_edit=one, history=history)
+                done.extend(clicks)
             else:
-                edit = refine_click(hu, mask, label, click, spacing)
+                edit = one(hu, mask, label, click, spacing, history)
             changed = edit.changed(mask) if not edit.is_empty else None
             return edit, changed, time.perf_counter() - t0
 
@@ -300,22 +470,24 @@ class ClickPanel(QGroupBox):
         self.worker = worker
         worker.start()
 
-    def _done(self, layer: Labels, click: Click, edit: RegionEdit, changed, seconds: float) -> None:
+    def _done(self, layer: Labels, click, edit: RegionEdit, changed, seconds: float) -> None:
         self.seconds.append(seconds)
+        what = f"{click.kind} {'stroke' if isinstance(click, Stroke) else 'click'}"
         if layer is not self.host.layer or edit.is_empty or changed is None or not changed.any():
-            self.host.say(f"Click to correct: the {click.kind} click changed nothing ({seconds:.2f} s)")
+            self.host.say(f"Click to correct: the {what} changed nothing ({seconds:.2f} s)")
             return
         # only the voxels this click changes: anything painted meanwhile in the box stays
         values = np.array(layer.data[edit.box], copy=True)
         values[changed] = edit.values[changed]
-        n = self.host.edits.apply_edit(RegionEdit(edit.box, values), f"{click.kind} click")
+        n = self.host.edits.apply_edit(RegionEdit(edit.box, values), what)
         if n:
-            self.host.say(f"Click to correct: {click.kind} click changed {n:,} voxels in 3D in {seconds:.2f} s "
+            self.host.say(f"Click to correct: {what} changed {n:,} voxels in 3D in {seconds:.2f} s "
                           "(Ctrl+Z undoes it)")
 
-    def _failed(self, click: Click, exc: BaseException) -> None:
+    def _failed(self, click, exc: BaseException) -> None:
         text = str(exc) if isinstance(exc, (CTSegError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        show_error(f"Mask tools: {click.kind} click: {text}")
+        what = "stroke" if isinstance(click, Stroke) else "click"
+        show_error(f"Mask tools: {click.kind} {what}: {text}")
 
     def _finished(self) -> None:
         self.worker = None
@@ -349,3 +521,5 @@ class ClickPanel(QGroupBox):
         self.history.clear()  # the next click starts afresh for a guidance-aware network
         if self.points is not None and self.points in self.host.viewer.layers:
             self.points.data = np.empty((0, 3))
+        if self.scribbles is not None and self.scribbles in self.host.viewer.layers:
+            self.scribbles.data = np.zeros_like(self.scribbles.data)

@@ -29,7 +29,7 @@ from napari_ctseg.io.volume import Geometry
 from napari_ctseg._napari._compat import layer_renamed, unwrap
 from napari_ctseg._napari._layers import geometry_from_metadata
 from napari_ctseg._napari.widgets._mask_edits import AXES, CUSTOM, HOLE_MODES, PREVIEW_KEY, EditPanel, HuRangeBox  # noqa: F401
-from napari_ctseg._napari.widgets._mask_clicks import ClickPanel
+from napari_ctseg._napari.widgets._mask_clicks import SCRIBBLES_KEY, ClickPanel
 from napari_ctseg._napari.widgets._mask_compare import ComparePanel
 from napari_ctseg._napari.widgets._mask_hooks import PaintGuard
 from napari_ctseg._napari.widgets._mask_save import SavePanel, default_output, save_steps  # noqa: F401
@@ -208,7 +208,8 @@ class MaskToolsWidget(QWidget):
     # --- layers ------------------------------------------------------------------------
     def labels_layers(self) -> list[Labels]:
         return [ly for ly in self.viewer.layers
-                if isinstance(ly, Labels) and ly.ndim == 3 and not ly.metadata.get(PREVIEW_KEY)]
+                if isinstance(ly, Labels) and ly.ndim == 3 and not ly.metadata.get(PREVIEW_KEY)
+                and not ly.metadata.get(SCRIBBLES_KEY)]
 
     def image_layers(self) -> list[Image]:
         return [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim == 3 and not ly.rgb]
@@ -250,7 +251,7 @@ class MaskToolsWidget(QWidget):
 
     def _layer_inserted(self, event=None):
         layer = getattr(event, "value", None)
-        if isinstance(layer, Labels) and not layer.metadata.get(PREVIEW_KEY):
+        if isinstance(layer, Labels) and not layer.metadata.get(PREVIEW_KEY) and not layer.metadata.get(SCRIBBLES_KEY):
             remember_first_state(layer)
         self.refresh_layers()
 
@@ -284,7 +285,9 @@ class MaskToolsWidget(QWidget):
         self.guard.detach()
         if unwrap(layer) is not unwrap(old):
             self.clicks.set_active(False)  # clicks belong to one layer; turn them on again for the next
+            self.clicks.set_scribbling(False)
             self.clicks.points = None
+            self.clicks.scribbles = None
         self.layer = layer
         if layer is None:
             self.volume.follow(None, self.label)
