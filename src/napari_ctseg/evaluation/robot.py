@@ -153,6 +153,26 @@ class RobotRun:
         return None
 
 
+def _start(mask, reference, labels) -> tuple[np.ndarray, RobotRun]:
+    """A copy of the mask to work on, and a run holding its score."""
+    cur = np.array(mask, copy=True)
+    run = RobotRun()
+    first = score(cur, reference, labels)
+    run.dice.append(first["dice"])
+    run.per_label.append(first.get("per_label", {}))
+    return cur, run
+
+
+def _scored(run: RobotRun, cur, reference, labels, seconds: float) -> dict:
+    """Score the mask after a step into ``run`` (and the step's seconds, when it ran)."""
+    s = score(cur, reference, labels)
+    run.dice.append(s["dice"])
+    run.per_label.append(s.get("per_label", {}))
+    if np.isfinite(seconds):
+        run.seconds.append(seconds)
+    return s
+
+
 def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_click=None,
                refiner=None) -> RobotRun:
     """Run the robot user for ``n_clicks`` clicks from the automatic ``mask`` (not modified);
@@ -163,11 +183,7 @@ def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_clic
     from napari_ctseg.editing.refine import refine
 
     labels = tuple(int(v) for v in labels)
-    cur = np.array(mask, copy=True)
-    run = RobotRun()
-    first = score(cur, reference, labels)
-    run.dice.append(first["dice"])
-    run.per_label.append(first.get("per_label", {}))
+    cur, run = _start(mask, reference, labels)
     clicked: set = set()
     history: dict[int, list] = {}
     for n in range(1, n_clicks + 1):
@@ -186,11 +202,7 @@ def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_clic
             seconds, added, removed, error = results[0].seconds, results[0].added, results[0].removed, None
         except RefineError as exc:  # counted as a click that did nothing
             seconds, added, removed, error = float("nan"), 0, 0, str(exc)
-        s = score(cur, reference, labels)
-        run.dice.append(s["dice"])
-        run.per_label.append(s.get("per_label", {}))
-        if np.isfinite(seconds):
-            run.seconds.append(seconds)
+        s = _scored(run, cur, reference, labels, seconds)
         row = {"n": n, "label": label, "kind": click.kind, "zyx": list(click.zyx), "region_voxels": size,
                "added": added, "removed": removed, "seconds": seconds, "dice": s["dice"]}
         if error:
@@ -210,11 +222,7 @@ def robot_strokes(hu, mask, reference, labels, spacing, n_strokes: int = 5, on_s
     from napari_ctseg.errors import RefineError
 
     labels = tuple(int(v) for v in labels)
-    cur = np.array(mask, copy=True)
-    run = RobotRun()
-    first = score(cur, reference, labels)
-    run.dice.append(first["dice"])
-    run.per_label.append(first.get("per_label", {}))
+    cur, run = _start(mask, reference, labels)
     stroked: set = set()
     for n in range(1, n_strokes + 1):
         t0 = time.perf_counter()
@@ -241,11 +249,7 @@ def robot_strokes(hu, mask, reference, labels, spacing, n_strokes: int = 5, on_s
             seconds, error, n_clicks = time.perf_counter() - t1, None, len(clicks)
         except RefineError as exc:
             seconds, added, removed, error, n_clicks = float("nan"), 0, 0, str(exc), 0
-        s = score(cur, reference, labels)
-        run.dice.append(s["dice"])
-        run.per_label.append(s.get("per_label", {}))
-        if np.isfinite(seconds):
-            run.seconds.append(seconds)
+        s = _scored(run, cur, reference, labels, seconds)
         row = {"n": n, "label": r.label, "kind": "include" if r.include else "exclude", "zyx": list(map(int, voxels[0])),
                "stroke_voxels": int(len(voxels)), "clicks": n_clicks, "region_voxels": r.size, "added": added,
                "removed": removed, "seconds": seconds, "dice": s["dice"]}

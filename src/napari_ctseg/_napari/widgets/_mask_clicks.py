@@ -200,7 +200,7 @@ class ClickPanel(QGroupBox):
                 self.set_active(False)
             self._start_process()
             self.refresh_methods()
-            self._warm_chosen_always()
+            self._warm_chosen()
             layer = self._scribbles_layer()
             viewer.layers.selection.active = layer
             layer.mode = "paint"
@@ -214,12 +214,6 @@ class ClickPanel(QGroupBox):
                 self.scribbles.mode = "pan_zoom"
                 if viewer.layers.selection.active is self.scribbles and self.host.layer is not None:
                     viewer.layers.selection.active = self.host.layer
-
-    def _warm_chosen_always(self) -> None:
-        card = self.method_combo.currentData()
-        if card is not None and self.process is not None and str(card.path) not in self._warm:
-            self.process.warm_model(card.path)
-            self._warm.add(str(card.path))
 
     def _scribble_label(self, *_) -> None:
         if self.scribbling and self.scribbles is not None:
@@ -282,10 +276,11 @@ class ClickPanel(QGroupBox):
         QTimer.singleShot(0, self._next)
 
     def _warm_chosen(self, *_) -> None:
-        """Load the chosen guidance-aware version in the child now (on turning clicks on, or on
-        choosing it in the method list), not at its first click."""
+        """Load the chosen guidance-aware version in the child now (on turning clicks or
+        scribbles on, or on choosing it in the method list), not at its first click."""
         card = self.method_combo.currentData()
-        if self.active and card is not None and self.process is not None and str(card.path) not in self._warm:
+        if (self.active or self.scribbling) and card is not None and self.process is not None \
+                and str(card.path) not in self._warm:
             self.process.warm_model(card.path)
             self._warm.add(str(card.path))
 
