@@ -249,3 +249,49 @@ def test_durations_read_as_people_say_them():
     assert duration_text(40.4) == "40 s"
     assert duration_text(200) == "3 min"
     assert duration_text(3 * 3600 + 5 * 60) == "3 h 5 min"
+
+
+def test_child_processes_end_when_their_parent_is_killed(tmp_path):
+    """A viewer killed outright (no atexit, no clean-up) leaves no worker or click-to-correct
+    child behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from napari_ctseg.jobs import WorkerProcess\n"
+        "from napari_ctseg.editing.refine_process import RefineProcess\n"
+        "if __name__ == '__main__':\n"
+        "    w = WorkerProcess(name='t').start()\n"
+        "    r = RefineProcess()\n"
+        "    print(w._proc.pid, r._pool.submit(os.getpid).result(), flush=True)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        children = [int(v) for v in parent.stdout.readline().split()]
+        assert len(children) == 2 and all(psutil.pid_exists(pid) for pid in children)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_running(pid) for pid in children):
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in children)
+    finally:
+        parent.kill()
+        for pid in children if "children" in locals() else []:
+            if _running(pid):
+                psutil.Process(pid).kill()
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -249,8 +249,24 @@ def _run_one(name: str, args: tuple, kwargs: dict, out, stop) -> None:
             out.put(("error", None, f"{type(exc).__name__}: {exc}\n{tb}"))
 
 
+def exit_with_parent() -> None:
+    """In a child process: end it when its parent ends, however that ends (a viewer that
+    crashes or is killed leaves no child behind holding memory; a normal exit stops the child
+    anyway). A daemon thread waits on the parent's sentinel."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="ctseg-parent-watch", daemon=True).start()
+
+
 def _serve(inbox, out, stop, warm: tuple[str, ...]) -> None:
     """The child process: import ``warm`` now, then run each job that arrives until ``None``."""
+    exit_with_parent()
     for module in warm:
         try:
             importlib.import_module(module)

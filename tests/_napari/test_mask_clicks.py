@@ -284,11 +284,22 @@ def test_scribble_strokes_correct_the_mask_in_3d_one_undo_step_each(qtbot, setup
     assert green.sum() > 10
     qt_window(viewer).grab().save(str(screenshots / "mask_scribbles.png"))
 
-    # one undo step per stroke; Clear clicks clears the strokes; off: the mask is selected again
+    # one undo step per stroke
     layer.undo()
     assert np.array_equal(layer.data, after_include)
     layer.undo()
     assert np.array_equal(layer.data, start)
+    # a stroke written by a script (napari's data_setitem, which reports it as a paint too) is
+    # applied once, as a brush stroke is (its recolouring is not taken for another stroke)
+    widget.clicks.include_radio.setChecked(True)
+    idx = tuple(np.array([(z, CENTRE[1], x) for x in range(CENTRE[2] - 4, CENTRE[2] + 5)]).T)
+    scribbles.data_setitem(idx, 1)
+    wait_idle(qtbot, widget)
+    assert np.all(scribbles.data[idx] == 3)
+    assert dice(np.asarray(layer.data) == 1, organ) > dice(start == 1, organ) + 0.05
+    layer.undo()  # one stroke, one step
+    assert np.array_equal(layer.data, start)
+    # Clear clicks clears the strokes; off: the mask is selected again
     qtbot.mouseClick(clicks.clear_button, Qt.MouseButton.LeftButton)
     assert not scribbles.data.any()
     qtbot.mouseClick(clicks.scribble_button, Qt.MouseButton.LeftButton)

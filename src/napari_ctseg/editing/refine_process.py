@@ -28,7 +28,7 @@ import numpy as np
 from napari_ctseg.editing.refine import PROBE_MM, Click, _spacing3, refine_click
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import RefineError
-from napari_ctseg.jobs import SharedArray, SharedMemoryFull, without_main_module
+from napari_ctseg.jobs import SharedArray, SharedMemoryFull, exit_with_parent, without_main_module
 
 
 def click_crop(shape, click: Click, spacing) -> tuple[slice, ...]:
@@ -165,7 +165,8 @@ class RefineProcess:
         self._start()
 
     def _start(self) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=exit_with_parent)
         with without_main_module():  # the child needs neither napari nor Qt
             self._pool.submit(_ready)  # the child starts and imports refine now, not at the first click
 

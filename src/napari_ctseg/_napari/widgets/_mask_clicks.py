@@ -108,6 +108,8 @@ class ClickPanel(QGroupBox):
         layout.addLayout(row)
         self.scribbles: Labels | None = None
         self.scribbling = False
+        self._recolouring = False
+        self._due: deque = deque()  # (scribbles layer, box) of strokes painted, to read in the next pass
         method_row = QHBoxLayout()
         method_row.addWidget(QLabel("Method:"))
         self.method_combo = QComboBox()
@@ -149,7 +151,7 @@ class ClickPanel(QGroupBox):
 
     @property
     def busy(self) -> bool:
-        return self.worker is not None or bool(self.pending)
+        return self.worker is not None or bool(self.pending) or bool(self._due)
 
     # --- on and off ------------------------------------------------------------------------
     def set_active(self, on: bool = True) -> None:
@@ -244,7 +246,7 @@ class ClickPanel(QGroupBox):
         """A stroke finished on the scribbles layer: its voxels (1 include, 2 exclude) become a
         stroke to refine; on the layer they turn to 3 / 4 (applied, shown dimmer)."""
         layer = self.scribbles
-        if not self.scribbling or layer is None:
+        if not self.scribbling or layer is None or self._recolouring:
             return
         lo, hi = None, None
         for atom in event.value or ():
@@ -263,17 +265,32 @@ class ClickPanel(QGroupBox):
         if lo is None:
             return
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        # read the layer after this pass: napari reports a data_setitem before it writes the data
+        self._due.append((layer, box))
+        QTimer.singleShot(0, self._take_strokes)
+
+    def _take_strokes(self) -> None:
+        while self._due:
+            self._take_stroke(*self._due.popleft())
+
+    def _take_stroke(self, layer: Labels, box) -> None:
+        if layer is not self.scribbles or not self.scribbling:
+            return
         region = np.asarray(layer.data[box])
+        strokes = []
         for value, include in ((1, True), (2, False)):
             local = np.argwhere(region == value)
-            if not len(local):
-                continue
-            voxels = local + np.array([s.start for s in box])
-            layer.data_setitem(tuple(voxels.T), value + 2)
-            if not self.host.ready("scribble"):
-                return
-            self.pending.append(Stroke(voxels, include))
-        QTimer.singleShot(0, self._next)
+            if len(local):
+                strokes.append((value, Stroke(local + np.array([s.start for s in box]), include)))
+        self._recolouring = True  # the recolouring is an edit of the layer too: its paint event is ours
+        try:
+            for value, stroke in strokes:
+                layer.data_setitem(tuple(stroke.voxels.T), value + 2)
+        finally:
+            self._recolouring = False
+        if strokes and self.host.ready("scribble"):
+            self.pending.extend(stroke for _, stroke in strokes)
+            QTimer.singleShot(0, self._next)
 
     def _warm_chosen(self, *_) -> None:
         """Load the chosen guidance-aware version in the child now (on turning clicks or
