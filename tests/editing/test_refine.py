@@ -432,3 +432,26 @@ def test_an_exclude_peels_the_same_mistake_beyond_its_reach(monkeypatch):
         assert not np.any(removed[peel] & organ)  # never the organ
     assert np.mean(removed[True][far]) > 0.8   # the layer beyond the reach goes with the peel
     assert np.mean(removed[False][far]) < 0.05  # and stays without it (the reach alone)
+
+
+def test_cli_refine_takes_a_stroke_too(tmp_path, capsys):
+    """{"stroke": [[i, j, k], ...], "label": ...}: a scribble, as the viewer's, one entry."""
+    hu, organ = phantom()
+    mask = organ.astype(np.uint8)
+    mask[:, :, 42:] = 0  # the organ's right side is missing
+    geo, scan, mask_path = write_case(tmp_path, mask, hu)
+    stroke = [list(geo.display_to_source_index((20, y, 46))) for y in range(24, 41)]
+    clicks = write_clicks(tmp_path / "s.json", [{"stroke": stroke, "label": "include"}])
+    out = tmp_path / "fixed.nii.gz"
+    assert main(["refine", str(scan), "--target", "liver", "--mask", str(mask_path), "--clicks", str(clicks),
+                 "--out", str(out), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["clicks"][0]
+    assert row["stroke_voxels"] == 17 and row["added_voxels"] > 500 and row["ijk"] == stroke[0]
+    written = geo.to_display(np.asarray(nib.load(out).dataobj))
+    assert all(written[20, y, 46] == 1 for y in range(24, 41))
+    assert dice(written, organ) > 0.99 > dice(mask, organ)
+    bad = write_clicks(tmp_path / "b.json", [{"stroke": [], "label": "include"}])
+    code = main(["refine", str(scan), "--target", "liver", "--mask", str(mask_path), "--clicks", str(bad),
+                 "--out", str(tmp_path / "o.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2 and '"stroke" must be a list' in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -154,8 +155,9 @@ def cmd_evaluate(args) -> int:
 
 
 def _read_clicks(path, geometry) -> list:
-    """CLICKS.json: a list of {"ijk": [i, j, k], "label": "include" | "exclude"} in the scan's
-    own voxel indices, as display-grid ``Click``s (in order)."""
+    """CLICKS.json: a list of {"ijk": [i, j, k], "label": "include" | "exclude"} (or a stroke,
+    {"stroke": [[i, j, k], ...], "label": ...}) in the scan's own voxel indices, as (first ijk,
+    display-grid ``Click`` there, the stroke's display-grid voxels or None), in order."""
     from pathlib import Path
 
     from napari_ctseg.errors import RefineError
@@ -176,20 +178,29 @@ def _read_clicks(path, geometry) -> list:
     clicks = []
     for n, entry in enumerate(entries, 1):
         where = f"--clicks {path}: click {n}"
-        if not isinstance(entry, dict) or set(entry) != {"ijk", "label"}:
-            raise RefineError(f'{where}: write {{"ijk": [i, j, k], "label": "include" | "exclude"}}, '
-                              f"got {json.dumps(entry)[:80]}")
-        ijk = entry["ijk"]
-        if not isinstance(ijk, list) or len(ijk) != 3 or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in ijk):
-            raise RefineError(f'{where}: "ijk" must be three whole voxel indices [i, j, k], got {json.dumps(ijk)[:80]}')
+        if not isinstance(entry, dict) or set(entry) not in ({"ijk", "label"}, {"stroke", "label"}):
+            raise RefineError(f'{where}: write {{"ijk": [i, j, k], "label": "include" | "exclude"}} '
+                              f'(or {{"stroke": [[i, j, k], ...], "label": ...}}), got {json.dumps(entry)[:80]}')
         kind = entry["label"]
         if kind not in ("include", "exclude"):
             raise RefineError(f'{where}: "label" must be "include" or "exclude", got {json.dumps(kind)[:40]}')
-        if any(not 0 <= v < s for v, s in zip(ijk, shape)):
-            raise RefineError(f"{where} at ijk {ijk} is outside the scan (source shape "
-                              f"{'x'.join(map(str, shape))}, indices from 0)")
-        clicks.append((ijk, Click(geometry.source_to_display_index(ijk), include=kind == "include")))
+        points = entry["stroke"] if "stroke" in entry else [entry["ijk"]]
+        if "stroke" in entry and (not isinstance(points, list) or not points):
+            raise RefineError(f'{where}: "stroke" must be a list of voxel indices [[i, j, k], ...], '
+                              f"got {json.dumps(points)[:80]}")
+        for ijk in points:
+            if not isinstance(ijk, list) or len(ijk) != 3 or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in ijk):
+                raise RefineError(f'{where}: "ijk" must be three whole voxel indices [i, j, k], '
+                                  f"got {json.dumps(ijk)[:80]}")
+            if any(not 0 <= v < s for v, s in zip(ijk, shape)):
+                raise RefineError(f"{where} at ijk {ijk} is outside the scan (source shape "
+                                  f"{'x'.join(map(str, shape))}, indices from 0)")
+        ijk = points[0]
+        click = Click(geometry.source_to_display_index(ijk), include=kind == "include")
+        stroke = (np.array([geometry.source_to_display_index(v) for v in points], dtype=np.int64)
+                  if "stroke" in entry else None)
+        clicks.append((ijk, click, stroke))
     return clicks
 
 
@@ -233,7 +244,8 @@ def cmd_refine(args) -> int:
     from napari_ctseg.errors import RefineError
     from napari_ctseg.evaluation.evaluate import read_reference_volume
     from napari_ctseg.io import read_scan, write_mask
-    from napari_ctseg.editing.refine import refine
+    from napari_ctseg.editing.refine import ClickResult, refine
+    from napari_ctseg.editing.refine_stroke import refine_stroke
 
     volume = read_scan(args.scan)
     for w in volume.warnings:
@@ -260,8 +272,10 @@ def cmd_refine(args) -> int:
     source = read_reference_volume(Path(args.mask), volume.geometry, args.target, allowed)
     mask = np.ascontiguousarray(volume.geometry.to_display(source))
     labels = [_click_label(mask, click, card_labels, volume.spacing, n, args.clicks, ijk) if per_click else label
-              for n, (ijk, click) in enumerate(clicks, 1)]
-    for n, ((ijk, click), lab) in enumerate(zip(clicks, labels), 1):  # checked here to name the scan's own indices
+              for n, (ijk, click, _) in enumerate(clicks, 1)]
+    for n, ((ijk, click, stroke), lab) in enumerate(zip(clicks, labels), 1):  # checked here, in the scan's indices
+        if stroke is not None:
+            continue  # a stroke acts on the voxels where it may (refine_stroke says when there are none)
         here = int(source[tuple(ijk)])
         if click.include and here not in (0, lab):
             raise RefineError(f"--clicks {args.clicks}: click {n} (include) at ijk {ijk} is on label {here}, "
@@ -272,23 +286,42 @@ def cmd_refine(args) -> int:
                               "to remove voxels from")
     results: list = []
     new, done = mask, {}
-    for (_, click), lab in zip(clicks, labels):  # one label per click; the network sees that label's clicks
-        new, _edits = refine(np.asarray(volume.hu), new, lab, [click], volume.spacing, results=results,
-                             refiner=refiner, history=done.get(lab, []))
-        done.setdefault(lab, []).append(click)
+    hu = np.asarray(volume.hu)
+    click_edit = None if refiner is None else (
+        lambda h, m, lab, c, sp, past: refiner.click(h, m, lab, c, sp, history=past))
+    for (_, click, stroke), lab in zip(clicks, labels):  # one label each; the network sees that label's clicks
+        if stroke is None:
+            new, _edits = refine(hu, new, lab, [click], volume.spacing, results=results, refiner=refiner,
+                                 history=done.get(lab, []))
+            done.setdefault(lab, []).append(click)
+            continue
+        t0 = time.perf_counter()
+        try:
+            edit, made = refine_stroke(hu, new, lab, stroke, click.include, volume.spacing, click_edit=click_edit,
+                                       history=done.get(lab, []))
+        except RefineError as exc:
+            raise RefineError(f"--clicks {args.clicks}: {exc}") from None
+        before = np.asarray(new[edit.box]) == lab
+        after = edit.values == lab
+        new = edit.apply(np.array(new, copy=True))
+        done.setdefault(lab, []).extend(made)
+        results.append(ClickResult(click, int(np.count_nonzero(after & ~before)),
+                                   int(np.count_nonzero(before & ~after)), time.perf_counter() - t0))
     out = write_mask(args.out, new, volume.geometry)
     ml = volume.voxel_volume_ml
     rows = [{"ijk": ijk, "label": r.click.kind, "refines": lab, "zyx": list(r.click.zyx), "added_voxels": r.added,
              "removed_voxels": r.removed, "added_ml": round(r.added * ml, 3),
-             "removed_ml": round(r.removed * ml, 3), "seconds": round(r.seconds, 3)}
-            for (ijk, _), r, lab in zip(clicks, results, labels)]
+             "removed_ml": round(r.removed * ml, 3), "seconds": round(r.seconds, 3),
+             **({"stroke_voxels": int(len(stroke))} if stroke is not None else {})}
+            for (ijk, _, stroke), r, lab in zip(clicks, results, labels)]
     if args.json:
         print(json.dumps({"scan": str(args.scan), "mask": str(args.mask), "out": str(out), "target": args.target,
                           "label": label if not per_click else sorted(set(labels)), "method": f"{refiner.name} (guidance-aware)" if refiner else "classical",
                           "clicks": rows}))
         return 0
     for n, row in enumerate(rows, 1):
-        print(f"click {n} {row['label']} at ijk {row['ijk']} (label {row['refines']}): "
+        where = f"stroke of {row['stroke_voxels']} voxels from" if "stroke_voxels" in row else "at"
+        print(f"click {n} {row['label']} {where} ijk {row['ijk']} (label {row['refines']}): "
               f"+{row['added_voxels']} / -{row['removed_voxels']} "
               f"voxels ({row['added_ml'] - row['removed_ml']:+.2f} mL) in {row['seconds']:.2f} s")
     said = f"label {label}" if not per_click else "labels " + ", ".join(map(str, sorted(set(labels))))
