@@ -12,6 +12,8 @@ before the worker starts; from then until the edit is on the layer (the worker's
 copied into shared memory, the child's refine, the edit written); napari drawing the edited slice.
 
 Run: xvfb-run -a .venv/bin/python benchmarks/interactive_gui.py [--data ../shared/data] [--clicks 5] [--thread]
+     [--strokes N]: scribble strokes instead (Mask tools' Scribble on; the stroke robot of
+     ``interactive.py --methods strokes``), the stall from each stroke's end to its edit.
 
 Last run (2-core development VM, quiet, 2026-12-02 19:44 UTC; liver v3 on CHAOS 3), three runs: per
 click median 0.30-0.34 s, max 0.37-0.54 s in the child process; longest stall from click to edit
@@ -33,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from _gui_stall import StallMeter, settle, spin  # noqa: E402
 from _setup import argument_parser  # noqa: E402
-from napari_ctseg.evaluation.robot import next_click, score  # noqa: E402
+from napari_ctseg.evaluation.robot import error_regions, next_click, score, stroke_through  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--case", default="liver_chaos03")
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--thread", action="store_true", help="refine in a thread of this process (for comparison)")
+    ap.add_argument("--strokes", type=int, default=0,
+                    help="scribble strokes instead of clicks: the stroke robot's (robot.stroke_through), written "
+                         "on the scribbles layer as napari's brush writes it")
     args = ap.parse_args(argv)
 
     import napari
@@ -94,6 +99,8 @@ def main(argv=None) -> int:
             phase["next_ran"] = True
 
     panel._next = timed_next
+    if args.strokes:
+        return strokes(args, app, viewer, widget, layer, reference, labels, vol, phase, writes)
     with StallMeter(lambda: phase["now"]) as meter:
         for n in range(1, args.clicks + 1):
             nxt = next_click(reference, np.asarray(layer.data), labels, vol.spacing, clicked)
@@ -125,6 +132,56 @@ def main(argv=None) -> int:
     for name, what in (("marker", "napari adding the click's marker and drawing it"),
                        ("computing", "from the marker to the edit (the worker)"),
                        ("drawing", "napari drawing the edited slice")):
+        fig = meter.figures(name)
+        if fig["ticks"]:
+            print(f"  longest event-loop stall, {what}: {fig['max_stall_ms']:.0f} ms, 99th percentile "
+                  f"{fig['p99_stall_ms']:.0f} ms over {fig['ticks']} ticks (goal <= 100 ms)")
+    print(f"[{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC]")
+    viewer.close()
+    return 0
+
+
+def strokes(args, app, viewer, widget, layer, reference, labels, vol, phase, writes) -> int:
+    """``--strokes``: each step the stroke robot's stroke through the largest error, written on the
+    scribbles layer (``data_setitem``, which napari reports as a paint, as its brush does at the
+    end of a stroke); the time until the panel is idle, and the stalls from the stroke's end to
+    the edit and while napari draws it."""
+    widget.clicks.set_scribbling(True)
+    scribbles = widget.clicks.scribbles
+    seconds, stroked = [], set()
+    with StallMeter(lambda: phase["now"]) as meter:
+        for n in range(1, args.strokes + 1):
+            chosen = None
+            for r in error_regions(reference, np.asarray(layer.data), labels):
+                voxels = stroke_through(r.voxels, vol.spacing) + np.array([b.start for b in r.box])
+                key = (r.label, r.include, tuple(map(tuple, voxels[:3])))
+                if key not in stroked:
+                    chosen = (r, voxels, key)
+                    break
+            if chosen is None:
+                break
+            r, voxels, key = chosen
+            stroked.add(key)
+            widget.clicks.include_radio.setChecked(r.include)
+            widget.clicks.exclude_radio.setChecked(not r.include)
+            viewer.dims.set_point(0, int(voxels[0][0]) * vol.spacing[0])
+            settle(app, 0.3)
+            until = time.perf_counter() + 0.05
+            spin(app, lambda: time.perf_counter() >= until)
+            t0 = time.perf_counter()
+            phase["now"] = "computing"
+            scribbles.data_setitem(tuple(voxels.T), 1 if r.include else 2)
+            spin(app, lambda: not widget.clicks.busy)
+            seconds.append(time.perf_counter() - t0)
+            settle(app, 0.3)
+            phase["now"] = "waiting"
+            print(f"  stroke {n}: {'include' if r.include else 'exclude'} of {len(voxels)} voxels ({r.size} voxels "
+                  f"of error): {seconds[-1]:.2f} s to the edit on the layer, Dice "
+                  f"{score(np.asarray(layer.data), reference, labels)['dice']:.4f}")
+    print(f"per stroke in the GUI: median {np.median(seconds):.2f} s, max {max(seconds):.2f} s")
+    print(f"  writing each edit on the layer (the event loop, one undo step): max {1000 * max(writes):.0f} ms")
+    for name, what in (("computing", "from the stroke's end to the edit"), ("drawing", "napari drawing the edit")):
         fig = meter.figures(name)
         if fig["ticks"]:
             print(f"  longest event-loop stall, {what}: {fig['max_stall_ms']:.0f} ms, 99th percentile "
