@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from _gui_stall import StallMeter, settle, spin  # noqa: E402
 from _setup import argument_parser  # noqa: E402
-from napari_ctseg.evaluation.robot import error_regions, next_click, score, stroke_through  # noqa: E402
+from napari_ctseg.evaluation.robot import next_click, next_stroke, score  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -127,19 +127,24 @@ def main(argv=None) -> int:
             phase["now"] = "waiting"
             print(f"  click {n}: {click.kind} at {click.zyx} ({size} voxels): {seconds[-1]:.2f} s to the edit on the "
                   f"layer (core {widget.clicks.seconds[-1]:.2f} s), Dice {score(np.asarray(layer.data), reference, labels)['dice']:.4f}")
-    print(f"per click in the GUI: median {np.median(seconds):.2f} s, max {max(seconds):.2f} s (goal <= 1 s)")
+    report(meter, seconds, writes, "click", (("marker", "napari adding the click's marker and drawing it"),
+                                             ("computing", "from the marker to the edit (the worker)"),
+                                             ("drawing", "napari drawing the edited slice")), goal=" (goal <= 1 s)")
+    viewer.close()
+    return 0
+
+
+def report(meter, seconds, writes, what: str, phases, goal: str = "") -> None:
+    """Print the seconds per step, the longest write on the layer and each phase's stalls."""
+    print(f"per {what} in the GUI: median {np.median(seconds):.2f} s, max {max(seconds):.2f} s{goal}")
     print(f"  writing each edit on the layer (the event loop, one undo step): max {1000 * max(writes):.0f} ms")
-    for name, what in (("marker", "napari adding the click's marker and drawing it"),
-                       ("computing", "from the marker to the edit (the worker)"),
-                       ("drawing", "napari drawing the edited slice")):
+    for name, said in phases:
         fig = meter.figures(name)
         if fig["ticks"]:
-            print(f"  longest event-loop stall, {what}: {fig['max_stall_ms']:.0f} ms, 99th percentile "
+            print(f"  longest event-loop stall, {said}: {fig['max_stall_ms']:.0f} ms, 99th percentile "
                   f"{fig['p99_stall_ms']:.0f} ms over {fig['ticks']} ticks (goal <= 100 ms)")
     print(f"[{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC]")
-    viewer.close()
-    return 0
 
 
 def strokes(args, app, viewer, widget, layer, reference, labels, vol, phase, writes) -> int:
@@ -152,17 +157,10 @@ def strokes(args, app, viewer, widget, layer, reference, labels, vol, phase, wri
     seconds, stroked = [], set()
     with StallMeter(lambda: phase["now"]) as meter:
         for n in range(1, args.strokes + 1):
-            chosen = None
-            for r in error_regions(reference, np.asarray(layer.data), labels):
-                voxels = stroke_through(r.voxels, vol.spacing) + np.array([b.start for b in r.box])
-                key = (r.label, r.include, tuple(map(tuple, voxels[:3])))
-                if key not in stroked:
-                    chosen = (r, voxels, key)
-                    break
+            chosen = next_stroke(reference, np.asarray(layer.data), labels, vol.spacing, stroked)
             if chosen is None:
                 break
-            r, voxels, key = chosen
-            stroked.add(key)
+            r, voxels = chosen
             widget.clicks.include_radio.setChecked(r.include)
             widget.clicks.exclude_radio.setChecked(not r.include)
             viewer.dims.set_point(0, int(voxels[0][0]) * vol.spacing[0])
@@ -179,15 +177,8 @@ def strokes(args, app, viewer, widget, layer, reference, labels, vol, phase, wri
             print(f"  stroke {n}: {'include' if r.include else 'exclude'} of {len(voxels)} voxels ({r.size} voxels "
                   f"of error): {seconds[-1]:.2f} s to the edit on the layer, Dice "
                   f"{score(np.asarray(layer.data), reference, labels)['dice']:.4f}")
-    print(f"per stroke in the GUI: median {np.median(seconds):.2f} s, max {max(seconds):.2f} s")
-    print(f"  writing each edit on the layer (the event loop, one undo step): max {1000 * max(writes):.0f} ms")
-    for name, what in (("computing", "from the stroke's end to the edit"), ("drawing", "napari drawing the edit")):
-        fig = meter.figures(name)
-        if fig["ticks"]:
-            print(f"  longest event-loop stall, {what}: {fig['max_stall_ms']:.0f} ms, 99th percentile "
-                  f"{fig['p99_stall_ms']:.0f} ms over {fig['ticks']} ticks (goal <= 100 ms)")
-    print(f"[{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC]")
+    report(meter, seconds, writes, "stroke", (("computing", "from the stroke's end to the edit"),
+                                              ("drawing", "napari drawing the edit")))
     viewer.close()
     return 0
 

@@ -131,17 +131,5 @@ class NetworkRerun(GuidedRefiner):
         self.card = card
 
     def _probability(self, hu, mask, label, zs, clicks, spacing, crop) -> np.ndarray:
-        import torch
-
-        from napari_ctseg.models.predict import class_probs
-        from napari_ctseg.models.preprocess import probs_to_grid, slices_to_input
-
-        out = np.zeros((len(zs), *hu.shape[1:]), dtype=np.float32)
-        weight = next((w for w in self.model.parameters() if w.dim() == 4), None)
-        dtype = weight.dtype if weight is not None else torch.float32
-        with torch.inference_mode():
-            for start in range(0, len(zs), 8):
-                z = zs[start:start + 8]
-                probs = class_probs(self.model, slices_to_input(hu, z, self.prep, crop).to(self.device, dtype))
-                out[start:start + len(z)] = probs_to_grid(probs[:, [0, label]], crop)[:, 1].numpy()
-        return out
+        return label_probability(self.model, hu, mask, label, zs, clicks, spacing, self.prep, crop, None,
+                                 self.device)

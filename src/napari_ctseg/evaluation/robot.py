@@ -213,6 +213,18 @@ def robot_user(hu, mask, reference, labels, spacing, n_clicks: int = 10, on_clic
     return run
 
 
+def next_stroke(reference, mask, labels, spacing, stroked: set):
+    """(region, its stroke's (n, 3) voxels) the stroke robot draws next, or None when no error
+    is left; a region stroked before (its key is in ``stroked``, which this adds to) is passed over."""
+    for r in error_regions(reference, mask, labels):
+        voxels = stroke_through(r.voxels, spacing) + np.array([b.start for b in r.box])
+        key = (r.label, r.include, tuple(map(tuple, voxels[:3])))
+        if key not in stroked:
+            stroked.add(key)
+            return r, voxels
+    return None
+
+
 def robot_strokes(hu, mask, reference, labels, spacing, n_strokes: int = 5, on_stroke=None) -> RobotRun:
     """The robot user with scribbles: each step one stroke (``stroke_through``) through the
     largest error region (include where the mask misses, exclude where it has extra), applied
@@ -226,19 +238,11 @@ def robot_strokes(hu, mask, reference, labels, spacing, n_strokes: int = 5, on_s
     stroked: set = set()
     for n in range(1, n_strokes + 1):
         t0 = time.perf_counter()
-        chosen = None
-        for r in error_regions(reference, cur, labels):
-            local = stroke_through(r.voxels, spacing)
-            voxels = local + np.array([b.start for b in r.box])
-            key = (r.label, r.include, tuple(map(tuple, voxels[:3])))
-            if key not in stroked:
-                chosen = (r, voxels, key)
-                break
+        chosen = next_stroke(reference, cur, labels, spacing, stroked)
         run.robot_seconds += time.perf_counter() - t0
         if chosen is None:
             break
-        r, voxels, key = chosen
-        stroked.add(key)
+        r, voxels = chosen
         t1 = time.perf_counter()
         try:
             edit, clicks = refine_stroke(hu, cur, r.label, voxels, r.include, spacing)

@@ -120,10 +120,11 @@ def guidance_for_slices(mask: np.ndarray, label: int, zs, clicks, crop: SliceCro
 
 
 def label_probability(model, hu: np.ndarray, mask: np.ndarray, label: int, zs, clicks, spacing,
-                      prep: dict | Preprocessing, crop: SliceCrop, spec: GuidanceSpec,
+                      prep: dict | Preprocessing, crop: SliceCrop, spec: GuidanceSpec | None,
                       device: str | torch.device = "cpu", batch_size: int = 8) -> np.ndarray:
     """(len(zs), y, x) float32: the guidance-aware ``model``'s probability of ``label`` on the
-    axial slices ``zs`` of the display grid, given ``mask`` and ``clicks``. Eval mode, no grad."""
+    axial slices ``zs`` of the display grid, given ``mask`` and ``clicks``. Eval mode, no grad.
+    ``spec`` None: a plain network, given the slices only (``mask`` and ``clicks`` unused)."""
     from napari_ctseg.models.predict import class_probs
 
     prep = Preprocessing.from_dict(prep)
@@ -135,7 +136,8 @@ def label_probability(model, hu: np.ndarray, mask: np.ndarray, label: int, zs, c
         for start in range(0, len(zs), batch_size):
             z = zs[start:start + batch_size]
             x = slices_to_input(hu, z, prep, crop).to(device, dtype)
-            g = guidance_for_slices(mask, label, z, clicks, crop, prep.size, spacing, spec).to(device, dtype)
+            g = None if spec is None else \
+                guidance_for_slices(mask, label, z, clicks, crop, prep.size, spacing, spec).to(device, dtype)
             probs = class_probs(model, x, g)
             # the label's probability on the slice grid (0 outside the square: class 0 is 1 there)
             out[start:start + len(z)] = probs_to_grid(probs[:, [0, label]], crop)[:, 1].numpy()

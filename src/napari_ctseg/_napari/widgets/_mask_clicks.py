@@ -56,8 +56,7 @@ SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: CO
 
 
 CLICK_HINT = "Left click adds to the label around the click, Shift+click removes; each click is one Ctrl+Z."
-SCRIBBLE_HINT = ("Paint a stroke with the brush: an include stroke adds to the label along it in 3D, an "
-                 "exclude stroke removes; each stroke is one Ctrl+Z.")
+SCRIBBLE_HINT = "Paint with the brush: an include stroke adds along it in 3D, exclude removes; one Ctrl+Z each."
 
 
 class Stroke:
@@ -175,13 +174,14 @@ class ClickPanel(QGroupBox):
             self.host.say(f"Clicks on: left click includes, Shift+click excludes (on a 2D view); {how}")
 
     def _start_process(self) -> None:
-        if self.process is None:
-                try:
-                    self.process = RefineProcess()  # warm before the first click
-                except (OSError, RuntimeError):  # no child processes here: clicks run in a thread
-                    self.process = None
-                else:  # the child ends with the widget, even one deleted without being closed
-                    self.host.destroyed.connect(lambda *_, child=self.process: child.close())
+        if self.process is not None:
+            return
+        try:
+            self.process = RefineProcess()  # warm before the first click
+        except (OSError, RuntimeError):  # no child processes here: clicks run in a thread
+            self.process = None
+        else:  # the child ends with the widget, even one deleted without being closed
+            self.host.destroyed.connect(lambda *_, child=self.process: child.close())
 
     # --- scribbles ---------------------------------------------------------------------------
     def set_scribbling(self, on: bool = True) -> None:
@@ -282,15 +282,16 @@ class ClickPanel(QGroupBox):
             local = np.argwhere(region == value)
             if len(local):
                 strokes.append((value, Stroke(local + np.array([s.start for s in box]), include)))
+        if not strokes or not self.host.ready("scribble"):
+            return  # left as drawn (not shown as applied)
         self._recolouring = True  # the recolouring is an edit of the layer too: its paint event is ours
         try:
             for value, stroke in strokes:
                 layer.data_setitem(tuple(stroke.voxels.T), value + 2)
         finally:
             self._recolouring = False
-        if strokes and self.host.ready("scribble"):
-            self.pending.extend(stroke for _, stroke in strokes)
-            QTimer.singleShot(0, self._next)
+        self.pending.extend(stroke for _, stroke in strokes)
+        QTimer.singleShot(0, self._next)
 
     def _warm_chosen(self, *_) -> None:
         """Load the chosen guidance-aware version in the child now (on turning clicks or
