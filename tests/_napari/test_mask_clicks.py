@@ -304,3 +304,51 @@ def test_scribble_strokes_correct_the_mask_in_3d_one_undo_step_each(qtbot, setup
     assert not scribbles.data.any()
     qtbot.mouseClick(clicks.scribble_button, Qt.MouseButton.LeftButton)
     assert not clicks.scribbling and viewer.layers.selection.active is layer and scribbles.mode == "pan_zoom"
+
+
+def test_a_box_adds_the_structure_inside_it_in_3d_one_undo_step(qtbot, setup, screenshots):
+    """Box on, napari's rectangle tool: a box dragged around the organ on one axial slice segments
+    it in 3D on an empty layer of the user's own, in the warm child, one undo step."""
+    from napari.layers import Shapes
+
+    from napari_ctseg._napari.widgets._mask_clicks import BOXES_KEY
+
+    viewer, _, widget, organ = setup
+    mine = viewer.add_labels(np.zeros(SHAPE, np.uint8), name="tumour", scale=SPACING)
+    widget.layer_combo.setCurrentText("tumour")
+    assert widget.layer is mine
+    clicks = widget.clicks
+    qtbot.mouseClick(clicks.scribble_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(clicks.box_button, Qt.MouseButton.LeftButton)
+    assert clicks.boxing and not clicks.scribbling and not clicks.active  # one at a time
+    boxes = next(ly for ly in viewer.layers if isinstance(ly, Shapes) and ly.metadata.get(BOXES_KEY) == "tumour")
+    assert viewer.layers.selection.active is boxes and boxes.mode == "add_rectangle"
+
+    # a box around the organ's cross-section on the middle axial slice
+    z = CENTRE[0]
+    viewer.dims.set_point(0, z * SPACING[0])
+    drag(viewer, [(z, CENTRE[1] - 16 + k, CENTRE[2] - 16 + k) for k in range(0, 33, 4)])
+    assert len(boxes.data) == 1 and boxes.shape_type == ["rectangle"]
+    wait_idle(qtbot, widget)
+    got = np.asarray(mine.data) == 1
+    assert dice(got, organ) > 0.9
+    assert len(np.unique(np.nonzero(got)[0])) >= 0.8 * len(np.unique(np.nonzero(organ)[0]))  # in 3D
+    assert "box changed" in widget.status.text()
+    assert np.asarray(boxes.edge_color)[0][3] < 1  # applied: dimmer
+
+    # on the canvas: the box's yellow outline and the new label
+    qt_window(viewer).grab().save(str(screenshots / "mask_box.png"))
+    for ly in (mine, viewer.layers["liver"]):  # the outline alone over the grey CT
+        ly.visible = False
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    yellow = (shot[..., 0] > 90) & (shot[..., 0] > shot[..., 2] + 50) & (shot[..., 1] > shot[..., 2] + 30)
+    assert yellow.sum() > 20
+    for ly in (mine, viewer.layers["liver"]):
+        ly.visible = True
+
+    mine.undo()  # one box, one step
+    assert not np.asarray(mine.data).any()
+    qtbot.mouseClick(clicks.clear_button, Qt.MouseButton.LeftButton)
+    assert len(boxes.data) == 0
+    qtbot.mouseClick(clicks.box_button, Qt.MouseButton.LeftButton)
+    assert not clicks.boxing and viewer.layers.selection.active is mine and boxes.mode == "pan_zoom"

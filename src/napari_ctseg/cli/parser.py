@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clicks", required=True, metavar="CLICKS.json",
                    help='a JSON list of {"ijk": [i, j, k], "label": "include" | "exclude"} in the scan\'s '
                         "own voxel indices (source i,j,k of ctseg info; nibabel's array order for NIfTI); "
-                        '{"stroke": [[i, j, k], ...], "label": ...} is a scribble stroke')
+                        '{"stroke": [[i, j, k], ...], "label": ...} is a scribble stroke, {"box": [[i, j, k], '
+                        "[i, j, k]]} a box around a structure to add (two opposite corners; equal on one index "
+                        "for a box on a slice)")
     p.add_argument("--out", required=True, help="the corrected mask, .nii or .nii.gz")
     p.add_argument("--label", type=int, default=None,
                    help="the label value every click refines (default: the target's only label; for a target of "

@@ -156,8 +156,10 @@ def cmd_evaluate(args) -> int:
 
 def _read_clicks(path, geometry) -> list:
     """CLICKS.json: a list of {"ijk": [i, j, k], "label": "include" | "exclude"} (or a stroke,
-    {"stroke": [[i, j, k], ...], "label": ...}) in the scan's own voxel indices, as (first ijk,
-    display-grid ``Click`` there, the stroke's display-grid voxels or None), in order."""
+    {"stroke": [[i, j, k], ...], "label": ...}, or a box, {"box": [[i, j, k], [i, j, k]]}: two
+    opposite corners, equal on one index for a box on a slice) in the scan's own voxel indices,
+    as (first ijk, display-grid ``Click`` there, the stroke's display-grid voxels or None, the
+    box's display-grid corners or None), in order."""
     from pathlib import Path
 
     from napari_ctseg.errors import RefineError
@@ -178,15 +180,22 @@ def _read_clicks(path, geometry) -> list:
     clicks = []
     for n, entry in enumerate(entries, 1):
         where = f"--clicks {path}: click {n}"
-        if not isinstance(entry, dict) or set(entry) not in ({"ijk", "label"}, {"stroke", "label"}):
+        if not isinstance(entry, dict) or set(entry) not in ({"ijk", "label"}, {"stroke", "label"}, {"box"},
+                                                             {"box", "label"}):
             raise RefineError(f'{where}: write {{"ijk": [i, j, k], "label": "include" | "exclude"}} '
-                              f'(or {{"stroke": [[i, j, k], ...], "label": ...}}), got {json.dumps(entry)[:80]}')
-        kind = entry["label"]
+                              f'(or {{"stroke": [[i, j, k], ...], "label": ...}}, or {{"box": [[i, j, k], [i, j, k]]}}), '
+                              f"got {json.dumps(entry)[:80]}")
+        if "box" in entry and entry.get("label", "include") != "include":
+            raise RefineError(f'{where}: a box adds the structure inside it: its "label" can only be "include"')
+        kind = entry.get("label", "include")
         if kind not in ("include", "exclude"):
             raise RefineError(f'{where}: "label" must be "include" or "exclude", got {json.dumps(kind)[:40]}')
-        points = entry["stroke"] if "stroke" in entry else [entry["ijk"]]
+        points = entry["stroke"] if "stroke" in entry else entry["box"] if "box" in entry else [entry["ijk"]]
         if "stroke" in entry and (not isinstance(points, list) or not points):
             raise RefineError(f'{where}: "stroke" must be a list of voxel indices [[i, j, k], ...], '
+                              f"got {json.dumps(points)[:80]}")
+        if "box" in entry and (not isinstance(points, list) or len(points) != 2):
+            raise RefineError(f'{where}: "box" must be two opposite corners [[i, j, k], [i, j, k]], '
                               f"got {json.dumps(points)[:80]}")
         for ijk in points:
             if not isinstance(ijk, list) or len(ijk) != 3 or not all(
@@ -200,7 +209,8 @@ def _read_clicks(path, geometry) -> list:
         click = Click(geometry.source_to_display_index(ijk), include=kind == "include")
         stroke = (np.array([geometry.source_to_display_index(v) for v in points], dtype=np.int64)
                   if "stroke" in entry else None)
-        clicks.append((ijk, click, stroke))
+        box = tuple(geometry.source_to_display_index(v) for v in points) if "box" in entry else None
+        clicks.append((ijk, click, stroke, box))
     return clicks
 
 
@@ -245,6 +255,7 @@ def cmd_refine(args) -> int:
     from napari_ctseg.evaluation.evaluate import read_reference_volume
     from napari_ctseg.io import read_scan, write_mask
     from napari_ctseg.editing.refine import ClickResult, refine
+    from napari_ctseg.editing.refine_box import refine_box
     from napari_ctseg.editing.refine_stroke import refine_stroke
 
     volume = read_scan(args.scan)
@@ -271,11 +282,14 @@ def cmd_refine(args) -> int:
     allowed = {**card_labels, **({f"label {label}": label} if label not in card_labels.values() else {})}
     source = read_reference_volume(Path(args.mask), volume.geometry, args.target, allowed)
     mask = np.ascontiguousarray(volume.geometry.to_display(source))
+    if per_click and any(box is not None for *_, box in clicks):
+        raise RefineError(f"--clicks {args.clicks}: a box adds one label; {args.target} has several "
+                          f"({', '.join(f'{k} {v}' for k, v in card_labels.items())}): name it with --label")
     labels = [_click_label(mask, click, card_labels, volume.spacing, n, args.clicks, ijk) if per_click else label
-              for n, (ijk, click, _) in enumerate(clicks, 1)]
-    for n, ((ijk, click, stroke), lab) in enumerate(zip(clicks, labels), 1):  # checked here, in the scan's indices
-        if stroke is not None:
-            continue  # a stroke acts on the voxels where it may (refine_stroke says when there are none)
+              for n, (ijk, click, _, _) in enumerate(clicks, 1)]
+    for n, ((ijk, click, stroke, box), lab) in enumerate(zip(clicks, labels), 1):  # checked here, in the scan's indices
+        if stroke is not None or box is not None:
+            continue  # a stroke or a box acts on the voxels where it may (refine_stroke says when there are none)
         here = int(source[tuple(ijk)])
         if click.include and here not in (0, lab):
             raise RefineError(f"--clicks {args.clicks}: click {n} (include) at ijk {ijk} is on label {here}, "
@@ -289,18 +303,21 @@ def cmd_refine(args) -> int:
     hu = np.asarray(volume.hu)
     click_edit = None if refiner is None else (
         lambda h, m, lab, c, sp, past: refiner.click(h, m, lab, c, sp, history=past))
-    for (_, click, stroke), lab in zip(clicks, labels):  # one label each; the network sees that label's clicks
-        if stroke is None:
+    for n, ((_, click, stroke, box), lab) in enumerate(zip(clicks, labels), 1):  # the network sees that label's clicks
+        if stroke is None and box is None:
             new, _edits = refine(hu, new, lab, [click], volume.spacing, results=results, refiner=refiner,
                                  history=done.get(lab, []))
             done.setdefault(lab, []).append(click)
             continue
         t0 = time.perf_counter()
         try:
-            edit, made = refine_stroke(hu, new, lab, stroke, click.include, volume.spacing, click_edit=click_edit,
-                                       history=done.get(lab, []))
+            if box is not None:  # the classical method: no version is trained on boxes
+                edit, made = refine_box(hu, new, lab, box, volume.spacing), []
+            else:
+                edit, made = refine_stroke(hu, new, lab, stroke, click.include, volume.spacing,
+                                           click_edit=click_edit, history=done.get(lab, []))
         except RefineError as exc:
-            raise RefineError(f"--clicks {args.clicks}: {exc}") from None
+            raise RefineError(f"--clicks {args.clicks}: {'box' if box is not None else 'click'} {n}: {exc}") from None
         before = np.asarray(new[edit.box]) == lab
         after = edit.values == lab
         new = edit.apply(np.array(new, copy=True))
@@ -312,8 +329,9 @@ def cmd_refine(args) -> int:
     rows = [{"ijk": ijk, "label": r.click.kind, "refines": lab, "zyx": list(r.click.zyx), "added_voxels": r.added,
              "removed_voxels": r.removed, "added_ml": round(r.added * ml, 3),
              "removed_ml": round(r.removed * ml, 3), "seconds": round(r.seconds, 3),
-             **({"stroke_voxels": int(len(stroke))} if stroke is not None else {})}
-            for (ijk, _, stroke), r, lab in zip(clicks, results, labels)]
+             **({"stroke_voxels": int(len(stroke))} if stroke is not None else {}),
+             **({"box": [list(map(int, c)) for c in box]} if box is not None else {})}
+            for (ijk, _, stroke, box), r, lab in zip(clicks, results, labels)]
     if args.json:
         print(json.dumps({"scan": str(args.scan), "mask": str(args.mask), "out": str(out), "target": args.target,
                           "label": label if not per_click else sorted(set(labels)), "method": f"{refiner.name} (guidance-aware)" if refiner else "classical",
@@ -321,7 +339,9 @@ def cmd_refine(args) -> int:
         return 0
     for n, row in enumerate(rows, 1):
         where = f"stroke of {row['stroke_voxels']} voxels from" if "stroke_voxels" in row else "at"
-        print(f"click {n} {row['label']} {where} ijk {row['ijk']} (label {row['refines']}): "
+        what = f"click {n} {row['label']} {where} ijk {row['ijk']}" if "box" not in row else \
+            f"box {n} from ijk {row['ijk']}"
+        print(f"{what} (label {row['refines']}): "
               f"+{row['added_voxels']} / -{row['removed_voxels']} "
               f"voxels ({row['added_ml'] - row['removed_ml']:+.2f} mL) in {row['seconds']:.2f} s")
     said = f"label {label}" if not per_click else "labels " + ", ".join(map(str, sorted(set(labels))))

@@ -263,3 +263,20 @@ def robot_strokes(hu, mask, reference, labels, spacing, n_strokes: int = 5, on_s
         if on_stroke is not None:
             on_stroke(row)
     return run
+
+
+def box_on(structure: np.ndarray, axis: int) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The robot's box on plane ``axis`` (0 axial, 1 coronal, 2 sagittal): the tight rectangle
+    around the 3D boolean ``structure``'s largest cross-section on that plane (voxel count;
+    ties: the first), as two opposite corners (z, y, x), equal on ``axis``; None for an empty
+    structure."""
+    others = tuple(a for a in range(3) if a != axis)
+    area = structure.sum(axis=others)
+    if not area.any():
+        return None
+    k = int(np.argmax(area))
+    rows, cols = np.nonzero(np.take(structure, k, axis=axis))
+    lo, hi = [k, k, k], [k, k, k]
+    lo[others[0]], hi[others[0]] = int(rows.min()), int(rows.max())
+    lo[others[1]], hi[others[1]] = int(cols.min()), int(cols.max())
+    return tuple(lo), tuple(hi)

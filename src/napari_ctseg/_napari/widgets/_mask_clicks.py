@@ -16,7 +16,11 @@ With **Scribble** on, the brush paints include (or, with "Exclude" chosen, exclu
 on a Labels layer beside the mask ("scribbles (<mask>)"); each stroke, when the mouse is
 released, re-segments the label along it in 3D (``editing.refine_stroke``: clicks spread
 along the stroke, then what was painted), one undo step per stroke; applied strokes stay
-shown, dimmer. Clicks and scribbles take turns: turning one on turns the other off.
+shown, dimmer. With **Box** on, napari's rectangle tool draws a box around a structure on a
+Shapes layer beside the mask ("boxes (<mask>)"); each box adds the structure inside it to the
+label, in 3D (``editing.refine_box``: the random walker on the HU, in the warm child), one
+undo step per box: for a structure the mask does not hold yet (a tumour, a node). Clicks,
+scribbles and boxes take turns: turning one on turns the others off.
 
 **Method**: the classical random walker, or a **guidance-aware version** of the layer's
 target (its card says it takes clicks), whose network follows the clicks
@@ -31,13 +35,14 @@ import weakref
 from collections import deque
 
 import numpy as np
-from napari.layers import Labels, Points
+from napari.layers import Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QRadioButton, QVBoxLayout
 
 from napari_ctseg.editing.refine import Click, refine_click
+from napari_ctseg.editing.refine_box import refine_box
 from napari_ctseg.editing.refine_stroke import refine_stroke
 from napari_ctseg.editing.refine_process import RefineProcess
 from napari_ctseg.editing.tools import RegionEdit
@@ -57,6 +62,11 @@ SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: CO
 
 CLICK_HINT = "Left click adds to the label around the click, Shift+click removes; each click is one Ctrl+Z."
 SCRIBBLE_HINT = "Paint with the brush: an include stroke adds along it in 3D, exclude removes; one Ctrl+Z each."
+BOX_HINT = "Drag a box around a structure on a 2D view: it is added to the label in 3D; one Ctrl+Z each."
+BOXES_KEY = "ctseg_boxes_for"
+"""``layer.metadata`` key of a boxes Shapes layer: the name of the mask layer it belongs to."""
+BOX_COLOUR = "#ffcc1a"  # drawn; applied boxes turn dimmer
+BOX_APPLIED = (1.0, 0.8, 0.1, 0.45)
 
 
 class Stroke:
@@ -68,6 +78,17 @@ class Stroke:
     @property
     def kind(self) -> str:
         return "include" if self.include else "exclude"
+
+
+class Box:
+    """A box prompt: two opposite corners (z, y, x) on the mask's grid (equal on the drawn
+    slice's axis) and its index on the boxes layer."""
+
+    include = True
+    kind = "include"
+
+    def __init__(self, lo, hi, index: int | None = None):
+        self.lo, self.hi, self.index = tuple(int(v) for v in lo), tuple(int(v) for v in hi), index
 
 
 class ClickPanel(QGroupBox):
@@ -101,12 +122,18 @@ class ClickPanel(QGroupBox):
         self.scribble_button.setCheckable(True)
         self.scribble_button.setToolTip("Paint include (exclude) strokes with the brush; each stroke re-segments "
                                         "the label along it in 3D, one Ctrl+Z per stroke")
-        for w in (self.toggle_button, self.scribble_button, self.include_radio, self.exclude_radio,
+        self.box_button = QPushButton("Box")
+        self.box_button.setCheckable(True)
+        self.box_button.setToolTip("Drag a box around a structure on a 2D view: the structure inside is added to the "
+                                   "label in 3D (random walker on the HU), one Ctrl+Z per box")
+        for w in (self.toggle_button, self.scribble_button, self.box_button, self.include_radio, self.exclude_radio,
                   self.clear_button):
             row.addWidget(w)
         layout.addLayout(row)
         self.scribbles: Labels | None = None
         self.scribbling = False
+        self.boxes: Shapes | None = None
+        self.boxing = False
         self._recolouring = False
         self._due: deque = deque()  # (scribbles layer, box) of strokes painted, to read in the next pass
         method_row = QHBoxLayout()
@@ -123,6 +150,7 @@ class ClickPanel(QGroupBox):
         layout.addWidget(self.hint)
         self.toggle_button.toggled.connect(self.set_active)
         self.scribble_button.toggled.connect(self.set_scribbling)
+        self.box_button.toggled.connect(self.set_boxing)
         self.include_radio.toggled.connect(self._scribble_label)
         self.method_combo.currentIndexChanged.connect(self._warm_chosen)
         self.clear_button.clicked.connect(self.clear_points)
@@ -142,11 +170,18 @@ class ClickPanel(QGroupBox):
                 panel._on_paint(event)
 
         self._paint_callback = on_paint
+
+        def on_box(event):
+            panel = me()
+            if panel is not None:
+                panel._on_box_data(event)
+
+        self._box_callback = on_box
         host.viewer.mouse_drag_callbacks.append(on_mouse)
 
     @property
     def buttons(self) -> tuple[QPushButton, ...]:
-        return (self.toggle_button, self.scribble_button, self.clear_button)
+        return (self.toggle_button, self.scribble_button, self.box_button, self.clear_button)
 
     @property
     def busy(self) -> bool:
@@ -162,6 +197,8 @@ class ClickPanel(QGroupBox):
             self.toggle_button.setChecked(self.active)
         if self.active and self.scribbling:
             self.set_scribbling(False)
+        if self.active and self.boxing:
+            self.set_boxing(False)
         if self.active:
             self._start_process()
             self.host.layer.mode = "pan_zoom"
@@ -200,6 +237,8 @@ class ClickPanel(QGroupBox):
         if self.scribbling:
             if self.active:
                 self.set_active(False)
+            if self.boxing:
+                self.set_boxing(False)
             self._start_process()
             self.refresh_methods()
             self._warm_chosen()
@@ -216,6 +255,83 @@ class ClickPanel(QGroupBox):
                 self.scribbles.mode = "pan_zoom"
                 if viewer.layers.selection.active is self.scribbles and self.host.layer is not None:
                     viewer.layers.selection.active = self.host.layer
+
+    # --- boxes ---------------------------------------------------------------------------------
+    def set_boxing(self, on: bool = True) -> None:
+        """Box on: napari's rectangle tool draws boxes on the boxes layer; each adds the structure
+        inside it to the label."""
+        if on and not self.host.ready("box"):
+            self.box_button.setChecked(False)
+            return
+        if not on and not self.boxing:
+            if self.box_button.isChecked():
+                self.box_button.setChecked(False)
+            return
+        self.boxing = bool(on)
+        if self.box_button.isChecked() != self.boxing:
+            self.box_button.setChecked(self.boxing)
+        viewer = self.host.viewer
+        if self.boxing:
+            if self.active:
+                self.set_active(False)
+            if self.scribbling:
+                self.set_scribbling(False)
+            self._start_process()
+            layer = self._boxes_layer()
+            viewer.layers.selection.active = layer
+            layer.mode = "add_rectangle"
+            self.hint.setText(BOX_HINT)
+            self.host.say("Box on: drag a box around a structure on a 2D view; what is inside is added to the label "
+                          "in 3D (random walker on the HU)")
+        else:
+            self.hint.setText(CLICK_HINT)
+            if self.boxes is not None and self.boxes in viewer.layers:
+                self.boxes.mode = "pan_zoom"
+                if viewer.layers.selection.active is self.boxes and self.host.layer is not None:
+                    viewer.layers.selection.active = self.host.layer
+
+    def _boxes_layer(self) -> Shapes:
+        layer = unwrap(self.host.layer)
+        viewer = self.host.viewer
+        found = next((x for x in viewer.layers if isinstance(x, Shapes)
+                      and x.metadata.get(BOXES_KEY) == layer.name), None)
+        if found is None:
+            found = Shapes(ndim=3, name=f"boxes ({layer.name})", scale=tuple(layer.scale[-3:]),
+                           translate=tuple(layer.translate[-3:]), edge_color=BOX_COLOUR, face_color="transparent",
+                           edge_width=1, metadata={BOXES_KEY: layer.name})
+            found.current_edge_color = BOX_COLOUR
+            found.current_face_color = "transparent"
+            viewer.add_layer(found)
+        if self._box_callback not in [getattr(c, "__func__", c) for c in found.events.data.callbacks]:
+            found.events.data.connect(self._box_callback)
+        self.boxes = found
+        return found
+
+    def _on_box_data(self, event) -> None:
+        """A shape finished on the boxes layer: its corners on the mask's grid become a box."""
+        layer = self.boxes
+        if not self.boxing or layer is None or str(getattr(event, "action", "")).split(".")[-1].lower() != "added":
+            return
+        if not len(layer.data) or layer.shape_type[-1] != "rectangle":
+            return
+        index = len(layer.data) - 1
+        host = self.host
+        if not host.ready("box"):
+            return
+        world = np.asarray([layer.data_to_world(v) for v in np.asarray(layer.data[index], float)])
+        vox = np.asarray([host.layer.world_to_data(w) for w in world])[:, -3:]
+        lo, hi = np.round(vox.min(0)).astype(int), np.round(vox.max(0)).astype(int)
+        layer.selected_data = set()  # shown in its own colour, not as napari's selection
+        self.pending.append(Box(lo, hi, index))
+        QTimer.singleShot(0, self._next)
+
+    def _box_applied(self, box: Box) -> None:
+        layer = self.boxes
+        if layer is None or box.index is None or box.index >= len(layer.data):
+            return
+        colours = np.asarray(layer.edge_color, float).copy()
+        colours[box.index] = BOX_APPLIED
+        layer.edge_color = colours
 
     def _scribble_label(self, *_) -> None:
         if self.scribbling and self.scribbles is not None:
@@ -297,7 +413,7 @@ class ClickPanel(QGroupBox):
         """Load the chosen guidance-aware version in the child now (on turning clicks or
         scribbles on, or on choosing it in the method list), not at its first click."""
         card = self.method_combo.currentData()
-        if (self.active or self.scribbling) and card is not None and self.process is not None \
+        if (self.active or self.scribbling or self.boxing) and card is not None and self.process is not None \
                 and str(card.path) not in self._warm:
             self.process.warm_model(card.path)
             self._warm.add(str(card.path))
@@ -360,6 +476,11 @@ class ClickPanel(QGroupBox):
         if self.scribbles is not None:
             try:
                 self.scribbles.events.paint.disconnect(self._paint_callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if self.boxes is not None:
+            try:
+                self.boxes.events.data.disconnect(self._box_callback)
             except (TypeError, ValueError, RuntimeError):
                 pass
         if self.process is not None:
@@ -432,8 +553,11 @@ class ClickPanel(QGroupBox):
         mask = np.asarray(layer.data)
         spacing = host.spacing()
         stroke = click if isinstance(click, Stroke) else None
+        box = click if isinstance(click, Box) else None
         if stroke is not None:
             host.say(f"Click to correct: {stroke.kind} stroke of {len(stroke.voxels):,} voxels…")
+        elif box is not None:
+            host.say(f"Click to correct: box {list(box.lo)}..{list(box.hi)} (z, y, x)…")
         else:
             host.say(f"Click to correct: {click.kind} at z {click.zyx[0]}, y {click.zyx[1]}, x {click.zyx[2]}…")
 
@@ -442,7 +566,7 @@ class ClickPanel(QGroupBox):
         key = (unwrap(layer).name, int(label))
         history = list(self.history.get(key, []))
         done = self.history.setdefault(key, [])
-        if stroke is None:
+        if stroke is None and box is None:
             done.append(click)
         crops = self._crops
 
@@ -471,6 +595,11 @@ class ClickPanel(QGroupBox):
                 edit, clicks = refine_stroke(hu, mask, label, stroke.voxels, stroke.include, spacing,
                                              click_edit=one, history=history)
                 done.extend(clicks)
+            elif box is not None:  # the classical method: no version is trained on boxes
+                if process is not None:
+                    edit = process.submit_box(hu, mask, label, (box.lo, box.hi), spacing).result()
+                else:
+                    edit = refine_box(hu, mask, label, (box.lo, box.hi), spacing)
             else:
                 edit = one(hu, mask, label, click, spacing, history)
             changed = edit.changed(mask) if not edit.is_empty else None
@@ -485,7 +614,9 @@ class ClickPanel(QGroupBox):
 
     def _done(self, layer: Labels, click, edit: RegionEdit, changed, seconds: float) -> None:
         self.seconds.append(seconds)
-        what = f"{click.kind} {'stroke' if isinstance(click, Stroke) else 'click'}"
+        what = "box" if isinstance(click, Box) else f"{click.kind} {'stroke' if isinstance(click, Stroke) else 'click'}"
+        if isinstance(click, Box):
+            self._box_applied(click)
         if layer is not self.host.layer or edit.is_empty or changed is None or not changed.any():
             self.host.say(f"Click to correct: the {what} changed nothing ({seconds:.2f} s)")
             return
@@ -499,6 +630,9 @@ class ClickPanel(QGroupBox):
 
     def _failed(self, click, exc: BaseException) -> None:
         text = str(exc) if isinstance(exc, (CTSegError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        if isinstance(click, Box):
+            show_error(f"Mask tools: box: {text}")
+            return
         what = "stroke" if isinstance(click, Stroke) else "click"
         show_error(f"Mask tools: {click.kind} {what}: {text}")
 
@@ -536,3 +670,5 @@ class ClickPanel(QGroupBox):
             self.points.data = np.empty((0, 3))
         if self.scribbles is not None and self.scribbles in self.host.viewer.layers:
             self.scribbles.data = np.zeros_like(self.scribbles.data)
+        if self.boxes is not None and self.boxes in self.host.viewer.layers and len(self.boxes.data):
+            self.boxes.data = []

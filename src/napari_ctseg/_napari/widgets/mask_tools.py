@@ -286,8 +286,10 @@ class MaskToolsWidget(QWidget):
         if unwrap(layer) is not unwrap(old):
             self.clicks.set_active(False)  # clicks belong to one layer; turn them on again for the next
             self.clicks.set_scribbling(False)
+            self.clicks.set_boxing(False)
             self.clicks.points = None
             self.clicks.scribbles = None
+            self.clicks.boxes = None
         self.layer = layer
         if layer is None:
             self.volume.follow(None, self.label)
