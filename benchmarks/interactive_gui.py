@@ -14,6 +14,9 @@ copied into shared memory, the child's refine, the edit written); napari drawing
 Run: xvfb-run -a .venv/bin/python benchmarks/interactive_gui.py [--data ../shared/data] [--clicks 5] [--thread]
      [--strokes N]: scribble strokes instead (Mask tools' Scribble on; the stroke robot of
      ``interactive.py --methods strokes``), the stall from each stroke's end to its edit.
+     [--boxes]: one box per plane instead (Mask tools' Box on, on an empty layer; the box robot of
+     ``box.py``: the expert liver's widest axial, coronal and sagittal section), the stall from each
+     box's end to its edit.
 
 Last run (2-core development VM, quiet, 2026-12-02 19:44 UTC; liver v3 on CHAOS 3), three runs: per
 click median 0.30-0.34 s, max 0.37-0.54 s in the child process; longest stall from click to edit
@@ -35,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from _gui_stall import StallMeter, settle, spin  # noqa: E402
 from _setup import argument_parser  # noqa: E402
-from napari_ctseg.evaluation.robot import next_click, next_stroke, score  # noqa: E402
+from napari_ctseg.evaluation.robot import box_on, next_click, next_stroke, score  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,6 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--strokes", type=int, default=0,
                     help="scribble strokes instead of clicks: the stroke robot's (robot.stroke_through), written "
                          "on the scribbles layer as napari's brush writes it")
+    ap.add_argument("--boxes", action="store_true",
+                    help="boxes instead of clicks: the box robot's axial, coronal and sagittal box around the expert "
+                         "liver, each on an empty layer, added to the boxes layer as napari's rectangle tool adds it")
     args = ap.parse_args(argv)
 
     import napari
@@ -101,6 +107,8 @@ def main(argv=None) -> int:
     panel._next = timed_next
     if args.strokes:
         return strokes(args, app, viewer, widget, layer, reference, labels, vol, phase, writes)
+    if args.boxes:
+        return boxes(app, viewer, widget, reference, vol, phase, writes)
     with StallMeter(lambda: phase["now"]) as meter:
         for n in range(1, args.clicks + 1):
             nxt = next_click(reference, np.asarray(layer.data), labels, vol.spacing, clicked)
@@ -179,6 +187,47 @@ def strokes(args, app, viewer, widget, layer, reference, labels, vol, phase, wri
                   f"{score(np.asarray(layer.data), reference, labels)['dice']:.4f}")
     report(meter, seconds, writes, "stroke", (("computing", "from the stroke's end to the edit"),
                                               ("drawing", "napari drawing the edit")))
+    viewer.close()
+    return 0
+
+
+def boxes(app, viewer, widget, reference, vol, phase, writes) -> int:
+    """``--boxes``: on an empty layer each time, the box robot's box on each plane added to the
+    boxes layer (``add_rectangles``, which reports it as the rectangle tool does at the mouse's
+    release); the time until the panel is idle, the stalls from the box's end to the edit and
+    while napari draws it."""
+    structure = np.asarray(reference) == 1
+    seconds = []
+    with StallMeter(lambda: phase["now"]) as meter:
+        for axis, plane in enumerate(("axial", "coronal", "sagittal")):
+            layer = viewer.add_labels(np.zeros(structure.shape, np.uint8), name=f"box {plane}",
+                                      scale=tuple(vol.spacing))
+            widget.layer_combo.setCurrentText(layer.name)
+            widget.clicks.set_boxing(True)
+            shapes = widget.clicks.boxes
+            lo, hi = box_on(structure, axis)
+            a, b = [i for i in range(3) if i != axis]
+            corners = []
+            for u, v in ((lo[a], lo[b]), (lo[a], hi[b]), (hi[a], hi[b]), (hi[a], lo[b])):
+                c = list(lo)
+                c[a], c[b] = u, v
+                corners.append(c)
+            viewer.dims.set_point(axis, lo[axis] * vol.spacing[axis])
+            settle(app, 0.3)
+            until = time.perf_counter() + 0.05
+            spin(app, lambda: time.perf_counter() >= until)
+            t0 = time.perf_counter()
+            phase["now"] = "computing"
+            shapes.add_rectangles(np.asarray(corners, float))
+            spin(app, lambda: not widget.clicks.busy)
+            seconds.append(time.perf_counter() - t0)
+            settle(app, 0.3)
+            phase["now"] = "waiting"
+            print(f"  {plane} box {list(lo)}..{list(hi)}: {seconds[-1]:.2f} s to the edit on the layer (core "
+                  f"{widget.clicks.seconds[-1]:.2f} s), Dice {score(np.asarray(layer.data), structure.astype(np.uint8), [1])['dice']:.4f}")
+            widget.clicks.set_boxing(False)
+    report(meter, seconds, writes, "box", (("computing", "from the box's end to the edit"),
+                                           ("drawing", "napari drawing the edit")))
     viewer.close()
     return 0
 

@@ -220,75 +220,69 @@ class ClickPanel(QGroupBox):
         else:  # the child ends with the widget, even one deleted without being closed
             self.host.destroyed.connect(lambda *_, child=self.process: child.close())
 
-    # --- scribbles ---------------------------------------------------------------------------
-    def set_scribbling(self, on: bool = True) -> None:
-        """Scribble on: the brush paints include/exclude strokes on the scribbles layer."""
-        if on and not self.host.ready("scribble"):
-            self.scribble_button.setChecked(False)
-            return
-        if not on and not self.scribbling:
-            if self.scribble_button.isChecked():
-                self.scribble_button.setChecked(False)
-            return
-        self.scribbling = bool(on)
-        if self.scribble_button.isChecked() != self.scribbling:
-            self.scribble_button.setChecked(self.scribbling)
-        viewer = self.host.viewer
-        if self.scribbling:
+    # --- drawing modes: scribbles and boxes ---------------------------------------------------
+    def _switch(self, attr: str, button: QPushButton, what: str, on: bool) -> bool:
+        """Turn a drawing mode (``attr``: "scribbling" or "boxing") on or off, its button
+        following; turning one on turns clicks and the other mode off. False when nothing changed."""
+        if on and not self.host.ready(what):
+            button.setChecked(False)
+            return False
+        if not on and not getattr(self, attr):
+            if button.isChecked():
+                button.setChecked(False)
+            return False
+        setattr(self, attr, bool(on))
+        if button.isChecked() != bool(on):
+            button.setChecked(bool(on))
+        if on:
             if self.active:
                 self.set_active(False)
-            if self.boxing:
-                self.set_boxing(False)
+            for other, turn_off in (("scribbling", self.set_scribbling), ("boxing", self.set_boxing)):
+                if other != attr and getattr(self, other):
+                    turn_off(False)
             self._start_process()
-            self.refresh_methods()
-            self._warm_chosen()
-            layer = self._scribbles_layer()
-            viewer.layers.selection.active = layer
-            layer.mode = "paint"
-            self._scribble_label()
-            self.hint.setText(SCRIBBLE_HINT)
-            self.host.say("Scribble on: paint include strokes (choose Exclude for exclude strokes); each stroke "
-                          "re-segments the label along it in 3D when you release the mouse")
-        else:
-            self.hint.setText(CLICK_HINT)
-            if self.scribbles is not None and self.scribbles in viewer.layers:
-                self.scribbles.mode = "pan_zoom"
-                if viewer.layers.selection.active is self.scribbles and self.host.layer is not None:
-                    viewer.layers.selection.active = self.host.layer
+        return True
 
-    # --- boxes ---------------------------------------------------------------------------------
+    def _leave(self, layer) -> None:
+        """A drawing mode off: its layer back to pan/zoom, the mask selected again."""
+        self.hint.setText(CLICK_HINT)
+        viewer = self.host.viewer
+        if layer is not None and layer in viewer.layers:
+            layer.mode = "pan_zoom"
+            if viewer.layers.selection.active is layer and self.host.layer is not None:
+                viewer.layers.selection.active = self.host.layer
+
+    def set_scribbling(self, on: bool = True) -> None:
+        """Scribble on: the brush paints include/exclude strokes on the scribbles layer."""
+        if not self._switch("scribbling", self.scribble_button, "scribble", on):
+            return
+        if not self.scribbling:
+            self._leave(self.scribbles)
+            return
+        self.refresh_methods()
+        self._warm_chosen()
+        layer = self._scribbles_layer()
+        self.host.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self._scribble_label()
+        self.hint.setText(SCRIBBLE_HINT)
+        self.host.say("Scribble on: paint include strokes (choose Exclude for exclude strokes); each stroke "
+                      "re-segments the label along it in 3D when you release the mouse")
+
     def set_boxing(self, on: bool = True) -> None:
         """Box on: napari's rectangle tool draws boxes on the boxes layer; each adds the structure
         inside it to the label."""
-        if on and not self.host.ready("box"):
-            self.box_button.setChecked(False)
+        if not self._switch("boxing", self.box_button, "box", on):
             return
-        if not on and not self.boxing:
-            if self.box_button.isChecked():
-                self.box_button.setChecked(False)
+        if not self.boxing:
+            self._leave(self.boxes)
             return
-        self.boxing = bool(on)
-        if self.box_button.isChecked() != self.boxing:
-            self.box_button.setChecked(self.boxing)
-        viewer = self.host.viewer
-        if self.boxing:
-            if self.active:
-                self.set_active(False)
-            if self.scribbling:
-                self.set_scribbling(False)
-            self._start_process()
-            layer = self._boxes_layer()
-            viewer.layers.selection.active = layer
-            layer.mode = "add_rectangle"
-            self.hint.setText(BOX_HINT)
-            self.host.say("Box on: drag a box around a structure on a 2D view; what is inside is added to the label "
-                          "in 3D (random walker on the HU)")
-        else:
-            self.hint.setText(CLICK_HINT)
-            if self.boxes is not None and self.boxes in viewer.layers:
-                self.boxes.mode = "pan_zoom"
-                if viewer.layers.selection.active is self.boxes and self.host.layer is not None:
-                    viewer.layers.selection.active = self.host.layer
+        layer = self._boxes_layer()
+        self.host.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        self.hint.setText(BOX_HINT)
+        self.host.say("Box on: drag a box around a structure on a 2D view; what is inside is added to the label "
+                      "in 3D (random walker on the HU)")
 
     def _boxes_layer(self) -> Shapes:
         layer = unwrap(self.host.layer)
