@@ -241,7 +241,7 @@ def drag(viewer, zyxs):
 
 
 def test_scribble_strokes_correct_the_mask_in_3d_one_undo_step_each(qtbot, setup, screenshots):
-    from napari_ctseg._napari.widgets._mask_clicks import SCRIBBLES_KEY
+    from napari_ctseg._napari.widgets._mask_prompts import SCRIBBLES_KEY
 
     viewer, layer, widget, organ = setup
     start = np.array(layer.data, copy=True)
@@ -311,7 +311,7 @@ def test_a_box_adds_the_structure_inside_it_in_3d_one_undo_step(qtbot, setup, sc
     it in 3D on an empty layer of the user's own, in the warm child, one undo step."""
     from napari.layers import Shapes
 
-    from napari_ctseg._napari.widgets._mask_clicks import BOXES_KEY
+    from napari_ctseg._napari.widgets._mask_prompts import BOXES_KEY
 
     viewer, _, widget, organ = setup
     mine = viewer.add_labels(np.zeros(SHAPE, np.uint8), name="tumour", scale=SPACING)

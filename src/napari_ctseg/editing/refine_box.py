@@ -139,7 +139,6 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Re
     f = np.maximum(1, np.floor(longest / COARSE_CELLS / sp + 0.5)).astype(int)
     hu_c = _block_mean(hu_r, f)
     csp = sp * f
-    cshape = hu_c.shape
     seed_c = _block_mean(seed, f) > 0.5
     if not seed_c.any():  # a small box: the seed's block at least
         seed_c = _block_mean(seed, f) > 0

@@ -29,7 +29,8 @@ from napari_ctseg.io.volume import Geometry
 from napari_ctseg._napari._compat import layer_renamed, unwrap
 from napari_ctseg._napari._layers import geometry_from_metadata
 from napari_ctseg._napari.widgets._mask_edits import AXES, CUSTOM, HOLE_MODES, PREVIEW_KEY, EditPanel, HuRangeBox  # noqa: F401
-from napari_ctseg._napari.widgets._mask_clicks import SCRIBBLES_KEY, ClickPanel
+from napari_ctseg._napari.widgets._mask_clicks import ClickPanel
+from napari_ctseg._napari.widgets._mask_prompts import SCRIBBLES_KEY
 from napari_ctseg._napari.widgets._mask_compare import ComparePanel
 from napari_ctseg._napari.widgets._mask_hooks import PaintGuard
 from napari_ctseg._napari.widgets._mask_save import SavePanel, default_output, save_steps  # noqa: F401

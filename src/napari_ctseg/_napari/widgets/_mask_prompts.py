@@ -1,0 +1,239 @@
+"""Mask tools' click panel, its drawing modes: **Scribble** (include/exclude strokes painted
+with napari's brush on a Labels layer beside the mask) and **Box** (rectangles drawn with
+napari's rectangle tool on a Shapes layer beside the mask). ``ClickPanel`` (``_mask_clicks``)
+takes this mixin; what a stroke or a box does is ``editing.refine_stroke`` / ``editing.refine_box``,
+queued and applied with the clicks.
+"""
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels, Shapes
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QPushButton
+
+from napari_ctseg._napari._compat import unwrap
+
+COLOURS = {True: (0.2, 0.85, 0.3, 1.0), False: (0.95, 0.2, 0.8, 1.0)}  # include, exclude
+SCRIBBLES_KEY = "ctseg_scribbles_for"
+"""``layer.metadata`` key of a scribbles Labels layer: the name of the mask layer it belongs to."""
+# scribble values: 1 include, 2 exclude being drawn; 3 and 4 the same once applied (dimmer)
+SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: COLOURS[False],
+                    3: (0.2, 0.85, 0.3, 0.45), 4: (0.95, 0.2, 0.8, 0.45)}
+CLICK_HINT = "Left click adds to the label around the click, Shift+click removes; each click is one Ctrl+Z."
+SCRIBBLE_HINT = "Paint with the brush: an include stroke adds along it in 3D, exclude removes; one Ctrl+Z each."
+BOX_HINT = "Drag a box around a structure on a 2D view: it is added to the label in 3D; one Ctrl+Z each."
+BOXES_KEY = "ctseg_boxes_for"
+"""``layer.metadata`` key of a boxes Shapes layer: the name of the mask layer it belongs to."""
+BOX_COLOUR = "#ffcc1a"  # drawn; applied boxes turn dimmer
+BOX_APPLIED = (1.0, 0.8, 0.1, 0.45)
+
+
+class Stroke:
+    """A scribble stroke: its voxels (n, 3) on the mask's grid, include or exclude."""
+
+    def __init__(self, voxels: np.ndarray, include: bool):
+        self.voxels, self.include = voxels, bool(include)
+
+    @property
+    def kind(self) -> str:
+        return "include" if self.include else "exclude"
+
+
+class Box:
+    """A box prompt: two opposite corners (z, y, x) on the mask's grid (equal on the drawn
+    slice's axis) and its index on the boxes layer."""
+
+    include = True
+    kind = "include"
+
+    def __init__(self, lo, hi, index: int | None = None):
+        self.lo, self.hi, self.index = tuple(int(v) for v in lo), tuple(int(v) for v in hi), index
+
+
+
+class DrawingModes:
+    """Scribble and Box for ``ClickPanel`` (its ``host``, ``hint``, ``pending``, ``_next``,
+    buttons and layers)."""
+
+    # --- drawing modes: scribbles and boxes ---------------------------------------------------
+    def _switch(self, attr: str, button: QPushButton, what: str, on: bool) -> bool:
+        """Turn a drawing mode (``attr``: "scribbling" or "boxing") on or off, its button
+        following; turning one on turns clicks and the other mode off. False when nothing changed."""
+        if on and not self.host.ready(what):
+            button.setChecked(False)
+            return False
+        if not on and not getattr(self, attr):
+            if button.isChecked():
+                button.setChecked(False)
+            return False
+        setattr(self, attr, bool(on))
+        if button.isChecked() != bool(on):
+            button.setChecked(bool(on))
+        if on:
+            if self.active:
+                self.set_active(False)
+            for other, turn_off in (("scribbling", self.set_scribbling), ("boxing", self.set_boxing)):
+                if other != attr and getattr(self, other):
+                    turn_off(False)
+            self._start_process()
+        return True
+
+    def _leave(self, layer) -> None:
+        """A drawing mode off: its layer back to pan/zoom, the mask selected again."""
+        self.hint.setText(CLICK_HINT)
+        viewer = self.host.viewer
+        if layer is not None and layer in viewer.layers:
+            layer.mode = "pan_zoom"
+            if viewer.layers.selection.active is layer and self.host.layer is not None:
+                viewer.layers.selection.active = self.host.layer
+
+    def set_scribbling(self, on: bool = True) -> None:
+        """Scribble on: the brush paints include/exclude strokes on the scribbles layer."""
+        if not self._switch("scribbling", self.scribble_button, "scribble", on):
+            return
+        if not self.scribbling:
+            self._leave(self.scribbles)
+            return
+        self.refresh_methods()
+        self._warm_chosen()
+        layer = self._scribbles_layer()
+        self.host.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self._scribble_label()
+        self.hint.setText(SCRIBBLE_HINT)
+        self.host.say("Scribble on: paint include strokes (choose Exclude for exclude strokes); each stroke "
+                      "re-segments the label along it in 3D when you release the mouse")
+
+    def set_boxing(self, on: bool = True) -> None:
+        """Box on: napari's rectangle tool draws boxes on the boxes layer; each adds the structure
+        inside it to the label."""
+        if not self._switch("boxing", self.box_button, "box", on):
+            return
+        if not self.boxing:
+            self._leave(self.boxes)
+            return
+        layer = self._boxes_layer()
+        self.host.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        self.hint.setText(BOX_HINT)
+        self.host.say("Box on: drag a box around a structure on a 2D view; what is inside is added to the label "
+                      "in 3D (random walker on the HU)")
+
+    def _boxes_layer(self) -> Shapes:
+        layer = unwrap(self.host.layer)
+        viewer = self.host.viewer
+        found = next((x for x in viewer.layers if isinstance(x, Shapes)
+                      and x.metadata.get(BOXES_KEY) == layer.name), None)
+        if found is None:
+            found = Shapes(ndim=3, name=f"boxes ({layer.name})", scale=tuple(layer.scale[-3:]),
+                           translate=tuple(layer.translate[-3:]), edge_color=BOX_COLOUR, face_color="transparent",
+                           edge_width=1, metadata={BOXES_KEY: layer.name})
+            found.current_edge_color = BOX_COLOUR
+            found.current_face_color = "transparent"
+            viewer.add_layer(found)
+        if self._box_callback not in [getattr(c, "__func__", c) for c in found.events.data.callbacks]:
+            found.events.data.connect(self._box_callback)
+        self.boxes = found
+        return found
+
+    def _on_box_data(self, event) -> None:
+        """A shape finished on the boxes layer: its corners on the mask's grid become a box."""
+        layer = self.boxes
+        if not self.boxing or layer is None or str(getattr(event, "action", "")).split(".")[-1].lower() != "added":
+            return
+        if not len(layer.data) or layer.shape_type[-1] != "rectangle":
+            return
+        index = len(layer.data) - 1
+        host = self.host
+        if not host.ready("box"):
+            return
+        world = np.asarray([layer.data_to_world(v) for v in np.asarray(layer.data[index], float)])
+        vox = np.asarray([host.layer.world_to_data(w) for w in world])[:, -3:]
+        lo, hi = np.round(vox.min(0)).astype(int), np.round(vox.max(0)).astype(int)
+        layer.selected_data = set()  # shown in its own colour, not as napari's selection
+        self.pending.append(Box(lo, hi, index))
+        QTimer.singleShot(0, self._next)
+
+    def _box_applied(self, box: Box) -> None:
+        layer = self.boxes
+        if layer is None or box.index is None or box.index >= len(layer.data):
+            return
+        colours = np.asarray(layer.edge_color, float).copy()
+        colours[box.index] = BOX_APPLIED
+        layer.edge_color = colours
+
+    def _scribble_label(self, *_) -> None:
+        if self.scribbling and self.scribbles is not None:
+            self.scribbles.selected_label = 1 if self.include_radio.isChecked() else 2
+
+    def _scribbles_layer(self) -> Labels:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer = unwrap(self.host.layer)
+        viewer = self.host.viewer
+        found = next((x for x in viewer.layers if isinstance(x, Labels)
+                      and x.metadata.get(SCRIBBLES_KEY) == layer.name), None)
+        if found is None or tuple(found.data.shape) != tuple(layer.data.shape[-3:]):
+            if found is not None:
+                viewer.layers.remove(found)
+            found = Labels(np.zeros(layer.data.shape[-3:], np.uint8), name=f"scribbles ({layer.name})",
+                           scale=tuple(layer.scale[-3:]), translate=tuple(layer.translate[-3:]),
+                           colormap=DirectLabelColormap(color_dict=SCRIBBLE_COLOURS), opacity=1.0,
+                           metadata={SCRIBBLES_KEY: layer.name})
+            found.brush_size = 5
+            viewer.add_layer(found)
+        if self._paint_callback not in [getattr(c, "__func__", c) for c in found.events.paint.callbacks]:
+            found.events.paint.connect(self._paint_callback)
+        self.scribbles = found
+        return found
+
+    def _on_paint(self, event) -> None:
+        """A stroke finished on the scribbles layer: its voxels (1 include, 2 exclude) become a
+        stroke to refine; on the layer they turn to 3 / 4 (applied, shown dimmer)."""
+        layer = self.scribbles
+        if not self.scribbling or layer is None or self._recolouring:
+            return
+        lo, hi = None, None
+        for atom in event.value or ():
+            key = getattr(atom, "slice_key", None)
+            if key is not None:
+                a = [s.start or 0 for s in key]
+                b = [s.stop if s.stop is not None else n for s, n in zip(key, layer.data.shape)]
+            else:
+                idx = [np.atleast_1d(np.asarray(i)) for i in atom[0]]
+                if not idx or idx[0].size == 0:
+                    continue
+                a = [int(i.min()) for i in idx]
+                b = [int(i.max()) + 1 for i in idx]
+            lo = a if lo is None else np.minimum(lo, a)
+            hi = b if hi is None else np.maximum(hi, b)
+        if lo is None:
+            return
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        # read the layer after this pass: napari reports a data_setitem before it writes the data
+        self._due.append((layer, box))
+        QTimer.singleShot(0, self._take_strokes)
+
+    def _take_strokes(self) -> None:
+        while self._due:
+            self._take_stroke(*self._due.popleft())
+
+    def _take_stroke(self, layer: Labels, box) -> None:
+        if layer is not self.scribbles or not self.scribbling:
+            return
+        region = np.asarray(layer.data[box])
+        strokes = []
+        for value, include in ((1, True), (2, False)):
+            local = np.argwhere(region == value)
+            if len(local):
+                strokes.append((value, Stroke(local + np.array([s.start for s in box]), include)))
+        if not strokes or not self.host.ready("scribble"):
+            return  # left as drawn (not shown as applied)
+        self._recolouring = True  # the recolouring is an edit of the layer too: its paint event is ours
+        try:
+            for value, stroke in strokes:
+                layer.data_setitem(tuple(stroke.voxels.T), value + 2)
+        finally:
+            self._recolouring = False
+        self.pending.extend(stroke for _, stroke in strokes)
+        QTimer.singleShot(0, self._next)
