@@ -20,7 +20,9 @@ Run: xvfb-run -a .venv/bin/python benchmarks/interactive_gui.py [--data ../share
 
 Last run (2-core development VM, quiet, 2026-12-02 19:44 UTC; liver v3 on CHAOS 3), three runs: per
 click median 0.30-0.34 s, max 0.37-0.54 s in the child process; longest stall from click to edit
-61-65 ms; napari drawing the edited slice 71-79 ms. See docs/benchmarks.md.
+61-65 ms; napari drawing the edited slice 71-79 ms. --boxes (2026-12-03 09:42 UTC, three runs): per box
+median 2.68-4.02 s, stall from the box to the edit 107-122 ms, napari drawing it 196-262 ms. See
+docs/benchmarks.md.
 """
 from __future__ import annotations
 
