@@ -352,3 +352,53 @@ def test_a_box_adds_the_structure_inside_it_in_3d_one_undo_step(qtbot, setup, sc
     assert len(boxes.data) == 0
     qtbot.mouseClick(clicks.box_button, Qt.MouseButton.LeftButton)
     assert not clicks.boxing and viewer.layers.selection.active is mine and boxes.mode == "pan_zoom"
+
+
+def test_clicks_correct_the_lungs_and_the_infection_layers_too(qtbot, make_napari_viewer, screenshots):
+    """The other targets' layers: an include click on the left lung (label 2) fixes its missing base
+    in 3D and leaves the right lung alone; on an infection layer, an include click on a ground-glass
+    lesion inside the lung adds the lesion, not the lung around it."""
+    shape, sp = (24, 64, 96), (2.0, 1.0, 1.0)
+    z, y, x = np.indices(shape)
+    right = ((z - 12) * 2 / 20) ** 2 + ((y - 32) / 22) ** 2 + ((x - 26) / 18) ** 2 <= 1
+    left = ((z - 12) * 2 / 20) ** 2 + ((y - 32) / 22) ** 2 + ((x - 70) / 18) ** 2 <= 1
+    lesion = ((z - 12) * 2) ** 2 + (y - 30) ** 2 + (x - 72) ** 2 <= 7 ** 2
+    rng = np.random.default_rng(3)
+    hu = np.where(right | left, -850.0, 40.0)
+    hu = np.where(lesion, -450.0, hu) + rng.normal(0, 12, shape)
+    lungs = np.where(right, 1, np.where(left, 2, 0)).astype(np.uint8)
+    lungs[16:][left[16:]] = 0  # the left lung's lower slices are missing
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(hu.astype(np.float32), name="ct", scale=sp)
+    lungs_layer = viewer.add_labels(lungs, name="lungs", scale=sp)
+    infection = viewer.add_labels(np.zeros(shape, np.uint8), name="infection", scale=sp)
+    widget = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+
+    widget.layer_combo.setCurrentText("lungs")
+    widget.label_spin.setValue(2)
+    widget.clicks.set_active(True)
+    before = np.array(lungs_layer.data, copy=True)
+    viewer.dims.set_point(0, 18 * sp[0])
+    press_and_release(viewer, (18, 32, 70))
+    qtbot.waitUntil(lambda: not widget.clicks.busy, timeout=30000)
+    after = np.asarray(lungs_layer.data)
+    truth = np.where(right, 1, np.where(left, 2, 0))
+    assert dice(after == 2, left) > dice(before == 2, left) + 0.05 and dice(after == 2, left) > 0.95
+    assert len(np.unique(np.nonzero((after == 2) & (before == 0))[0])) >= 3  # in 3D
+    assert np.array_equal(after == 1, before == 1)  # the right lung is untouched
+    assert np.mean(after[truth == 0] == 0) > 0.99
+
+    widget.layer_combo.setCurrentText("infection")
+    widget.label_spin.setValue(1)
+    widget.clicks.set_active(True)
+    viewer.dims.set_point(0, 12 * sp[0])
+    press_and_release(viewer, (12, 30, 72))
+    qtbot.waitUntil(lambda: not widget.clicks.busy, timeout=30000)
+    got = np.asarray(infection.data) == 1
+    assert dice(got, lesion) > 0.8 and np.count_nonzero(got & ~lesion) < 0.3 * np.count_nonzero(lesion)
+    lungs_layer.opacity = 0.3
+    viewer.reset_view()
+    qt_window(viewer).grab().save(str(screenshots / "mask_clicks_lungs_infection.png"))
+    infection.undo()
+    assert not np.asarray(infection.data).any()
