@@ -128,3 +128,16 @@ def test_the_robot_box_is_the_tight_rectangle_of_the_largest_cross_section():
     lo, hi = box_on(s, 2)
     assert lo[2] == hi[2] and (lo[0], hi[0]) == (2, 7)
     assert box_on(np.zeros((3, 3, 3), bool), 0) is None
+
+
+def test_a_box_of_three_sides_bounds_the_structure_in_3d():
+    """A box given in 3D (the CLI's, corners differing on every axis): nothing is added outside it."""
+    hu, mask, tumour = two_tissues_scan()
+    idx = np.argwhere(tumour)
+    lo, hi = idx.min(0), idx.max(0)
+    edit = refine_box(hu, mask, 1, (lo, hi), SPACING)
+    got = edit.apply(mask.copy()) == 1
+    assert dice(got, tumour) > 0.9
+    outside = np.ones(SHAPE, bool)
+    outside[tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))] = False
+    assert not (got & outside).any()

@@ -113,17 +113,14 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Re
     free = old == 0
     rshape = hu_r.shape
     blo, bhi = lo - a, hi - a + 1  # the box, in the region
-    in_box = np.zeros(rshape, bool)
-    in_box[tuple(slice(int(u), int(v)) for u, v in zip(blo, bhi))] = True
-    if normal is not None:  # the box bounds the structure on the drawn slice only
-        other_slices = np.ones(rshape[normal], bool)
-        other_slices[blo[normal]] = False
-        idx = [None] * 3
-        idx[normal] = slice(None)
-        outside_box = ~in_box & ~other_slices[tuple(idx)]
-    else:
-        outside_box = ~in_box
-    drawn = in_box if normal is None else in_box & ~other_slices[tuple(idx)]
+    drawn = np.zeros(rshape, bool)  # the box: one slice thick when drawn on a view
+    drawn[tuple(slice(int(u), int(v)) for u, v in zip(blo, bhi))] = True
+    if normal is None:
+        outside_box = ~drawn
+    else:  # the box bounds the structure on the drawn slice only
+        outside_box = np.zeros(rshape, bool)
+        on_slice = tuple(int(blo[ax]) if ax == normal else slice(None) for ax in range(3))
+        outside_box[on_slice] = ~drawn[on_slice]
     smooth = ndimage.gaussian_filter(hu_r, FINE_SMOOTH_MM / sp, mode="nearest")
     ring = _ring(drawn, normal, sp) & free
     window = choose_window(smooth[drawn & free], smooth[ring])
@@ -139,9 +136,10 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Re
     f = np.maximum(1, np.floor(longest / COARSE_CELLS / sp + 0.5)).astype(int)
     hu_c = _block_mean(hu_r, f)
     csp = sp * f
-    seed_c = _block_mean(seed, f) > 0.5
+    seed_share = _block_mean(seed, f)
+    seed_c = seed_share > 0.5
     if not seed_c.any():  # a small box: the seed's block at least
-        seed_c = _block_mean(seed, f) > 0
+        seed_c = seed_share > 0
     other_c = _block_mean(~free, f) > 0.5
     outside_c = _block_mean(outside_box, f) > 0.5
     near_c = _near(hu_c, windows)
@@ -175,15 +173,10 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Re
     idx = [slice(None)] * 3
     idx[plane] = 1
     in_plane[tuple(idx)] = ndimage.generate_binary_structure(2, 1)
-    tight = _bbox(add)
+    tight = ndimage.find_objects(add.view(np.uint8))[0]
     add[tight] |= ndimage.binary_fill_holes(add[tight], in_plane) & free[tight] & ~outside_box[tight]
     values = np.where(add, np.asarray(label, old.dtype), old)
     return _tight(region, values, add)
-
-
-def _bbox(a: np.ndarray) -> tuple[slice, ...]:
-    idx = [np.flatnonzero(a.any(axis=tuple(b for b in range(a.ndim) if b != ax))) for ax in range(a.ndim)]
-    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
 
 
 def _unlike(near: np.ndarray) -> np.ndarray:
