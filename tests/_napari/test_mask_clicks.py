@@ -354,6 +354,49 @@ def test_a_box_adds_the_structure_inside_it_in_3d_one_undo_step(qtbot, setup, sc
     assert not clicks.boxing and viewer.layers.selection.active is mine and boxes.mode == "pan_zoom"
 
 
+def test_an_exclude_box_takes_the_structure_inside_it_out_of_the_label(qtbot, make_napari_viewer, screenshots):
+    """Box on with Exclude chosen: a box dragged around a neighbour the mask leaked into (a 10 HU
+    ball beside the 60 HU organ) takes it out in 3D, the organ kept; magenta; one undo step."""
+    from napari.layers import Shapes
+
+    from napari_ctseg._napari.widgets._mask_prompts import BOXES_KEY
+
+    hu, _, organ = organ_scan()
+    z, y, x = np.indices(SHAPE)
+    neighbour = (((z - 12) * SPACING[0]) ** 2 + (y - 32) ** 2 + (x - 56) ** 2 <= 8 ** 2) & ~organ
+    hu = np.where(neighbour, 10.0 + np.random.default_rng(5).normal(0, 8, SHAPE), hu).astype(np.float32)
+    mask = (organ | neighbour).astype(np.uint8)
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(hu, name="ct", scale=SPACING)
+    layer = viewer.add_labels(mask, name="liver", scale=SPACING)
+    widget = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    clicks = widget.clicks
+    qtbot.mouseClick(clicks.box_button, Qt.MouseButton.LeftButton)
+    clicks.exclude_radio.setChecked(True)
+    boxes = next(ly for ly in viewer.layers if isinstance(ly, Shapes) and ly.metadata.get(BOXES_KEY) == "liver")
+
+    viewer.dims.set_point(0, 12 * SPACING[0])
+    drag(viewer, [(12, 24 + k, 48 + k) for k in range(0, 17, 4)])
+    wait_idle(qtbot, widget)
+    got = np.asarray(layer.data) == 1
+    assert np.count_nonzero(got & neighbour) < 0.1 * np.count_nonzero(neighbour)  # taken out ...
+    assert len(np.unique(np.nonzero(neighbour & ~got)[0])) >= 5  # ... in 3D, on slices nobody drew
+    assert np.count_nonzero(organ & ~got) <= 0.005 * np.count_nonzero(organ)  # the organ kept (its interface aside)
+    assert "exclude box changed" in widget.status.text()
+    edge = np.asarray(boxes.edge_color)[0]
+    assert edge[0] > edge[1] and edge[2] > edge[1] and edge[3] < 1  # magenta, dimmer once applied
+    qt_window(viewer).resize(1500, 1000)
+    viewer.reset_view()
+    qtbot.wait(50)
+    qt_window(viewer).grab().save(str(screenshots / "mask_box_exclude.png"))
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    magenta = (shot[..., 0] > shot[..., 1] + 30) & (shot[..., 2] > shot[..., 1] + 25)
+    assert magenta.sum() > 20  # the box's outline, drawn (dimmer once applied)
+    layer.undo()  # one box, one step
+    assert np.array_equal(layer.data, mask)
+
+
 def test_clicks_correct_the_lungs_and_the_infection_layers_too(qtbot, make_napari_viewer, screenshots):
     """The other targets' layers: an include click on the left lung (label 2) fixes its missing base
     in 3D and leaves the right lung alone; on an infection layer, an include click on a ground-glass
@@ -402,3 +445,76 @@ def test_clicks_correct_the_lungs_and_the_infection_layers_too(qtbot, make_napar
     qt_window(viewer).grab().save(str(screenshots / "mask_clicks_lungs_infection.png"))
     infection.undo()
     assert not np.asarray(infection.data).any()
+
+
+def click_side_view(qtbot, tri, view, zyx, shift=False):
+    """A real mouse click (Qt, through napari's canvas) on voxel ``zyx`` of a tri-planar side view."""
+    from qtpy.QtCore import QPoint
+
+    model = tri.models[view]
+    camera = model.camera
+    h, w = model.canvas.size
+    rows, cols = model.dims.displayed  # coronal (z, x), sagittal (z, y)
+    row_mm, col_mm = zyx[rows] * SPACING[rows], zyx[cols] * SPACING[cols]
+    px = w / 2 + (col_mm - camera.center[-1]) * camera.zoom
+    py = h / 2 + (row_mm - camera.center[-2]) * camera.zoom
+    assert 0 <= px < w and 0 <= py < h
+    modifier = Qt.KeyboardModifier.ShiftModifier if shift else Qt.KeyboardModifier.NoModifier
+    qtbot.mouseClick(tri.qt_viewers[view].canvas.native, Qt.MouseButton.LeftButton, modifier,
+                     QPoint(int(round(px)), int(round(py))))
+
+
+def test_clicks_on_the_triplanar_side_views(qtbot, setup, screenshots):
+    """CT view's tri-planar layout: an include click on the coronal view and a Shift+click on the
+    sagittal view correct the mask in 3D as on the main view; the markers show in the side views."""
+    from napari_ctseg._napari.widgets.ct_view import CTViewWidget
+
+    viewer, layer, widget, organ = setup
+    start = np.array(layer.data, copy=True)
+    ct_view = CTViewWidget(viewer)
+    viewer.window.add_dock_widget(ct_view, name="CT view", area="right")
+    qtbot.mouseClick(ct_view.triplanar_button, Qt.MouseButton.LeftButton)
+    tri = ct_view.triplanar
+    qtbot.wait(100)
+    for view in ("coronal", "sagittal"):  # docked beside Mask tools, not squeezed under it
+        assert tri.qt_viewers[view].canvas.native.height() > 150
+    qtbot.mouseClick(widget.clicks.toggle_button, Qt.MouseButton.LeftButton)
+    assert widget.clicks.active and viewer.layers.selection.active is layer
+
+    # the coronal view through the organ's centre: an include click in its missing cap
+    tri.set_cursor_point(tuple(v * s for v, s in zip(CENTRE, SPACING)))
+    cap = (CENTRE[0] + 6, CENTRE[1], CENTRE[2])
+    click_side_view(qtbot, tri, "coronal", cap)
+    wait_idle(qtbot, widget)
+    after_include = np.array(layer.data, copy=True)
+    added = (after_include == 1) & (start == 0)
+    assert len(np.unique(np.nonzero(added)[0])) >= 3 and len(np.unique(np.nonzero(added)[1])) >= 3  # in 3D
+    assert dice(after_include == 1, organ) > dice(start == 1, organ) + 0.05
+    points = next(ly for ly in viewer.layers if isinstance(ly, Points) and ly.metadata.get(CLICKS_KEY) == "liver")
+    assert len(points.data) == 1
+    assert np.abs(points.data[0] - np.asarray(cap)).max() <= 1  # where the click was, on the main grid
+    assert tuple(viewer.dims.current_step[-3:])[0] == points.data[0][0]  # the main view went to its slice
+
+    # the marker is mirrored into the side views (green), and drawn on the coronal slice through it
+    mirrored = [ly for ly in tri.models["coronal"].layers if isinstance(ly, Points)]
+    assert len(mirrored) == 1 and len(mirrored[0].data) == 1
+    assert np.asarray(mirrored[0].face_color)[0][1] > np.asarray(mirrored[0].face_color)[0][0]
+    qtbot.wait(50)
+    shot = tri.qt_viewers["coronal"].screenshot(flash=False)[..., :3].astype(int)
+    assert ((shot[..., 1] > 150) & (shot[..., 0] < 120) & (shot[..., 2] < 150)).sum() > 4
+
+    # Shift+click on the sagittal view through the extra blob: an exclude click
+    tri.set_cursor_point(tuple(v * s for v, s in zip((12, 54, 12), SPACING)))
+    click_side_view(qtbot, tri, "sagittal", (12, 54, 12), shift=True)
+    wait_idle(qtbot, widget)
+    after_exclude = np.array(layer.data, copy=True)
+    assert not after_exclude[10:14, 50:58, 8:16].any()
+    assert (after_exclude[organ & (start == 1)] == 1).all()
+    assert len(points.data) == 2 and len(mirrored[0].data) == 2
+    assert np.asarray(points.face_color)[1][0] > np.asarray(points.face_color)[1][1]  # magenta
+    tri.set_cursor_point(tuple(v * s for v, s in zip(cap, SPACING)))
+    qtbot.wait(50)
+    qt_window(viewer).grab().save(str(screenshots / "mask_clicks_triplanar.png"))
+
+    layer.undo()  # one undo step per click, wherever it was made
+    assert np.array_equal(layer.data, after_include)

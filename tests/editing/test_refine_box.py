@@ -98,8 +98,8 @@ def test_cli_refine_takes_a_box(tmp_path, capsys):
     bad = write_clicks(tmp_path / "x.json", [{"box": corners, "label": "exclude"}])
     code = main(["refine", str(scan), "--target", "liver", "--mask", str(mask_path), "--clicks", str(bad),
                  "--out", str(tmp_path / "o.nii.gz")])
-    err = capsys.readouterr().err
-    assert code == 2 and 'can only be "include"' in err and not (tmp_path / "o.nii.gz").exists()
+    err = capsys.readouterr().err  # an empty mask: nothing to take out
+    assert code == 2 and "holds no label 1" in err and not (tmp_path / "o.nii.gz").exists()
     code = main(["refine", str(scan), "--target", "lungs", "--mask", str(mask_path), "--clicks", str(clicks),
                  "--out", str(tmp_path / "o.nii.gz")])
     err = capsys.readouterr().err
@@ -141,3 +141,74 @@ def test_a_box_of_three_sides_bounds_the_structure_in_3d():
     outside = np.ones(SHAPE, bool)
     outside[tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))] = False
     assert not (got & outside).any()
+
+
+def leak_scan(seed=0):
+    """A 140 HU organ whose mask leaked into a 20 HU neighbour (a piece of bowel) beside it, in
+    -100 HU fat; label 2 elsewhere."""
+    rng = np.random.default_rng(seed)
+    organ = ellipsoid(SHAPE, (20, 32, 22), (14, 24, 16))
+    bowel = ellipsoid(SHAPE, (20, 30, 48), (7, 10, 9)) & ~organ
+    hu = np.where(organ, 140, -100)
+    hu = np.where(bowel, 20, hu) + rng.normal(0, 8, SHAPE)
+    mask = (organ | bowel).astype(np.uint8)
+    mask[ellipsoid(SHAPE, (6, 56, 56), (3, 4, 4))] = 2
+    return hu.astype(np.int16), mask, organ, bowel
+
+
+def test_an_exclude_box_takes_the_structure_inside_it_out_of_the_label_in_3d():
+    hu, mask, organ, bowel = leak_scan()
+    for axis in (0, 1, 2):
+        box = box_on(bowel, axis)
+        edit = refine_box(hu, mask, 1, box, SPACING, include=False)
+        new = edit.apply(mask.copy())
+        got = new == 1
+        assert np.count_nonzero(got & bowel) < 0.05 * np.count_nonzero(bowel), axis  # out, on every slice
+        assert got[organ].all(), axis  # the organ kept
+        assert np.array_equal(new == 2, mask == 2)  # another label is never touched
+        assert set(np.unique(new[mask != new])) <= {0}  # it only removes
+
+
+def test_an_exclude_box_never_reaches_past_its_outline():
+    """A box over part of the organ itself, across its edge (the structure inside is the label's
+    own tissue): only what lies within the box's outline, on its slice and the slices along its
+    normal, goes; the walker alone would take some of the organ beyond it on other slices."""
+    hu, mask, organ, bowel = leak_scan()
+    z = 20
+    lo, hi = (z, 14, 24), (z, 50, 40)
+    new = refine_box(hu, mask, 1, (lo, hi), SPACING, include=False).apply(mask.copy())
+    gone = (mask == 1) & (new != 1)
+    assert gone.any()
+    outline = np.zeros(SHAPE, bool)
+    outline[:, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+    assert not (gone & ~outline).any()
+
+
+def test_the_warm_child_gives_the_same_exclude_box_edit():
+    from napari_ctseg.editing.refine_process import RefineProcess
+
+    hu, mask, organ, bowel = leak_scan()
+    box = box_on(bowel, 0)
+    here = refine_box(hu, mask, 1, box, SPACING, include=False)
+    process = RefineProcess()
+    try:
+        there = process.submit_box(hu, mask, 1, box, SPACING, include=False).result(timeout=120)
+    finally:
+        process.close()
+    assert not here.is_empty and here.box == there.box and np.array_equal(here.values, there.values)
+
+
+def test_cli_refine_takes_an_exclude_box(tmp_path, capsys):
+    hu, mask, organ, bowel = leak_scan()
+    mask[mask == 2] = 0
+    geo, scan, mask_path = write_case(tmp_path, mask, hu)
+    lo, hi = box_on(bowel, 1)
+    corners = [list(geo.display_to_source_index(lo)), list(geo.display_to_source_index(hi))]
+    clicks = write_clicks(tmp_path / "b.json", [{"box": corners, "label": "exclude"}])
+    out = tmp_path / "fixed.nii.gz"
+    assert main(["refine", str(scan), "--target", "liver", "--mask", str(mask_path), "--clicks", str(clicks),
+                 "--out", str(out), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["clicks"][0]
+    assert row["removed_voxels"] > 0.9 * np.count_nonzero(bowel) and row["added_voxels"] == 0
+    written = geo.to_display(np.asarray(nib.load(out).dataobj))
+    assert dice(written == 1, organ) > 0.99

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "own voxel indices (source i,j,k of ctseg info; nibabel's array order for NIfTI); "
                         '{"stroke": [[i, j, k], ...], "label": ...} is a scribble stroke, {"box": [[i, j, k], '
                         "[i, j, k]]} a box around a structure to add (two opposite corners; equal on one index "
-                        "for a box on a slice)")
+                        'for a box on a slice; with "label": "exclude", to take out of the label)')
     p.add_argument("--out", required=True, help="the corrected mask, .nii or .nii.gz")
     p.add_argument("--label", type=int, default=None,
                    help="the label value every click refines (default: the target's only label; for a target of "

@@ -157,7 +157,8 @@ def cmd_evaluate(args) -> int:
 def _read_clicks(path, geometry) -> list:
     """CLICKS.json: a list of {"ijk": [i, j, k], "label": "include" | "exclude"} (or a stroke,
     {"stroke": [[i, j, k], ...], "label": ...}, or a box, {"box": [[i, j, k], [i, j, k]]}: two
-    opposite corners, equal on one index for a box on a slice) in the scan's own voxel indices,
+    opposite corners, equal on one index for a box on a slice; "label": "exclude" takes the
+    structure inside it out of the label) in the scan's own voxel indices,
     as (first ijk, display-grid ``Click`` there, the stroke's display-grid voxels or None, the
     box's display-grid corners or None), in order."""
     from pathlib import Path
@@ -185,8 +186,6 @@ def _read_clicks(path, geometry) -> list:
             raise RefineError(f'{where}: write {{"ijk": [i, j, k], "label": "include" | "exclude"}} '
                               f'(or {{"stroke": [[i, j, k], ...], "label": ...}}, or {{"box": [[i, j, k], [i, j, k]]}}), '
                               f"got {json.dumps(entry)[:80]}")
-        if "box" in entry and entry.get("label", "include") != "include":
-            raise RefineError(f'{where}: a box adds the structure inside it: its "label" can only be "include"')
         kind = entry.get("label", "include")
         if kind not in ("include", "exclude"):
             raise RefineError(f'{where}: "label" must be "include" or "exclude", got {json.dumps(kind)[:40]}')
@@ -283,11 +282,14 @@ def cmd_refine(args) -> int:
     source = read_reference_volume(Path(args.mask), volume.geometry, args.target, allowed)
     mask = np.ascontiguousarray(volume.geometry.to_display(source))
     if per_click and any(box is not None for *_, box in clicks):
-        raise RefineError(f"--clicks {args.clicks}: a box adds one label; {args.target} has several "
+        raise RefineError(f"--clicks {args.clicks}: a box adds to (or removes from) one label; {args.target} has several "
                           f"({', '.join(f'{k} {v}' for k, v in card_labels.items())}): name it with --label")
     labels = [_click_label(mask, click, card_labels, volume.spacing, n, args.clicks, ijk) if per_click else label
               for n, (ijk, click, _, _) in enumerate(clicks, 1)]
     for n, ((ijk, click, stroke, box), lab) in enumerate(zip(clicks, labels), 1):  # checked here, in the scan's indices
+        if box is not None and not click.include and not np.any(source == lab):
+            raise RefineError(f"--clicks {args.clicks}: box {n} (exclude): {args.mask} holds no label {lab} "
+                              "to remove voxels from")
         if stroke is not None or box is not None:
             continue  # a stroke or a box acts on the voxels where it may (refine_stroke says when there are none)
         here = int(source[tuple(ijk)])
@@ -312,7 +314,7 @@ def cmd_refine(args) -> int:
         t0 = time.perf_counter()
         try:
             if box is not None:  # the classical method: no version is trained on boxes
-                edit, made = refine_box(hu, new, lab, box, volume.spacing), []
+                edit, made = refine_box(hu, new, lab, box, volume.spacing, click.include), []
             else:
                 edit, made = refine_stroke(hu, new, lab, stroke, click.include, volume.spacing,
                                            click_edit=click_edit, history=done.get(lab, []))

@@ -4,7 +4,10 @@ A box prompt segments a structure that the mask does not hold yet (a tumour, a n
 organ without a model), in 3D, as nnInteractive's box does, with the classical method of the
 clicks (``editing.refine``: the random walker on the HU). ``refine_box`` returns **one**
 ``RegionEdit`` (one undo step) that adds ``label`` on background voxels only; other labels are
-never touched. Qt-free; arrays on the display grid (z, y, x), spacing (z, y, x) mm.
+never touched. An **exclude** box (``include=False``) finds the structure inside it the same way,
+the label's voxels counted as free, and removes it from the label, never past the box's outline
+(on the drawn slice and on every other slice along its normal): a leak into a neighbour, a piece
+of bowel in a liver mask. Qt-free; arrays on the display grid (z, y, x), spacing (z, y, x) mm.
 
 A box drawn on a view has one flat axis (its plane's normal: the slice it was drawn on); a box
 of three sides (the CLI) bounds the structure in 3D. The method:
@@ -95,13 +98,14 @@ def work_region(box, shape, spacing) -> tuple[tuple[slice, ...], np.ndarray, np.
     return tuple(slice(int(u), int(v)) for u, v in zip(a, b)), lo, hi, normal, longest
 
 
-def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> RegionEdit:
-    """The edit that adds ``label`` for the structure inside ``box`` (not applied:
-    ``edit.apply(mask)``); see the module's docstring for the method.
+def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing, include: bool = True) -> RegionEdit:
+    """The edit that adds ``label`` for the structure inside ``box`` (``include``), or removes
+    the structure inside it from ``label`` (an exclude box); not applied: ``edit.apply(mask)``.
+    See the module's docstring for the method.
 
     ``box``: two opposite corners (z, y, x) on the display grid; equal on one axis for a box
     drawn on a slice of that axis. It reads ``work_region``'s part of the scan only. An empty
-    edit when the box holds nothing to add.
+    edit when the box holds nothing to add (or to remove).
     """
     _check_inputs(hu, mask, label)
     label = int(label)
@@ -110,7 +114,10 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Re
     a = np.array([r.start for r in region])
     hu_r = np.asarray(hu[region], dtype=np.float32)
     old = np.asarray(mask[region])
-    free = old == 0
+    mine = old == label
+    # where the structure may be: background (include), or background and the label (exclude:
+    # the structure is found as if unlabelled, then taken out of the label)
+    free = (old == 0) | (mine & (not include))
     rshape = hu_r.shape
     blo, bhi = lo - a, hi - a + 1  # the box, in the region
     drawn = np.zeros(rshape, bool)  # the box: one slice thick when drawn on a view
@@ -160,6 +167,8 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Re
         prob = random_walk(np.clip(smooth, lo_hu, hi_hu), fg_f, bg_f, sp, scale=scale, guess=prob)
 
     cand = free & near & (prob > 0.5) & ~outside_box
+    if not include:  # an exclude never reaches past the box's outline, on any slice
+        cand &= _prism(drawn, normal)
     face = ndimage.generate_binary_structure(3, 1)
     pieces, n = ndimage.label(cand, face)
     keep = np.unique(pieces[seed & cand])
@@ -175,8 +184,18 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Re
     in_plane[tuple(idx)] = ndimage.generate_binary_structure(2, 1)
     tight = ndimage.find_objects(add.view(np.uint8))[0]
     add[tight] |= ndimage.binary_fill_holes(add[tight], in_plane) & free[tight] & ~outside_box[tight]
+    if not include:
+        gone = add & mine & _prism(drawn, normal)
+        return _tight(region, np.where(gone, np.zeros((), old.dtype), old), gone)
     values = np.where(add, np.asarray(label, old.dtype), old)
     return _tight(region, values, add)
+
+
+def _prism(drawn: np.ndarray, normal) -> np.ndarray:
+    """The box's outline on every slice along its normal (the box itself for a 3D box)."""
+    if normal is None:
+        return drawn
+    return np.broadcast_to(drawn.any(axis=normal, keepdims=True), drawn.shape)
 
 
 def _unlike(near: np.ndarray) -> np.ndarray:

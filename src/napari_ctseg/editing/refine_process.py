@@ -58,11 +58,11 @@ def _child_refine(hu, mask, label, click, spacing) -> RegionEdit:
         return refine_click(hu, mask, label, click, spacing)
 
 
-def _child_refine_box(hu, mask, label, box, spacing) -> RegionEdit:
+def _child_refine_box(hu, mask, label, box, spacing, include=True) -> RegionEdit:
     from napari_ctseg.editing.refine_box import refine_box
 
     with _mapped(hu, mask) as (hu, mask):
-        return refine_box(hu, mask, label, box, spacing)
+        return refine_box(hu, mask, label, box, spacing, include)
 
 
 class _mapped:
@@ -184,14 +184,16 @@ class RefineProcess:
         args = (*shared, int(label), local, tuple(float(s) for s in spacing))
         return self._run(_child_refine, args, crop, shared)
 
-    def submit_box(self, hu: np.ndarray, mask: np.ndarray, label: int, box, spacing) -> Future:
-        """A box prompt (``editing.refine_box``), on the part of the scan it reads."""
+    def submit_box(self, hu: np.ndarray, mask: np.ndarray, label: int, box, spacing, include: bool = True) -> Future:
+        """A box prompt (``editing.refine_box``; an exclude box with ``include`` False), on the
+        part of the scan it reads."""
         from napari_ctseg.editing.refine_box import work_region
 
         crop, lo, hi, _, _ = work_region(box, np.shape(hu), spacing)
         start = np.array([c.start for c in crop])
         shared = _shared(hu[crop], mask[crop])
-        args = (*shared, int(label), (tuple(lo - start), tuple(hi - start)), tuple(float(s) for s in spacing))
+        args = (*shared, int(label), (tuple(lo - start), tuple(hi - start)), tuple(float(s) for s in spacing),
+                bool(include))
         return self._run(_child_refine_box, args, crop, shared)
 
     def warm_model(self, folder) -> Future:

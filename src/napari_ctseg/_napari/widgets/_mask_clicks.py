@@ -2,8 +2,9 @@
 each click (``napari_ctseg.editing.refine``), in a warm child process (``editing.refine_process``; a thread
 where there is none), one undo step per click.
 
-With **Clicks on**, a left click (without dragging) on a 2D view of the mask's layer is an
-include click, Shift+left click an exclude click (or the other way round when "Exclude" is
+With **Clicks on**, a left click (without dragging) on a 2D view of the mask's layer (the main
+view, or the coronal and sagittal views of CT view's tri-planar layout) is an include click,
+Shift+left click an exclude click (or the other way round when "Exclude" is
 chosen); dragging still pans, and napari's own paint and fill modes are left alone (clicks
 count only while the layer is in pan/zoom mode, which turning clicks on selects). The clicks
 are shown in a Points layer beside the mask (green include, magenta exclude). Each edit is
@@ -19,7 +20,8 @@ along the stroke, then what was painted), one undo step per stroke; applied stro
 shown, dimmer. With **Box** on, napari's rectangle tool draws a box around a structure on a
 Shapes layer beside the mask ("boxes (<mask>)"); each box adds the structure inside it to the
 label, in 3D (``editing.refine_box``: the random walker on the HU, in the warm child), one
-undo step per box: for a structure the mask does not hold yet (a tumour, a node). Clicks,
+undo step per box: for a structure the mask does not hold yet (a tumour, a node); with
+"Exclude" chosen, a box (magenta) takes the structure inside it out of the label (a leak). Clicks,
 scribbles and boxes take turns: turning one on turns the others off.
 
 **Method**: the classical random walker, or a **guidance-aware version** of the layer's
@@ -48,6 +50,7 @@ from napari_ctseg.editing.refine_process import RefineProcess
 from napari_ctseg.editing.tools import RegionEdit
 from napari_ctseg.errors import CTSegError
 from napari_ctseg._napari._compat import unwrap
+from napari_ctseg._napari.widgets._triplanar import in_side_views_too
 from napari_ctseg._napari.widgets._mask_prompts import CLICK_HINT, COLOURS, Box, DrawingModes, Stroke
 
 CLASSICAL = "Random walker (classical)"
@@ -89,7 +92,8 @@ class ClickPanel(DrawingModes, QGroupBox):
         self.box_button = QPushButton("Box")
         self.box_button.setCheckable(True)
         self.box_button.setToolTip("Drag a box around a structure on a 2D view: the structure inside is added to the "
-                                   "label in 3D (random walker on the HU), one Ctrl+Z per box")
+                                   "label in 3D (with Exclude chosen, taken out of it; random walker on the HU), "
+                                   "one Ctrl+Z per box")
         for w in (self.toggle_button, self.scribble_button, self.box_button, self.include_radio, self.exclude_radio,
                   self.clear_button):
             row.addWidget(w)
@@ -126,7 +130,7 @@ class ClickPanel(DrawingModes, QGroupBox):
             if panel is not None:
                 yield from panel._on_mouse(viewer, event)
 
-        self._callback = on_mouse
+        self._callback = in_side_views_too(on_mouse)  # the tri-planar coronal and sagittal views too
 
         def on_paint(event):
             panel = me()
@@ -332,7 +336,7 @@ class ClickPanel(DrawingModes, QGroupBox):
         if stroke is not None:
             host.say(f"Click to correct: {stroke.kind} stroke of {len(stroke.voxels):,} voxels…")
         elif box is not None:
-            host.say(f"Click to correct: box {list(box.lo)}..{list(box.hi)} (z, y, x)…")
+            host.say(f"Click to correct: {box.kind} box {list(box.lo)}..{list(box.hi)} (z, y, x)…")
         else:
             host.say(f"Click to correct: {click.kind} at z {click.zyx[0]}, y {click.zyx[1]}, x {click.zyx[2]}…")
 
@@ -372,9 +376,9 @@ class ClickPanel(DrawingModes, QGroupBox):
                 done.extend(clicks)
             elif box is not None:  # the classical method: no version is trained on boxes
                 if process is not None:
-                    edit = process.submit_box(hu, mask, label, (box.lo, box.hi), spacing).result()
+                    edit = process.submit_box(hu, mask, label, (box.lo, box.hi), spacing, box.include).result()
                 else:
-                    edit = refine_box(hu, mask, label, (box.lo, box.hi), spacing)
+                    edit = refine_box(hu, mask, label, (box.lo, box.hi), spacing, box.include)
             else:
                 edit = one(hu, mask, label, click, spacing, history)
             changed = edit.changed(mask) if not edit.is_empty else None
@@ -389,7 +393,7 @@ class ClickPanel(DrawingModes, QGroupBox):
 
     def _done(self, layer: Labels, click, edit: RegionEdit, changed, seconds: float) -> None:
         self.seconds.append(seconds)
-        what = "box" if isinstance(click, Box) else f"{click.kind} {'stroke' if isinstance(click, Stroke) else 'click'}"
+        what = f"{click.kind} {'box' if isinstance(click, Box) else 'stroke' if isinstance(click, Stroke) else 'click'}"
         if isinstance(click, Box):
             self._box_applied(click)
         if layer is not self.host.layer or edit.is_empty or changed is None or not changed.any():
@@ -405,10 +409,7 @@ class ClickPanel(DrawingModes, QGroupBox):
 
     def _failed(self, click, exc: BaseException) -> None:
         text = str(exc) if isinstance(exc, (CTSegError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        if isinstance(click, Box):
-            show_error(f"Mask tools: box: {text}")
-            return
-        what = "stroke" if isinstance(click, Stroke) else "click"
+        what = "box" if isinstance(click, Box) else "stroke" if isinstance(click, Stroke) else "click"
         show_error(f"Mask tools: {click.kind} {what}: {text}")
 
     def _finished(self) -> None:

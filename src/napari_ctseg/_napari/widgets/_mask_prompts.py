@@ -19,13 +19,20 @@ SCRIBBLES_KEY = "ctseg_scribbles_for"
 # scribble values: 1 include, 2 exclude being drawn; 3 and 4 the same once applied (dimmer)
 SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: COLOURS[False],
                     3: (0.2, 0.85, 0.3, 0.45), 4: (0.95, 0.2, 0.8, 0.45)}
-CLICK_HINT = "Left click adds to the label around the click, Shift+click removes; each click is one Ctrl+Z."
+CLICK_HINT = ("Left click adds to the label around the click, Shift+click removes (any 2D view, the tri-planar "
+              "side views too); each click is one Ctrl+Z.")
 SCRIBBLE_HINT = "Paint with the brush: an include stroke adds along it in 3D, exclude removes; one Ctrl+Z each."
-BOX_HINT = "Drag a box around a structure on a 2D view: it is added to the label in 3D; one Ctrl+Z each."
+BOX_HINT = ("Drag a box around a structure on a 2D view: it is added to the label in 3D (with Exclude chosen, "
+            "taken out of it); one Ctrl+Z each.")
 BOXES_KEY = "ctseg_boxes_for"
 """``layer.metadata`` key of a boxes Shapes layer: the name of the mask layer it belongs to."""
-BOX_COLOUR = "#ffcc1a"  # drawn; applied boxes turn dimmer
-BOX_APPLIED = (1.0, 0.8, 0.1, 0.45)
+BOX_COLOURS = {True: "#ffcc1a", False: "#f233cc"}  # include (yellow), exclude (magenta); applied: dimmer
+APPLIED_ALPHA = 0.45
+
+
+def _rgba(hex_colour: str) -> tuple[float, float, float, float]:
+    h = hex_colour.lstrip("#")
+    return (*(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)), 1.0)
 
 
 class Stroke:
@@ -41,13 +48,16 @@ class Stroke:
 
 class Box:
     """A box prompt: two opposite corners (z, y, x) on the mask's grid (equal on the drawn
-    slice's axis) and its index on the boxes layer."""
+    slice's axis), include (add the structure inside) or exclude (take it out of the label), and
+    its index on the boxes layer."""
 
-    include = True
-    kind = "include"
-
-    def __init__(self, lo, hi, index: int | None = None):
+    def __init__(self, lo, hi, index: int | None = None, include: bool = True):
         self.lo, self.hi, self.index = tuple(int(v) for v in lo), tuple(int(v) for v in hi), index
+        self.include = bool(include)
+
+    @property
+    def kind(self) -> str:
+        return "include" if self.include else "exclude"
 
 
 
@@ -115,9 +125,10 @@ class DrawingModes:
         layer = self._boxes_layer()
         self.host.viewer.layers.selection.active = layer
         layer.mode = "add_rectangle"
+        self._scribble_label()
         self.hint.setText(BOX_HINT)
         self.host.say("Box on: drag a box around a structure on a 2D view; what is inside is added to the label "
-                      "in 3D (random walker on the HU)")
+                      "in 3D (taken out of it with Exclude chosen; random walker on the HU)")
 
     def _boxes_layer(self) -> Shapes:
         layer = unwrap(self.host.layer)
@@ -126,9 +137,9 @@ class DrawingModes:
                       and x.metadata.get(BOXES_KEY) == layer.name), None)
         if found is None:
             found = Shapes(ndim=3, name=f"boxes ({layer.name})", scale=tuple(layer.scale[-3:]),
-                           translate=tuple(layer.translate[-3:]), edge_color=BOX_COLOUR, face_color="transparent",
+                           translate=tuple(layer.translate[-3:]), edge_color=BOX_COLOURS[True], face_color="transparent",
                            edge_width=1, metadata={BOXES_KEY: layer.name})
-            found.current_edge_color = BOX_COLOUR
+            found.current_edge_color = BOX_COLOURS[True]
             found.current_face_color = "transparent"
             viewer.add_layer(found)
         if self._box_callback not in [getattr(c, "__func__", c) for c in found.events.data.callbacks]:
@@ -151,7 +162,11 @@ class DrawingModes:
         vox = np.asarray([host.layer.world_to_data(w) for w in world])[:, -3:]
         lo, hi = np.round(vox.min(0)).astype(int), np.round(vox.max(0)).astype(int)
         layer.selected_data = set()  # shown in its own colour, not as napari's selection
-        self.pending.append(Box(lo, hi, index))
+        include = self.include_radio.isChecked()
+        colours = np.asarray(layer.edge_color, float).copy()
+        colours[index] = _rgba(BOX_COLOURS[include])
+        layer.edge_color = colours
+        self.pending.append(Box(lo, hi, index, include))
         QTimer.singleShot(0, self._next)
 
     def _box_applied(self, box: Box) -> None:
@@ -159,12 +174,15 @@ class DrawingModes:
         if layer is None or box.index is None or box.index >= len(layer.data):
             return
         colours = np.asarray(layer.edge_color, float).copy()
-        colours[box.index] = BOX_APPLIED
+        colours[box.index] = (*_rgba(BOX_COLOURS[box.include])[:3], APPLIED_ALPHA)
         layer.edge_color = colours
 
     def _scribble_label(self, *_) -> None:
+        """Include or Exclude chosen: the brush's scribble value, the colour of the next box."""
         if self.scribbling and self.scribbles is not None:
             self.scribbles.selected_label = 1 if self.include_radio.isChecked() else 2
+        if self.boxing and self.boxes is not None:
+            self.boxes.current_edge_color = BOX_COLOURS[self.include_radio.isChecked()]
 
     def _scribbles_layer(self) -> Labels:
         from napari.utils.colormaps import DirectLabelColormap

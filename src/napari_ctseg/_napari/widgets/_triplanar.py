@@ -10,11 +10,12 @@ main viewer's layers (``_triplanar_layers``). ``CTViewWidget`` (``ct_view``) tur
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
 from napari.components import ViewerModel
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Points
 from napari.qt import QtViewer
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import QSplitter, QVBoxLayout, QWidget
@@ -43,6 +44,41 @@ def show_titles(models: dict[str, ViewerModel]) -> None:
         overlay = _text_overlay(model)
         if overlay.text != text:
             overlay.text = text
+
+
+SIDE_VIEWS_TOO = "ctseg_in_side_views_too"
+
+
+def in_side_views_too(callback: Callable) -> Callable:
+    """Mark a main viewer's mouse drag callback to get the side views' mouse events too (the
+    side viewer as its viewer, world coordinates as in the main view): for click to correct,
+    so a click on the coronal or sagittal view is a click on that plane."""
+    setattr(callback, SIDE_VIEWS_TOO, True)
+    return callback
+
+
+def _start(callbacks, model: ViewerModel, event) -> list:
+    """Start the marked ``callbacks`` on a press in a side view: their generators, advanced once."""
+    started = []
+    for callback in list(callbacks):
+        if getattr(callback, SIDE_VIEWS_TOO, False):
+            gen = callback(model, event)
+            if inspect.isgenerator(gen):
+                started.append(gen)
+    return _advance(started)
+
+
+def _advance(generators: list) -> list:
+    """One step of each callback generator (napari's protocol: press, each move, release);
+    those that have finished are dropped."""
+    alive = []
+    for gen in generators:
+        try:
+            next(gen)
+        except StopIteration:
+            continue
+        alive.append(gen)
+    return alive
 
 
 def disconnect_all(conns) -> None:
@@ -268,7 +304,8 @@ class TriPlanarViews(QWidget):
 
     # -- layers and crosshairs --------------------------------------------------------------
     def _sync_layers(self) -> None:
-        """Mirror the main viewer's Image and Labels layers into the side views, in order."""
+        """Mirror the main viewer's Image, Labels and Points layers (click markers) into the
+        side views, in order."""
         # A side viewer centres its sliders when it gets its first layer: that must not
         # move the shared point, so point events are ignored here and the main viewer's
         # point is copied out afterwards.
@@ -281,7 +318,7 @@ class TriPlanarViews(QWidget):
 
     def _sync_layers_quietly(self) -> None:
         main_layers = [layer for layer in self.viewer.layers if not is_crosshair(layer)]
-        wanted = [layer for layer in main_layers if isinstance(layer, (Image, Labels))]
+        wanted = [layer for layer in main_layers if isinstance(layer, (Image, Labels, Points))]
         self.mirrors.sync(wanted)
         self.cross.update_bounds(main_layers)
         for view, model in self.models.items():
@@ -323,13 +360,21 @@ class TriPlanarViews(QWidget):
         self.set_cursor_point(point)
 
     def _drag_in_side_view(self, model: ViewerModel, event):
-        if getattr(event, "button", 1) not in (1, None) or event.modifiers:
+        """A left press or drag moves the cursor point; the main viewer's callbacks marked
+        ``in_side_views_too`` (click to correct) get the same mouse events, with this view."""
+        forwarded = _start(self.viewer.mouse_drag_callbacks, model, event)
+        navigate = getattr(event, "button", 1) in (1, None) and not event.modifiers
+        if navigate:
+            self._point_from_event(model, event)
+        if not navigate and not forwarded:
             return
-        self._point_from_event(model, event)
         yield
         while event.type == "mouse_move":
-            self._point_from_event(model, event)
+            if navigate:
+                self._point_from_event(model, event)
+            forwarded = _advance(forwarded)
             yield
+        _advance(forwarded)  # the release
 
     def _click_in_main(self, model: ViewerModel, event):
         """A plain left click (no drag) in the main view moves the cursor point there.

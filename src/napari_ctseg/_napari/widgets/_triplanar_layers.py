@@ -1,12 +1,14 @@
-"""CT tri-planar views: the main viewer's Image and Labels layers mirrored into the side views.
+"""CT tri-planar views: the main viewer's Image, Labels and Points layers mirrored into the
+side views.
 
 A mirror is a layer of the same kind made from the original's data tuple, so it shares the
-array (no copy); its display properties and data follow the original's events.
+array (no copy; a Points layer's few coordinates are copied); its display properties and data
+follow the original's events.
 """
 from __future__ import annotations
 
 from napari.components import ViewerModel
-from napari.layers import Image, Layer
+from napari.layers import Image, Layer, Points
 
 
 class LayerMirrors:
@@ -50,6 +52,8 @@ class LayerMirrors:
         props = ["visible", "opacity", "blending", "colormap", "name"]
         if isinstance(layer, Image):
             props += ["contrast_limits", "gamma", "interpolation2d"]
+        elif isinstance(layer, Points):
+            props += ["size"]
         else:
             props += ["contour", "show_selected_label", "selected_label"]
         for name in props:
@@ -59,7 +63,7 @@ class LayerMirrors:
             callback = _prop_sync(layer, mirrors, name)
             emitter.connect(callback)
             conns.append((emitter, callback))
-        data_sync = _data_sync(layer, mirrors)
+        data_sync = _points_sync(layer, mirrors) if isinstance(layer, Points) else _data_sync(layer, mirrors)
         for name in ("data", "paint"):
             emitter = getattr(layer.events, name, None)
             if emitter is not None:
@@ -91,5 +95,17 @@ def _data_sync(layer: Layer, mirrors: dict[str, Layer]):
                 mirror.data = layer.data
             else:
                 mirror.refresh()
+
+    return sync
+
+
+def _points_sync(layer: Points, mirrors: dict[str, Layer]):
+    def sync(event=None):
+        if str(getattr(event, "action", "added")) in ("adding", "removing", "changing"):
+            return  # the announcement before the change: the data is not there yet
+        for mirror in mirrors.values():
+            mirror.data = layer.data
+            if len(layer.data):
+                mirror.face_color = layer.face_color  # each marker its colour (include, exclude)
 
     return sync

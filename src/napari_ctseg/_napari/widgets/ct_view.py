@@ -285,15 +285,21 @@ class CTViewWidget(QWidget):
         self.set_triplanar(False)
 
     def _size_docks(self, main_window: QMainWindow, dock: QDockWidget) -> None:
-        """Give the side views most of the right-hand column and a useful width."""
-        own = self.parentWidget()
-        while own is not None and not isinstance(own, QDockWidget):
-            own = own.parentWidget()
+        """Give the side views most of the right-hand column under the other docked widgets
+        when they are short (this one alone), else a full-height column of their own beside
+        them (under Mask tools they would get a few pixels); and a useful width."""
+        area = main_window.dockWidgetArea(dock)
+        others = [d for d in main_window.findChildren(QDockWidget)
+                  if d is not dock and d.isVisible() and main_window.dockWidgetArea(d) == area]
         height = main_window.height()
-        if own is not None and main_window.dockWidgetArea(own) == main_window.dockWidgetArea(dock):
-            mine = own.sizeHint().height()
-            main_window.resizeDocks([own, dock], [mine, max(height - mine, 200)], Qt.Orientation.Vertical)
-        width = max(self.sizeHint().width(), int(main_window.width() * 0.36))
+        taken = sum(d.sizeHint().height() for d in others)
+        if others and height - taken >= 0.55 * height:
+            main_window.resizeDocks([*others, dock], [*(d.sizeHint().height() for d in others), height - taken],
+                                    Qt.Orientation.Vertical)
+        elif others:
+            main_window.addDockWidget(area, dock, Qt.Orientation.Horizontal)
+            dock.show()
+        width = max(self.sizeHint().width(), int(main_window.width() * 0.3))
         main_window.resizeDocks([dock], [width], Qt.Orientation.Horizontal)
 
     def closeEvent(self, event) -> None:
