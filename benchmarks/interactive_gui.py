@@ -17,11 +17,17 @@ Run: xvfb-run -a .venv/bin/python benchmarks/interactive_gui.py [--data ../share
      [--boxes]: one box per plane instead (Mask tools' Box on, on an empty layer; the box robot of
      ``box.py``: the expert liver's widest axial, coronal and sagittal section), the stall from each
      box's end to its edit.
+     [--side]: the clicks on CT view's linked tri-planar side views instead, as a real mouse click
+     (Qt's, through napari's canvas; Shift for an exclude), the coronal and the sagittal view in turn,
+     the cursor first moved to the slice through the click; the click also moves the cursor there,
+     so the three views redraw: that is part of the figures.
 
 Last run (2-core development VM, quiet, 2026-12-02 19:44 UTC; liver v3 on CHAOS 3), three runs: per
 click median 0.30-0.34 s, max 0.37-0.54 s in the child process; longest stall from click to edit
 61-65 ms; napari drawing the edited slice 71-79 ms. --boxes (2026-12-03 09:42 UTC, three runs): per box
-median 2.68-4.02 s, stall from the box to the edit 107-122 ms, napari drawing it 196-262 ms. See
+median 2.68-4.02 s, stall from the box to the edit 107-122 ms, napari drawing it 196-262 ms. --side
+(2026-12-03 14:11 UTC, three runs): per click median 0.31-0.32 s, max 0.41-0.43 s; longest stall
+91-95 ms (the mouse click to the marker, the cursor moved and three views redrawn). See
 docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -51,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--strokes", type=int, default=0,
                     help="scribble strokes instead of clicks: the stroke robot's (robot.stroke_through), written "
                          "on the scribbles layer as napari's brush writes it")
+    ap.add_argument("--side", action="store_true",
+                    help="click on the tri-planar coronal and sagittal views (real mouse clicks) instead of the main view")
     ap.add_argument("--boxes", action="store_true",
                     help="boxes instead of clicks: the box robot's axial, coronal and sagittal box around the expert "
                          "liver, each on an empty layer, added to the boxes layer as napari's rectangle tool adds it")
@@ -76,6 +84,15 @@ def main(argv=None) -> int:
     viewer.window.add_dock_widget(widget)
     app = napari.qt.get_qapp()
     settle(app, 2.0)
+    tri = None
+    if args.side:
+        from napari_ctseg._napari.widgets.ct_view import CTViewWidget
+
+        ct_view = CTViewWidget(viewer)
+        viewer.window.add_dock_widget(ct_view, name="CT view", area="right")
+        ct_view.set_triplanar(True)
+        tri = ct_view.triplanar
+        settle(app, 2.0)
     widget.clicks.set_active(True)
     if args.thread:
         widget.clicks.process.close()
@@ -118,7 +135,11 @@ def main(argv=None) -> int:
                 break
             label, click, size = nxt
             clicked.add((label, click.include, click.zyx))
-            viewer.dims.set_point(0, click.zyx[0] * vol.spacing[0])
+            view = ("coronal", "sagittal")[n % 2] if tri is not None else None
+            if view is None:
+                viewer.dims.set_point(0, click.zyx[0] * vol.spacing[0])
+            else:
+                tri.set_cursor_point(tuple(v * s for v, s in zip(click.zyx, vol.spacing)))
             settle(app, 0.3)  # the robot's own work and the slice change are not the click's: let them tick
             # settle() sleeps 50 ms between its passes: tick a moment without sleeping, so that the
             # last tick before the click is fresh and no part of that sleep counts as the click's stall
@@ -128,20 +149,42 @@ def main(argv=None) -> int:
             # napari adds the marker (a Points.add) and draws it in one pass of the event loop
             # before the worker starts: its own cost, shown apart from the worker's
             phase["now"], phase["next_ran"] = "marker", False
-            widget.clicks.click_at(click.zyx, click.include)
+            if view is None:
+                widget.clicks.click_at(click.zyx, click.include)
+            else:
+                side_click(tri, view, click, vol.spacing)
             spin(app, lambda: phase["next_ran"])
             phase["now"] = "computing"
             spin(app, lambda: not widget.clicks.busy)
             seconds.append(time.perf_counter() - t0)
             settle(app, 0.3)
             phase["now"] = "waiting"
-            print(f"  click {n}: {click.kind} at {click.zyx} ({size} voxels): {seconds[-1]:.2f} s to the edit on the "
+            if view is not None and tuple(np.asarray(panel.points.data[-1], int)) != tuple(click.zyx):
+                print(f"  (the mouse click landed on {tuple(np.asarray(panel.points.data[-1], int))}, not {click.zyx})")
+            where = f" on the {view} view" if view else ""
+            print(f"  click {n}: {click.kind} at {click.zyx}{where} ({size} voxels): {seconds[-1]:.2f} s to the edit on the "
                   f"layer (core {widget.clicks.seconds[-1]:.2f} s), Dice {score(np.asarray(layer.data), reference, labels)['dice']:.4f}")
     report(meter, seconds, writes, "click", (("marker", "napari adding the click's marker and drawing it"),
                                              ("computing", "from the marker to the edit (the worker)"),
                                              ("drawing", "napari drawing the edited slice")), goal=" (goal <= 1 s)")
     viewer.close()
     return 0
+
+
+def side_click(tri, view: str, click, spacing) -> None:
+    """A real mouse click (Qt's) on voxel ``click.zyx`` of a tri-planar side view, Shift for an exclude."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    from napari_ctseg._napari.widgets._crosshair import camera as camera_of
+
+    model, native = tri.models[view], tri.qt_viewers[view].canvas.native
+    rows, cols = model.dims.displayed
+    camera = camera_of(model)
+    px = native.width() / 2 + (click.zyx[cols] * spacing[cols] - camera.center[-1]) * camera.zoom
+    py = native.height() / 2 + (click.zyx[rows] * spacing[rows] - camera.center[-2]) * camera.zoom
+    shift = Qt.KeyboardModifier.NoModifier if click.include else Qt.KeyboardModifier.ShiftModifier
+    QTest.mouseClick(native, Qt.MouseButton.LeftButton, shift, QPoint(int(round(px)), int(round(py))))
 
 
 def report(meter, seconds, writes, what: str, phases, goal: str = "") -> None:

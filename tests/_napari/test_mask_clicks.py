@@ -451,8 +451,10 @@ def click_side_view(qtbot, tri, view, zyx, shift=False):
     """A real mouse click (Qt, through napari's canvas) on voxel ``zyx`` of a tri-planar side view."""
     from qtpy.QtCore import QPoint
 
+    from napari_ctseg._napari.widgets._crosshair import camera as camera_of
+
     model = tri.models[view]
-    camera = model.camera
+    camera = camera_of(model)
     h, w = model.canvas.size
     rows, cols = model.dims.displayed  # coronal (z, x), sagittal (z, y)
     row_mm, col_mm = zyx[rows] * SPACING[rows], zyx[cols] * SPACING[cols]
