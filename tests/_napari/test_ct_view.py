@@ -365,6 +365,29 @@ def test_triplanar_links_the_views(make_napari_viewer, qtbot, phantom_path):
     assert z2 == z and abs(y2 - 49.5) <= 1 and abs(x2 - 69.5) <= 1
     assert tuple(tri.models["sagittal"].dims.current_step[-3:]) == (z2, y2, x2)
 
+    # a drag in the sagittal view moves the cursor with it, never the view (napari would pan a
+    # view without an active layer)
+    from qtpy.QtCore import QEvent, QPointF
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    centre = tuple(camera.center)
+    left, none = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    qtbot.mousePress(native, left, none, QPoint(int(w / 2), int(h / 2)))
+    for k in range(1, 6):
+        p = QPointF(w / 2 - 8 * k, h / 2 - 6 * k)
+        QApplication.sendEvent(native, QMouseEvent(QEvent.Type.MouseMove, p, native.mapToGlobal(p),
+                                                   Qt.MouseButton.NoButton, left, none))
+        qtbot.wait(5)
+    qtbot.mouseRelease(native, left, none, QPoint(int(w / 2 - 40), int(h / 2 - 30)))
+    assert tuple(camera.center) == centre
+    z3, y3, x3 = viewer.dims.current_step[-3:]
+    for got, axis, px in ((z3, 0, -30), (y3, 1, -40)):  # rows show z, columns y
+        mm = camera.center[axis - 2] + px / camera.zoom
+        want = np.clip(np.round((mm - viewer.dims.range[axis].start) / SPACING[axis]), 0, SHAPE[axis] - 1)
+        assert abs(got - want) <= 1, axis
+    assert x3 == x2 and (z3, y3) != (z2, y2)
+
     # labels added meanwhile are shown in the side views too, sharing the array
     labels = viewer.add_labels(np.zeros(SHAPE, dtype=np.uint8), scale=image.scale, translate=image.translate)
     assert viewer.layers[-1] is cross  # the crosshair stays on top

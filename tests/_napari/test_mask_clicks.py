@@ -447,23 +447,48 @@ def test_clicks_correct_the_lungs_and_the_infection_layers_too(qtbot, make_napar
     assert not np.asarray(infection.data).any()
 
 
-def click_side_view(qtbot, tri, view, zyx, shift=False):
-    """A real mouse click (Qt, through napari's canvas) on voxel ``zyx`` of a tri-planar side view."""
+def side_view_pixel(tri, view, zyx):
+    """The canvas pixel (a QPoint) of voxel ``zyx`` on a tri-planar side view."""
     from qtpy.QtCore import QPoint
 
     from napari_ctseg._napari.widgets._crosshair import camera as camera_of
 
     model = tri.models[view]
     camera = camera_of(model)
-    h, w = model.canvas.size
+    native = tri.qt_viewers[view].canvas.native
+    h, w = native.height(), native.width()
     rows, cols = model.dims.displayed  # coronal (z, x), sagittal (z, y)
     row_mm, col_mm = zyx[rows] * SPACING[rows], zyx[cols] * SPACING[cols]
     px = w / 2 + (col_mm - camera.center[-1]) * camera.zoom
     py = h / 2 + (row_mm - camera.center[-2]) * camera.zoom
     assert 0 <= px < w and 0 <= py < h
+    return QPoint(int(round(px)), int(round(py)))
+
+
+def click_side_view(qtbot, tri, view, zyx, shift=False):
+    """A real mouse click (Qt, through napari's canvas) on voxel ``zyx`` of a tri-planar side view."""
     modifier = Qt.KeyboardModifier.ShiftModifier if shift else Qt.KeyboardModifier.NoModifier
     qtbot.mouseClick(tri.qt_viewers[view].canvas.native, Qt.MouseButton.LeftButton, modifier,
-                     QPoint(int(round(px)), int(round(py))))
+                     side_view_pixel(tri, view, zyx))
+
+
+def drag_side_view(qtbot, tri, view, zyxs):
+    """A real mouse drag (Qt's press, moves with the button held, release) through voxels ``zyxs``."""
+    from qtpy.QtCore import QEvent, QPointF
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    native = tri.qt_viewers[view].canvas.native
+    points = [side_view_pixel(tri, view, zyx) for zyx in zyxs]
+    left, none = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    qtbot.mousePress(native, left, none, points[0])
+    for p in points[1:]:
+        local = QPointF(p)
+        move = QMouseEvent(QEvent.Type.MouseMove, local, native.mapToGlobal(local), Qt.MouseButton.NoButton,
+                           left, none)
+        QApplication.sendEvent(native, move)
+        qtbot.wait(5)
+    qtbot.mouseRelease(native, left, none, points[-1])
 
 
 def test_clicks_on_the_triplanar_side_views(qtbot, setup, screenshots):
@@ -520,3 +545,31 @@ def test_clicks_on_the_triplanar_side_views(qtbot, setup, screenshots):
 
     layer.undo()  # one undo step per click, wherever it was made
     assert np.array_equal(layer.data, after_include)
+
+    # Box on: a box dragged on the coronal view around the organ adds it to an empty layer in 3D
+    from napari.layers import Shapes
+
+    from napari_ctseg._napari.widgets._mask_prompts import BOXES_KEY
+
+    mine = viewer.add_labels(np.zeros(SHAPE, np.uint8), name="tumour", scale=SPACING)
+    widget.layer_combo.setCurrentText("tumour")
+    qtbot.mouseClick(widget.clicks.box_button, Qt.MouseButton.LeftButton)
+    assert widget.clicks.boxing
+    qtbot.wait(50)
+    tri.set_cursor_point(tuple(v * s for v, s in zip(CENTRE, SPACING)))
+    cursor = tuple(viewer.dims.current_step[-3:])
+    corners = [(CENTRE[0] - 9 + k, CENTRE[1], CENTRE[2] - 17 + 2 * k) for k in range(0, 19, 3)]
+    drag_side_view(qtbot, tri, "coronal", corners)
+    boxes = next(ly for ly in viewer.layers if isinstance(ly, Shapes) and ly.metadata.get(BOXES_KEY) == "tumour")
+    assert len(boxes.data) == 1 and boxes.shape_type == ["rectangle"]
+    assert np.ptp(np.asarray(boxes.data[0])[:, 1]) == 0  # drawn on the coronal slice
+    assert tuple(viewer.dims.current_step[-3:]) == cursor  # the drag drew, it did not move the cursor
+    wait_idle(qtbot, widget)
+    got = np.asarray(mine.data) == 1
+    assert dice(got, organ) > 0.85
+    assert len(np.unique(np.nonzero(got)[1])) >= 0.8 * len(np.unique(np.nonzero(organ)[1]))  # coronal slices nobody drew
+    mirrored = [ly for ly in tri.models["coronal"].layers if isinstance(ly, Shapes) and ly.metadata.get(BOXES_KEY)]
+    assert len(mirrored) == 1 and len(mirrored[0].data) == 1  # the box shown where it was drawn
+    qt_window(viewer).grab().save(str(screenshots / "mask_box_triplanar.png"))
+    mine.undo()
+    assert not np.asarray(mine.data).any()

@@ -268,6 +268,9 @@ class ClickPanel(DrawingModes, QGroupBox):
 
     # --- the mouse ---------------------------------------------------------------------------
     def _on_mouse(self, viewer, event):
+        if self.boxing and viewer is not self.host.viewer:  # a box on a tri-planar side view
+            yield from self._box_in_side_view(viewer, event)
+            return
         layer = self.host.layer
         if not self.active or self.scribbling or layer is None or getattr(event, "button", 1) != 1 \
                 or getattr(layer, "mode", "pan_zoom") != "pan_zoom":

@@ -22,8 +22,8 @@ SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: CO
 CLICK_HINT = ("Left click adds to the label around the click, Shift+click removes (any 2D view, the tri-planar "
               "side views too); each click is one Ctrl+Z.")
 SCRIBBLE_HINT = "Paint with the brush: an include stroke adds along it in 3D, exclude removes; one Ctrl+Z each."
-BOX_HINT = ("Drag a box around a structure on a 2D view: it is added to the label in 3D (with Exclude chosen, "
-            "taken out of it); one Ctrl+Z each.")
+BOX_HINT = ("Drag a box around a structure on a 2D view (the tri-planar side views too): it is added to the label "
+            "in 3D (with Exclude chosen, taken out of it); one Ctrl+Z each.")
 BOXES_KEY = "ctseg_boxes_for"
 """``layer.metadata`` key of a boxes Shapes layer: the name of the mask layer it belongs to."""
 BOX_COLOURS = {True: "#ffcc1a", False: "#f233cc"}  # include (yellow), exclude (magenta); applied: dimmer
@@ -169,6 +169,36 @@ class DrawingModes:
         self.pending.append(Box(lo, hi, index, include))
         QTimer.singleShot(0, self._next)
 
+    def _box_in_side_view(self, model, event):
+        """Box on, a drag on a tri-planar side view (``ClickPanel._on_mouse`` forwards it): napari's
+        rectangle tool acts on the main view only, so the box is drawn here, shown on the side
+        view's mirror of the boxes layer while dragging, and added to the boxes layer on release
+        as the tool adds one (``_on_box_data`` takes it from there)."""
+        boxes = self.boxes
+        if getattr(event, "button", 1) != 1 or boxes is None or boxes not in self.host.viewer.layers:
+            return
+        include = self.include_radio.isChecked()
+        mirror = next((x for x in model.layers if isinstance(x, Shapes)
+                       and x.metadata.get(BOXES_KEY) == boxes.metadata.get(BOXES_KEY)), None)
+        if mirror is not None:
+            mirror.current_edge_color = BOX_COLOURS[include]
+        axes = [int(a) for a in list(event.dims_displayed)[-2:]]
+        start = np.asarray(boxes.world_to_data(event.position), float)
+        yield True  # this drag draws a box: the side view leaves its cursor alone meanwhile
+        corners = None
+        while event.type == "mouse_move":
+            corners = _rectangle(start, np.asarray(boxes.world_to_data(event.position), float), axes)
+            if mirror is not None:
+                mirror.data = [*zip(boxes.data, boxes.shape_type), (corners, "rectangle")]
+            yield
+        corners = _rectangle(start, np.asarray(boxes.world_to_data(event.position), float), axes)
+        if np.min(np.ptp(corners[:, axes], axis=0)) < 2:  # a click, not a box
+            if mirror is not None:
+                mirror.data = list(zip(boxes.data, boxes.shape_type))
+            return
+        boxes.current_edge_color = BOX_COLOURS[include]
+        boxes.add_rectangles(corners)
+
     def _box_applied(self, box: Box) -> None:
         layer = self.boxes
         if layer is None or box.index is None or box.index >= len(layer.data):
@@ -255,3 +285,14 @@ class DrawingModes:
             self._recolouring = False
         self.pending.extend(stroke for _, stroke in strokes)
         QTimer.singleShot(0, self._next)
+
+
+def _rectangle(start: np.ndarray, end: np.ndarray, axes) -> np.ndarray:
+    """The four corners of the rectangle from ``start`` to ``end`` (data coordinates) on the
+    plane of ``axes``, at ``start``'s slice along the other axis."""
+    a, b = axes
+    corners = np.repeat(start[None], 4, axis=0)
+    corners[1, b] = end[b]
+    corners[2, [a, b]] = end[[a, b]]
+    corners[3, a] = end[a]
+    return corners

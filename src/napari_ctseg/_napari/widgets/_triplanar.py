@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 from napari.components import ViewerModel
-from napari.layers import Image, Labels, Points
+from napari.layers import Image, Labels, Points, Shapes
 from napari.qt import QtViewer
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import QSplitter, QVBoxLayout, QWidget
@@ -52,20 +52,27 @@ SIDE_VIEWS_TOO = "ctseg_in_side_views_too"
 def in_side_views_too(callback: Callable) -> Callable:
     """Mark a main viewer's mouse drag callback to get the side views' mouse events too (the
     side viewer as its viewer, world coordinates as in the main view): for click to correct,
-    so a click on the coronal or sagittal view is a click on that plane."""
+    so a click on the coronal or sagittal view is a click on that plane. A callback whose first
+    step yields True claims the drag: the side view does not move the cursor meanwhile (a box
+    being drawn)."""
     setattr(callback, SIDE_VIEWS_TOO, True)
     return callback
 
 
-def _start(callbacks, model: ViewerModel, event) -> list:
-    """Start the marked ``callbacks`` on a press in a side view: their generators, advanced once."""
-    started = []
+def _start(callbacks, model: ViewerModel, event) -> tuple[list, bool]:
+    """Start the marked ``callbacks`` on a press in a side view: their generators, advanced
+    once, and whether one of them claimed the drag."""
+    started, claimed = [], False
     for callback in list(callbacks):
         if getattr(callback, SIDE_VIEWS_TOO, False):
             gen = callback(model, event)
             if inspect.isgenerator(gen):
+                try:
+                    claimed = next(gen) is True or claimed
+                except StopIteration:
+                    continue
                 started.append(gen)
-    return _advance(started)
+    return started, claimed
 
 
 def _advance(generators: list) -> list:
@@ -132,6 +139,8 @@ class TriPlanarViews(QWidget):
             self.qt_viewers[view] = qt_viewer
             self._connect(model.dims.events.point, self._make_point_handler(model))
             self._connect(model.dims.events.ndim, self._on_side_ndim)
+            # after napari's own handler, which turns panning on again whenever no layer is active
+            model.layers.selection.events.active.connect(self._make_no_pan(model), position="last")
             self._connect(camera.events.zoom, self._update_widths)
             self._connect(model.events.status, self._make_status_forward(model))
             canvas = getattr(model, "canvas", None)  # napari >= 0.9
@@ -282,6 +291,13 @@ class TriPlanarViews(QWidget):
 
         return forward
 
+    def _make_no_pan(self, model: ViewerModel):
+        def no_pan(event=None):
+            camera_of(model).mouse_pan = False  # a left drag moves the cursor, not the view
+
+        self._connections.append((model.layers.selection.events.active, no_pan))
+        return no_pan
+
     def _make_refit(self, model: ViewerModel):
         def refit(event=None):
             if not self._torn_down and len(model.layers):
@@ -304,8 +320,8 @@ class TriPlanarViews(QWidget):
 
     # -- layers and crosshairs --------------------------------------------------------------
     def _sync_layers(self) -> None:
-        """Mirror the main viewer's Image, Labels and Points layers (click markers) into the
-        side views, in order."""
+        """Mirror the main viewer's Image, Labels, Points and Shapes layers (click markers,
+        boxes) into the side views, in order."""
         # A side viewer centres its sliders when it gets its first layer: that must not
         # move the shared point, so point events are ignored here and the main viewer's
         # point is copied out afterwards.
@@ -318,7 +334,7 @@ class TriPlanarViews(QWidget):
 
     def _sync_layers_quietly(self) -> None:
         main_layers = [layer for layer in self.viewer.layers if not is_crosshair(layer)]
-        wanted = [layer for layer in main_layers if isinstance(layer, (Image, Labels, Points))]
+        wanted = [layer for layer in main_layers if isinstance(layer, (Image, Labels, Points, Shapes))]
         self.mirrors.sync(wanted)
         self.cross.update_bounds(main_layers)
         for view, model in self.models.items():
@@ -330,6 +346,7 @@ class TriPlanarViews(QWidget):
                 if current != target:
                     model.layers.move(current, target)
             model.layers.selection.clear()  # no active layer: side views only navigate
+            camera_of(model).mouse_pan = False  # napari turns it on again with no active layer
         self._on_side_ndim()
         cross = self.cross.layers.get("main")
         if cross is not None:
@@ -362,8 +379,8 @@ class TriPlanarViews(QWidget):
     def _drag_in_side_view(self, model: ViewerModel, event):
         """A left press or drag moves the cursor point; the main viewer's callbacks marked
         ``in_side_views_too`` (click to correct) get the same mouse events, with this view."""
-        forwarded = _start(self.viewer.mouse_drag_callbacks, model, event)
-        navigate = getattr(event, "button", 1) in (1, None) and not event.modifiers
+        forwarded, claimed = _start(self.viewer.mouse_drag_callbacks, model, event)
+        navigate = getattr(event, "button", 1) in (1, None) and not event.modifiers and not claimed
         if navigate:
             self._point_from_event(model, event)
         if not navigate and not forwarded:

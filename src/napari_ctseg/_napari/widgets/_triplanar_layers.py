@@ -1,14 +1,15 @@
-"""CT tri-planar views: the main viewer's Image, Labels and Points layers mirrored into the
-side views.
+"""CT tri-planar views: the main viewer's layers mirrored into the side views.
+
+Image, Labels, Points (click markers) and Shapes (boxes) layers are mirrored.
 
 A mirror is a layer of the same kind made from the original's data tuple, so it shares the
-array (no copy; a Points layer's few coordinates are copied); its display properties and data
-follow the original's events.
+array (no copy; a Points or Shapes layer's few coordinates are copied); its display properties
+and data follow the original's events.
 """
 from __future__ import annotations
 
 from napari.components import ViewerModel
-from napari.layers import Image, Layer, Points
+from napari.layers import Image, Layer, Points, Shapes
 
 
 class LayerMirrors:
@@ -54,6 +55,8 @@ class LayerMirrors:
             props += ["contrast_limits", "gamma", "interpolation2d"]
         elif isinstance(layer, Points):
             props += ["size"]
+        elif isinstance(layer, Shapes):
+            props += ["edge_color", "face_color", "edge_width"]
         else:
             props += ["contour", "show_selected_label", "selected_label"]
         for name in props:
@@ -63,7 +66,8 @@ class LayerMirrors:
             callback = _prop_sync(layer, mirrors, name)
             emitter.connect(callback)
             conns.append((emitter, callback))
-        data_sync = _points_sync(layer, mirrors) if isinstance(layer, Points) else _data_sync(layer, mirrors)
+        data_sync = _points_sync(layer, mirrors) if isinstance(layer, Points) else \
+            _shapes_sync(layer, mirrors) if isinstance(layer, Shapes) else _data_sync(layer, mirrors)
         for name in ("data", "paint"):
             emitter = getattr(layer.events, name, None)
             if emitter is not None:
@@ -81,6 +85,8 @@ def _prop_sync(layer: Layer, mirrors: dict[str, Layer], name: str):
     def sync(event=None):
         value = getattr(layer, name)
         for mirror in mirrors.values():
+            if isinstance(layer, Shapes) and len(mirror.data) != len(layer.data):
+                continue  # a colour per shape: the data's own sync brings them over
             if name == "contrast_limits":
                 mirror.contrast_limits_range = layer.contrast_limits_range
             setattr(mirror, name, value)
@@ -107,5 +113,17 @@ def _points_sync(layer: Points, mirrors: dict[str, Layer]):
             mirror.data = layer.data
             if len(layer.data):
                 mirror.face_color = layer.face_color  # each marker its colour (include, exclude)
+
+    return sync
+
+
+def _shapes_sync(layer: Shapes, mirrors: dict[str, Layer]):
+    def sync(event=None):
+        if str(getattr(event, "action", "added")) in ("adding", "removing", "changing"):
+            return  # the announcement before the change: the data is not there yet
+        for mirror in mirrors.values():
+            mirror.data = list(zip(layer.data, layer.shape_type))
+            if len(layer.data):
+                mirror.edge_color = layer.edge_color  # each box its colour (include, exclude, applied)
 
     return sync

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFormLayout, QFrame, QLabel, QScrollArea, QSpinBox, QVBoxLayout, QWidget
 
 from napari_ctseg.editing import corrections
 from napari_ctseg.io.volume import Geometry
@@ -85,12 +86,24 @@ class MaskToolsWidget(QWidget):
         layout.addWidget(self.status)
         self.edits, self.hu_box, self.save_panel = EditPanel(self), HuRangeBox(self), SavePanel(self)
         self.clicks, self.compare_panel = ClickPanel(self), ComparePanel(self)
+        # the panels scroll under the layer, label and status lines: the dock is taller than most
+        # windows, and docked with others (CT view) it would be squeezed until its text overlaps
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        panels = QWidget()
+        column = QVBoxLayout(panels)
+        column.setContentsMargins(0, 0, 0, 0)
         for panel in (self.clicks, self.edits, self.hu_box, self.save_panel, self.compare_panel):
-            layout.addWidget(panel)
+            column.addWidget(panel)
+        column.addStretch(1)
+        scroll.setWidget(panels)
+        layout.addWidget(scroll, 1)
+        self.panels_scroll = scroll
         for panel, names in _CONTROLS.items():
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
-        layout.addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._layer_chosen)
         self.image_combo.currentIndexChanged.connect(self.hu_box.update_state)
