@@ -573,3 +573,26 @@ def test_clicks_on_the_triplanar_side_views(qtbot, setup, screenshots):
     qt_window(viewer).grab().save(str(screenshots / "mask_box_triplanar.png"))
     mine.undo()
     assert not np.asarray(mine.data).any()
+
+    # Scribble on, Exclude: a stroke painted on the sagittal view across the extra blob removes it in 3D
+    from napari_ctseg._napari.widgets._mask_prompts import SCRIBBLES_KEY
+
+    widget.layer_combo.setCurrentText("liver")
+    qtbot.mouseClick(widget.clicks.scribble_button, Qt.MouseButton.LeftButton)
+    widget.clicks.exclude_radio.setChecked(True)
+    assert widget.clicks.scribbling and not widget.clicks.boxing
+    before = np.array(layer.data, copy=True)
+    assert before[10:14, 50:58, 8:16].all()
+    tri.set_cursor_point(tuple(v * s for v, s in zip((12, 54, 12), SPACING)))
+    cursor = tuple(viewer.dims.current_step[-3:])
+    qtbot.wait(50)
+    drag_side_view(qtbot, tri, "sagittal", [(12, 51 + k, 12) for k in range(0, 7)])
+    assert tuple(viewer.dims.current_step[-3:]) == cursor  # the stroke painted, it did not move the cursor
+    wait_idle(qtbot, widget)
+    scribbles = next(ly for ly in viewer.layers if ly.metadata.get(SCRIBBLES_KEY) == "liver")
+    assert np.unique(np.nonzero(scribbles.data)[2]).tolist() == [12]  # painted on the sagittal slice x = 12
+    after = np.asarray(layer.data)
+    assert not after[10:14, 50:58, 8:16].any()  # removed, on slices of z and x nobody painted
+    assert (after[organ] == before[organ]).all()
+    layer.undo()  # the stroke, one step
+    assert np.array_equal(layer.data, before)

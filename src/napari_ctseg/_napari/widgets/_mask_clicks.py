@@ -268,8 +268,8 @@ class ClickPanel(DrawingModes, QGroupBox):
 
     # --- the mouse ---------------------------------------------------------------------------
     def _on_mouse(self, viewer, event):
-        if self.boxing and viewer is not self.host.viewer:  # a box on a tri-planar side view
-            yield from self._box_in_side_view(viewer, event)
+        if viewer is not self.host.viewer and (self.boxing or self.scribbling):  # on a tri-planar side view
+            yield from (self._box_in_side_view if self.boxing else self._scribble_in_side_view)(viewer, event)
             return
         layer = self.host.layer
         if not self.active or self.scribbling or layer is None or getattr(event, "button", 1) != 1 \

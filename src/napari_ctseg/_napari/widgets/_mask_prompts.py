@@ -21,7 +21,8 @@ SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: CO
                     3: (0.2, 0.85, 0.3, 0.45), 4: (0.95, 0.2, 0.8, 0.45)}
 CLICK_HINT = ("Left click adds to the label around the click, Shift+click removes (any 2D view, the tri-planar "
               "side views too); each click is one Ctrl+Z.")
-SCRIBBLE_HINT = "Paint with the brush: an include stroke adds along it in 3D, exclude removes; one Ctrl+Z each."
+SCRIBBLE_HINT = ("Paint with the brush (the tri-planar side views too): an include stroke adds along it in 3D, "
+                 "exclude removes; one Ctrl+Z each.")
 BOX_HINT = ("Drag a box around a structure on a 2D view (the tri-planar side views too): it is added to the label "
             "in 3D (with Exclude chosen, taken out of it); one Ctrl+Z each.")
 BOXES_KEY = "ctseg_boxes_for"
@@ -235,6 +236,47 @@ class DrawingModes:
         self.scribbles = found
         return found
 
+    def _scribble_in_side_view(self, model, event):
+        """Scribble on, a drag on a tri-planar side view (``ClickPanel._on_mouse`` forwards it):
+        napari's brush paints on the main view only, so the stroke is painted here, a disk of the
+        brush's size on the side view's plane at each point of the drag (shown on that view while
+        dragging), and written on the scribbles layer on release in one ``data_setitem``: its paint
+        event makes the stroke, as a stroke of the brush does (``_on_paint``)."""
+        layer = self.scribbles
+        if getattr(event, "button", 1) != 1 or layer is None or layer not in self.host.viewer.layers:
+            return
+        value = 1 if self.include_radio.isChecked() else 2
+        mirror = next((x for x in model.layers if isinstance(x, Labels)
+                       and x.metadata.get(SCRIBBLES_KEY) == layer.metadata.get(SCRIBBLES_KEY)), None)
+        axes = [int(a) for a in list(event.dims_displayed)[-2:]]
+        data = layer.data
+        radius = max(float(layer.brush_size) / 2, 0.5)
+        painted: dict[tuple, int] = {}  # voxel -> its value before the stroke
+        last = np.asarray(layer.world_to_data(event.position), float)[-3:]
+
+        def dab(point) -> None:
+            for voxel in _disk(point, axes, radius, data.shape):
+                if voxel not in painted:
+                    painted[voxel] = int(data[voxel])
+                    data[voxel] = value  # shown on this view now (the mirror shares the array)
+
+        dab(last)
+        yield True  # this drag paints: the side view leaves its cursor alone meanwhile
+        while event.type == "mouse_move":
+            here = np.asarray(layer.world_to_data(event.position), float)[-3:]
+            steps = max(1, int(np.ceil(np.abs(here - last).max() / max(radius / 2, 0.5))))
+            for t in np.linspace(0, 1, steps + 1)[1:]:
+                dab(last + t * (here - last))
+            last = here
+            if mirror is not None:
+                mirror.refresh()
+            yield
+        if not painted:
+            return
+        idx = tuple(np.array(v) for v in zip(*painted))
+        data[idx] = np.array(list(painted.values()), dtype=data.dtype)  # back as it was, then one edit
+        layer.data_setitem(idx, value)
+
     def _on_paint(self, event) -> None:
         """A stroke finished on the scribbles layer: its voxels (1 include, 2 exclude) become a
         stroke to refine; on the layer they turn to 3 / 4 (applied, shown dimmer)."""
@@ -296,3 +338,21 @@ def _rectangle(start: np.ndarray, end: np.ndarray, axes) -> np.ndarray:
     corners[2, [a, b]] = end[[a, b]]
     corners[3, a] = end[a]
     return corners
+
+
+def _disk(point: np.ndarray, axes, radius: float, shape) -> list[tuple[int, int, int]]:
+    """The voxels within ``radius`` (voxels) of ``point`` on the plane of ``axes`` through it."""
+    a, b = axes
+    centre = np.round(point).astype(int)
+    r = int(np.ceil(radius))
+    out = []
+    for da in range(-r, r + 1):
+        for db in range(-r, r + 1):
+            if da * da + db * db > radius * radius:
+                continue
+            v = centre.copy()
+            v[a] += da
+            v[b] += db
+            if all(0 <= v[k] < shape[k] for k in range(3)):
+                out.append(tuple(int(x) for x in v))
+    return out
