@@ -66,8 +66,7 @@ class LayerMirrors:
             callback = _prop_sync(layer, mirrors, name)
             emitter.connect(callback)
             conns.append((emitter, callback))
-        data_sync = _points_sync(layer, mirrors) if isinstance(layer, Points) else \
-            _shapes_sync(layer, mirrors) if isinstance(layer, Shapes) else _data_sync(layer, mirrors)
+        data_sync = _coords_sync(layer, mirrors) if isinstance(layer, (Points, Shapes)) else _data_sync(layer, mirrors)
         for name in ("data", "paint"):
             emitter = getattr(layer.events, name, None)
             if emitter is not None:
@@ -105,25 +104,18 @@ def _data_sync(layer: Layer, mirrors: dict[str, Layer]):
     return sync
 
 
-def _points_sync(layer: Points, mirrors: dict[str, Layer]):
+def _coords_sync(layer: Layer, mirrors: dict[str, Layer]):
+    """A Points or Shapes layer's data (a few coordinates, copied) and its colour per item
+    (a marker's face, include or exclude; a box's edge, include, exclude or applied)."""
+    shapes = isinstance(layer, Shapes)
+    colour = "edge_color" if shapes else "face_color"
+
     def sync(event=None):
         if str(getattr(event, "action", "added")) in ("adding", "removing", "changing"):
             return  # the announcement before the change: the data is not there yet
         for mirror in mirrors.values():
-            mirror.data = layer.data
+            mirror.data = list(zip(layer.data, layer.shape_type)) if shapes else layer.data
             if len(layer.data):
-                mirror.face_color = layer.face_color  # each marker its colour (include, exclude)
-
-    return sync
-
-
-def _shapes_sync(layer: Shapes, mirrors: dict[str, Layer]):
-    def sync(event=None):
-        if str(getattr(event, "action", "added")) in ("adding", "removing", "changing"):
-            return  # the announcement before the change: the data is not there yet
-        for mirror in mirrors.values():
-            mirror.data = list(zip(layer.data, layer.shape_type))
-            if len(layer.data):
-                mirror.edge_color = layer.edge_color  # each box its colour (include, exclude, applied)
+                setattr(mirror, colour, getattr(layer, colour))
 
     return sync
