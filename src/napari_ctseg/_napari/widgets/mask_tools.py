@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QComboBox, QFormLayout, QFrame, QLabel, QScrollArea, QSpinBox, QVBoxLayout, QWidget
 
 from napari_ctseg.editing import corrections
 from napari_ctseg.io.volume import Geometry
 from napari_ctseg._napari._compat import layer_renamed, unwrap
 from napari_ctseg._napari._layers import geometry_from_metadata
+from napari_ctseg._napari._warm import warm_up
 from napari_ctseg._napari.widgets._mask_edits import AXES, CUSTOM, HOLE_MODES, PREVIEW_KEY, EditPanel, HuRangeBox  # noqa: F401
 from napari_ctseg._napari.widgets._mask_clicks import ClickPanel
 from napari_ctseg._napari.widgets._mask_prompts import SCRIBBLES_KEY
@@ -105,6 +106,7 @@ class MaskToolsWidget(QWidget):
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
 
+        QTimer.singleShot(0, warm_up)  # napari's first layers of a session cost less (``_warm``)
         self.layer_combo.currentIndexChanged.connect(self._layer_chosen)
         self.image_combo.currentIndexChanged.connect(self.hu_box.update_state)
         self.label_spin.valueChanged.connect(self._label_chosen)

@@ -47,6 +47,7 @@ from napari_ctseg.io.volume import METADATA_KEY, CTVolume, Geometry
 from napari_ctseg._napari._compat import layer_renamed
 from napari_ctseg._napari._jobs import run_job
 from napari_ctseg._napari._layers import geometry_from_metadata
+from napari_ctseg._napari._warm import warm_up
 from napari_ctseg._napari.widgets._models_events import connect_models_changed
 
 DEVICE_CHOICES = ("Auto", "CPU", "CUDA")
@@ -198,6 +199,7 @@ class SegmentWidget(QWidget):
         # Python and torch start in the worker process now, while the user looks at the scan,
         # not when Segment volume is pressed.
         QTimer.singleShot(0, _warm_worker)
+        QTimer.singleShot(0, warm_up)  # the first result layer costs napari less (``_warm``)
 
     # --- choices ---------------------------------------------------------------------
     def image_layers(self) -> list[Image]:
