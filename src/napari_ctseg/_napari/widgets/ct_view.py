@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info
-from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
     QDockWidget,
@@ -258,7 +258,9 @@ class CTViewWidget(QWidget):
                 # side viewers hold GL canvases: close them with the main window
                 self._close_watcher = _CloseWatcher(self._on_triplanar_closed, self)
                 main_window.installEventFilter(self._close_watcher)
-                self._size_docks(main_window, dock)
+                # once the docks added just before are shown (napari shows them a moment later)
+                QTimer.singleShot(0, lambda: self._size_docks(main_window, dock)
+                                  if self._triplanar_dock is dock else None)
             self._sync_plane_buttons()
         elif not on and self.triplanar is not None:
             views, dock = self.triplanar, self._triplanar_dock
@@ -289,14 +291,16 @@ class CTViewWidget(QWidget):
         when they are short (this one alone), else a full-height column of their own beside
         them (under Mask tools they would get a few pixels); and a useful width."""
         area = main_window.dockWidgetArea(dock)
+        # shown, or to be shown with the window (not a tab behind another)
         others = [d for d in main_window.findChildren(QDockWidget)
-                  if d is not dock and d.isVisible() and main_window.dockWidgetArea(d) == area]
+                  if d is not dock and d.isVisibleTo(main_window) and main_window.dockWidgetArea(d) == area]
         height = main_window.height()
         taken = sum(d.sizeHint().height() for d in others)
         if others and height - taken >= 0.55 * height:
             main_window.resizeDocks([*others, dock], [*(d.sizeHint().height() for d in others), height - taken],
                                     Qt.Orientation.Vertical)
-        elif others:
+        elif others:  # placed again, as a column of its own
+            main_window.removeDockWidget(dock)
             main_window.addDockWidget(area, dock, Qt.Orientation.Horizontal)
             dock.show()
         width = max(self.sizeHint().width(), int(main_window.width() * 0.3))
