@@ -138,6 +138,38 @@ def test_a_drag_pans_and_paint_mode_is_left_alone(qtbot, setup):
     assert not widget.clicks.seconds  # nothing was computed
 
 
+def test_an_exclude_click_on_the_3d_view_takes_the_label_surface_under_the_cursor(qtbot, setup):
+    """In the 3D view a Shift+click removes the piece of the label that the ray under the cursor
+    meets first (the extra blob seen from above); a plain click there says to include on a 2D view."""
+    viewer, layer, widget, organ = setup
+    start = np.array(layer.data, copy=True)
+    widget.clicks.set_active(True)
+    viewer.dims.ndisplay = 3
+    qtbot.wait(50)
+
+    def click3d(yx, shift):
+        pos = (0.0, float(yx[0]) * SPACING[1], float(yx[1]) * SPACING[2])  # above the volume, looking down z
+        mods = ["Shift"] if shift else []
+        kw = dict(is_dragging=False, modifiers=mods, position=pos, button=1, view_direction=(1.0, 0.0, 0.0),
+                  dims_displayed=[0, 1, 2])
+        mouse_press_callbacks(viewer, ReadOnlyWrapper(Event(type="mouse_press", **kw), exceptions=("handled",)))
+        mouse_release_callbacks(viewer, ReadOnlyWrapper(Event(type="mouse_release", **kw), exceptions=("handled",)))
+
+    click3d((54, 12), shift=False)
+    wait_idle(qtbot, widget)
+    assert "only exclude" in widget.status.text() and np.array_equal(layer.data, start)
+    click3d((54, 12), shift=True)
+    wait_idle(qtbot, widget)
+    after = np.asarray(layer.data)
+    assert not after[10:14, 50:58, 8:16].any()  # the blob the ray met first
+    assert (after[organ & (start == 1)] == 1).all()
+    points = next(ly for ly in viewer.layers if isinstance(ly, Points) and ly.metadata.get(CLICKS_KEY) == "liver")
+    assert tuple(np.asarray(points.data[-1], int)) == (10, 54, 12)  # on the blob's top face
+    click3d((5, 5), shift=True)  # a ray that meets no label voxel
+    wait_idle(qtbot, widget)
+    assert "no voxel of label 1" in widget.status.text()
+
+
 def test_a_click_outside_the_volume_says_so(qtbot, setup):
     viewer, layer, widget, organ = setup
     widget.clicks.set_active(True)

@@ -4,7 +4,8 @@ where there is none), one undo step per click.
 
 With **Clicks on**, a left click (without dragging) on a 2D view of the mask's layer (the main
 view, or the coronal and sagittal views of CT view's tri-planar layout) is an include click,
-Shift+left click an exclude click (or the other way round when "Exclude" is
+Shift+left click an exclude click (on the 3D view, an exclude click on the label's surface under
+the cursor: ``label_along_ray``) (or the other way round when "Exclude" is
 chosen); dragging still pans, and napari's own paint and fill modes are left alone (clicks
 count only while the layer is in pan/zoom mode, which turning clicks on selects). The clicks
 are shown in a Points layer beside the mask (green include, magenta exclude). Each edit is
@@ -276,20 +277,34 @@ class ClickPanel(DrawingModes, QGroupBox):
                 or getattr(layer, "mode", "pan_zoom") != "pan_zoom":
             return
         start = np.asarray(event.position, dtype=float)
+        ray = (getattr(event, "view_direction", None), list(getattr(event, "dims_displayed", []) or []))
         yield
         moved = False
         while event.type == "mouse_move":
             moved = moved or np.abs(np.asarray(event.position, dtype=float) - start).max() > 1e-6
             yield
-        if moved:  # a drag pans; only a click is a click
-            return
-        if viewer.dims.ndisplay != 2:
-            self.host.say("Click to correct: click on a 2D view (the 3D view has no single voxel under the cursor)")
+        if moved:  # a drag pans (rotates in 3D); only a click is a click
             return
         shift = "Shift" in {str(getattr(m, "name", m)) for m in (event.modifiers or ())}
         include = self.include_radio.isChecked() != shift
+        if viewer.dims.ndisplay != 2:
+            self._click_in_3d(layer, start, *ray, include)
+            return
         zyx = np.round(np.asarray(layer.world_to_data(start))[-3:]).astype(int)
         self.click_at(tuple(int(v) for v in zyx), include)
+
+    def _click_in_3d(self, layer, position, direction, displayed, include: bool) -> None:
+        """A click on the 3D view: an exclude click on the label's first voxel along the ray
+        under the cursor (the surface one sees); an include has no voxel to name there."""
+        if include:
+            self.host.say("Click to correct: in the 3D view a click can only exclude (Shift+click on the label's "
+                          "surface); include on a 2D view")
+            return
+        zyx = label_along_ray(layer, self.host.label, position, direction, displayed)
+        if zyx is None:
+            self.host.say(f"Click to correct: no voxel of label {self.host.label} under the cursor in the 3D view")
+            return
+        self.click_at(zyx, False)
 
     # --- a click -------------------------------------------------------------------------------
     def click_at(self, zyx, include: bool = True) -> bool:
@@ -451,3 +466,24 @@ class ClickPanel(DrawingModes, QGroupBox):
             self.scribbles.data = np.zeros_like(self.scribbles.data)
         if self.boxes is not None and self.boxes in self.host.viewer.layers and len(self.boxes.data):
             self.boxes.data = []
+
+
+def label_along_ray(layer: Labels, label: int, position, direction, displayed) -> tuple[int, int, int] | None:
+    """The first voxel of ``label`` along the view ray through ``position`` (world), on a 3D
+    view of ``layer`` (napari's ray through the data's bounding box, sampled every half voxel);
+    None when the ray misses it."""
+    if direction is None or len(displayed) != 3:
+        return None
+    start, end = layer.get_ray_intersections(position, direction, displayed, world=True)
+    if start is None or end is None:
+        return None
+    start, end = np.asarray(start, float)[-3:], np.asarray(end, float)[-3:]
+    n = 2 * int(np.ceil(np.abs(end - start).max())) + 2
+    points = np.round(np.linspace(start, end, n)).astype(int)
+    shape = np.asarray(layer.data.shape[-3:])
+    points = points[np.all((points >= 0) & (points < shape), axis=1)]
+    if not len(points):
+        return None
+    data = np.asarray(layer.data)
+    hits = np.flatnonzero(data[tuple(points.T)] == label)
+    return tuple(int(v) for v in points[hits[0]]) if hits.size else None

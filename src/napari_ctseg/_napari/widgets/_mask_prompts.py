@@ -20,7 +20,8 @@ SCRIBBLES_KEY = "ctseg_scribbles_for"
 SCRIBBLE_COLOURS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: COLOURS[True], 2: COLOURS[False],
                     3: (0.2, 0.85, 0.3, 0.45), 4: (0.95, 0.2, 0.8, 0.45)}
 CLICK_HINT = ("Left click adds to the label around the click, Shift+click removes (any 2D view, the tri-planar "
-              "side views too); each click is one Ctrl+Z.")
+              "side views too; on the 3D view Shift+click removes the surface under the cursor); each click is "
+              "one Ctrl+Z.")
 SCRIBBLE_HINT = ("Paint with the brush (the tri-planar side views too): an include stroke adds along it in 3D, "
                  "exclude removes; one Ctrl+Z each.")
 BOX_HINT = ("Drag a box around a structure on a 2D view (the tri-planar side views too): it is added to the label "
