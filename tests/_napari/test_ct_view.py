@@ -18,6 +18,7 @@ import pytest
 
 from napari_ctseg.io import planes
 from napari_ctseg._napari._layers import image_layer_data
+from napari_ctseg._napari.widgets._crosshair import camera as camera_of
 from napari_ctseg._napari.widgets.ct_view import CROSSHAIR_KEY, CTViewWidget, window_text
 from napari_ctseg.io import read_nifti
 from napari_ctseg.io.volume import WINDOW_PRESETS
@@ -391,8 +392,9 @@ def test_triplanar_links_the_views(make_napari_viewer, qtbot, phantom_path):
     # labels added meanwhile are shown in the side views too, sharing the array
     labels = viewer.add_labels(np.zeros(SHAPE, dtype=np.uint8), scale=image.scale, translate=image.translate)
     assert viewer.layers[-1] is cross  # the crosshair stays on top
-    for model in tri.models.values():
-        assert any(layer.data is labels.data for layer in model.layers)
+    # the mirrors follow in the next passes of the event loop, one at a time
+    qtbot.waitUntil(lambda: all(any(layer.data is labels.data for layer in model.layers)
+                                for model in tri.models.values()), timeout=5000)
     viewer.layers.remove(labels)
     for model in tri.models.values():
         assert not any(layer.data is labels.data for layer in model.layers)
@@ -473,7 +475,14 @@ def test_triplanar_keeps_the_cursor_and_follows_new_layers(make_napari_viewer, q
     tri = widget.triplanar
     assert all(len(model.layers) == 0 for model in tri.models.values())
     image = open_phantom(viewer, phantom_path)
-    assert all(any(layer.data is image.data for layer in m.layers) for m in tri.models.values())
+    qtbot.waitUntil(lambda: all(any(layer.data is image.data for layer in m.layers) for m in tri.models.values()),
+                    timeout=5000)
+    for view, m in tri.models.items():  # each side view fitted to the volume it got
+        rows, cols = m.dims.displayed
+        centre = camera_of(m).center[-2:]
+        for axis, c in zip((rows, cols), centre):
+            lo, hi = image.extent.world[:, axis]
+            assert lo <= c <= hi, view
     viewer.dims.current_step = (7, 20, 110)
     widget.set_triplanar(False)
     widget.set_triplanar(True)  # turning it on must not re-centre the cursor
@@ -489,6 +498,8 @@ def test_triplanar_keeps_the_cursor_and_follows_new_layers(make_napari_viewer, q
     )
     # a mask painted in the main view is redrawn in the side views (same array)
     labels = viewer.add_labels(np.zeros(SHAPE, dtype=np.uint8), scale=image.scale, translate=image.translate)
+    qtbot.waitUntil(lambda: sum(layer.data is labels.data for m in tri.models.values() for layer in m.layers) == 2,
+                    timeout=5000)
     mirrors = [layer for m in tri.models.values() for layer in m.layers if layer.data is labels.data]
     assert len(mirrors) == 2
     redrawn = []

@@ -1,17 +1,17 @@
 """The viewer's first Labels layer, made cheaper: ``warm_up`` runs once per process, when one of
 the plugin's widgets opens.
 
-napari builds a layer in the GUI thread. The first Labels layer of a session cost 0.41 s there
-on the 2-core VM (512x512x119, Xvfb; `.scratch` A/B of five runs, 2026-12-03), the later ones
-0.10 s: the first one imports scikit-image's colour module and scipy.linalg (its colormap and
-transforms), and a collection of the cyclic garbage collector's oldest generation, which walks
-every object of the process (napari, Qt, the plugin: some 230 000), fell inside it (0.1-0.2 s;
-the same pauses fall inside later layer adds and clicks, at random). ``warm_up`` builds one
-tiny Labels layer (never added to a viewer: only its imports matter) and then freezes the
-objects alive at that moment out of the collector's walks (``gc.freeze``; they are freed as
-usual when their references go, only a cycle among them would stay): the first layer then cost
-0.16-0.17 s, the later ones the same 0.10 s. The freeze itself (a full collection first) takes
-~0.2 s, when the widget opens.
+napari builds a layer in the GUI thread. The first Labels layer of a session cost 0.54-0.71 s
+there on the 2-core VM (512x512x119, Xvfb; ``benchmarks/layers_gui.py --cold``, 2026-12-03), the
+later ones 0.10-0.15 s: the first one imports scikit-image's colour module and scipy.linalg (its
+colormap and transforms), and a collection of the cyclic garbage collector's oldest generation,
+which walks every object of the process (napari, Qt, the plugin: some 230 000), fell inside it
+(0.1-0.2 s; the same pauses fall inside later layer adds and clicks, at random). ``warm_up``
+builds one tiny Labels layer (never added to a viewer: only its imports matter) and then
+freezes the objects alive at that moment out of the collector's walks (``gc.freeze``; they are
+freed as usual when their references go, only a cycle among them would stay): the first layer
+then cost 0.17-0.23 s, and the longest stall while three layers went in fell from 604-722 ms to
+191-236 ms (three runs each). The warm-up itself costs ~0.8 s, when the widget opens.
 """
 from __future__ import annotations
 

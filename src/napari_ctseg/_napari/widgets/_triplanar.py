@@ -118,6 +118,7 @@ class TriPlanarViews(QWidget):
         self._connections: list[tuple[object, Callable]] = []
         self._updating = False
         self._torn_down = False
+        self._sync_due = False  # a pass of the event loop is due to add the mirrors still missing
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -273,7 +274,7 @@ class TriPlanarViews(QWidget):
             # the user deleted the crosshair from the layer list: respect that
             self.cross.layers.pop("main")
             self.cross.main_removed = True
-        self._sync_layers()
+        self._sync_layers(limit=0)  # the removed ones go now; new mirrors one per pass after
 
     def _on_side_ndim(self, event=None) -> None:
         for view, model in self.models.items():
@@ -319,26 +320,40 @@ class TriPlanarViews(QWidget):
         self._update_widths()
 
     # -- layers and crosshairs --------------------------------------------------------------
-    def _sync_layers(self) -> None:
+    def _sync_layers(self, limit: int | None = None) -> None:
         """Mirror the main viewer's Image, Labels, Points and Shapes layers (click markers,
-        boxes) into the side views, in order."""
+        boxes) into the side views, in order; at most ``limit`` new mirrors now, the rest in
+        the next passes of the event loop (a layer added to the main viewer, Segment volume's
+        results: its two mirrors cost napari as much as the layer itself)."""
         # A side viewer centres its sliders when it gets its first layer: that must not
         # move the shared point, so point events are ignored here and the main viewer's
         # point is copied out afterwards.
         self._updating = True
         try:
-            self._sync_layers_quietly()
+            done = self._sync_layers_quietly(limit)
         finally:
             self._updating = False
         self._broadcast(self.viewer)
+        if not done and not self._sync_due:
+            self._sync_due = True
+            QTimer.singleShot(15, self._sync_later)
 
-    def _sync_layers_quietly(self) -> None:
+    def _sync_later(self) -> None:
+        self._sync_due = False
+        if not self._torn_down:
+            self._sync_layers(limit=1)
+
+    def _sync_layers_quietly(self, limit: int | None = None) -> bool:
         main_layers = [layer for layer in self.viewer.layers if not is_crosshair(layer)]
         wanted = [layer for layer in main_layers if isinstance(layer, (Image, Labels, Points, Shapes))]
-        self.mirrors.sync(wanted)
+        empty = [model for model in self.models.values() if not len(model.layers)]
+        done = self.mirrors.sync(wanted, limit)
+        for model in empty:  # a view's first layer, after the main viewer's own reset
+            if len(model.layers):
+                model.reset_view()
         self.cross.update_bounds(main_layers)
         for view, model in self.models.items():
-            desired = [self.mirrors.of(layer, view) for layer in wanted]
+            desired = [self.mirrors.of(layer, view) for layer in wanted if self.mirrors.has(layer, view)]
             if view in self.cross.layers:
                 desired.append(self.cross.layers[view])
             for target, layer in enumerate(desired):
@@ -353,6 +368,7 @@ class TriPlanarViews(QWidget):
             index = self.viewer.layers.index(cross)
             if index != len(self.viewer.layers) - 1:
                 self.viewer.layers.move(index, len(self.viewer.layers))
+        return done
 
     def _update_crosshairs(self, event=None) -> None:
         if not self._torn_down and self.cross.update():

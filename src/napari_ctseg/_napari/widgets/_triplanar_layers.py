@@ -19,8 +19,11 @@ class LayerMirrors:
         self.models = models
         self._mirrors: dict[int, tuple[Layer, dict[str, Layer], list]] = {}
 
-    def sync(self, wanted: list[Layer]) -> None:
-        """Mirror exactly ``wanted``: drop the mirrors of other layers, add the missing ones."""
+    def sync(self, wanted: list[Layer], limit: int | None = None) -> bool:
+        """Mirror exactly ``wanted``: drop the mirrors of other layers at once, add the missing
+        ones, at most ``limit`` of them (a layer in one view each; None: all). napari builds a
+        layer's visuals in the GUI thread, 0.1-0.3 s each under software rendering: one at a
+        time, the caller spreads them over passes of the event loop. True when all are there."""
         wanted_ids = {id(layer) for layer in wanted}
         for key in [k for k in self._mirrors if k not in wanted_ids]:
             _layer, mirrors, conns = self._mirrors.pop(key)
@@ -28,9 +31,27 @@ class LayerMirrors:
             for view, mirror in mirrors.items():
                 if mirror in self.models[view].layers:
                     self.models[view].layers.remove(mirror)
+        added = 0
         for layer in wanted:
             if id(layer) not in self._mirrors:
-                self._add(layer)
+                self._follow(layer)
+            mirrors = self._mirrors[id(layer)][1]
+            for view, model in self.models.items():
+                if view in mirrors:
+                    continue
+                if limit is not None and added >= limit:
+                    return False
+                data, state, kind = layer.as_layer_data_tuple()
+                mirror = Layer.create(data, state, kind)  # shares the array: no copy
+                model.layers.append(mirror)
+                mirrors[view] = mirror
+                added += 1
+        return True
+
+    def has(self, layer: Layer, view: str) -> bool:
+        """Whether ``layer`` has its mirror in ``view`` yet."""
+        entry = self._mirrors.get(id(layer))
+        return entry is not None and view in entry[1]
 
     def of(self, layer: Layer, view: str) -> Layer:
         """The mirror of ``layer`` in ``view``."""
@@ -42,13 +63,9 @@ class LayerMirrors:
             _disconnect(conns)
         self._mirrors.clear()
 
-    def _add(self, layer: Layer) -> None:
+    def _follow(self, layer: Layer) -> None:
+        """The mirrors of ``layer`` (none yet) follow its display properties and data."""
         mirrors: dict[str, Layer] = {}
-        for view, model in self.models.items():
-            data, state, kind = layer.as_layer_data_tuple()
-            mirror = Layer.create(data, state, kind)  # shares the array: no copy
-            model.layers.append(mirror)
-            mirrors[view] = mirror
         conns: list = []
         props = ["visible", "opacity", "blending", "colormap", "name"]
         if isinstance(layer, Image):
