@@ -526,3 +526,27 @@ def test_widget_is_released_and_stops_listening(make_napari_viewer, phantom_path
     assert ref() is None
     viewer.dims.order = (1, 0, 2)  # no callback into a dead widget
     viewer.layers[0].contrast_limits = (0, 10)
+
+
+def test_a_widget_docked_after_the_triplanar_views_does_not_squeeze_them(make_napari_viewer, qtbot, phantom_path):
+    """Mask tools opened (docked on the right) while the side views are on: they move to a column of
+    their own instead of sharing theirs with it."""
+    from napari_ctseg._napari.widgets.mask_tools import MaskToolsWidget
+
+    viewer = make_napari_viewer(show=True)
+    open_phantom(viewer, phantom_path)
+    widget = make_widget(viewer, qtbot)
+    qtbot.mouseClick(widget.triplanar_button, Qt.MouseButton.LeftButton)
+    qtbot.wait(100)
+    tri = widget.triplanar
+    tools = MaskToolsWidget(viewer)
+    viewer.window.add_dock_widget(tools, name="Mask tools", area="right")
+    qtbot.waitUntil(lambda: all(q.canvas.native.height() > 150 for q in tri.qt_viewers.values()), timeout=5000)
+    from qtpy.QtWidgets import QDockWidget
+
+    window = viewer.window._qt_window
+    tools_dock, tri_dock = tools, widget._triplanar_dock
+    while not isinstance(tools_dock, QDockWidget):
+        tools_dock = tools_dock.parentWidget()
+    assert window.dockWidgetArea(tri_dock) == window.dockWidgetArea(tools_dock)
+    assert tools_dock.geometry().right() <= tri_dock.geometry().left() + 5  # side by side, not stacked

@@ -256,7 +256,7 @@ class CTViewWidget(QWidget):
             main_window = dock.parentWidget()
             if isinstance(main_window, QMainWindow):
                 # side viewers hold GL canvases: close them with the main window
-                self._close_watcher = _CloseWatcher(self._on_triplanar_closed, self)
+                self._close_watcher = _CloseWatcher(self._on_triplanar_closed, self, self._on_dock_added)
                 main_window.installEventFilter(self._close_watcher)
                 # once the docks added just before are shown (napari shows them a moment later)
                 QTimer.singleShot(0, lambda: self._size_docks(main_window, dock)
@@ -286,6 +286,15 @@ class CTViewWidget(QWidget):
     def _on_triplanar_closed(self) -> None:
         self.set_triplanar(False)
 
+    def _on_dock_added(self) -> None:
+        """Another widget docked while the side views are on (Mask tools opened from the menu):
+        placed again once napari has shown it, so they are not squeezed under it."""
+        dock = self._triplanar_dock
+        if dock is None or not isinstance(dock.parentWidget(), QMainWindow):
+            return
+        main_window = dock.parentWidget()
+        QTimer.singleShot(50, lambda: self._size_docks(main_window, dock) if self._triplanar_dock is dock else None)
+
     def _size_docks(self, main_window: QMainWindow, dock: QDockWidget) -> None:
         """Give the side views most of the right-hand column under the other docked widgets
         when they are short (this one alone), else a full-height column of their own beside
@@ -303,7 +312,9 @@ class CTViewWidget(QWidget):
             main_window.removeDockWidget(dock)
             main_window.addDockWidget(area, dock, Qt.Orientation.Horizontal)
             dock.show()
-        width = max(self.sizeHint().width(), int(main_window.width() * 0.3))
+        # a useful width; a column of its own beside the others leaves the main view less
+        share = 0.3 if not others or height - taken >= 0.55 * height else 0.25
+        width = max(self.sizeHint().width(), int(main_window.width() * share))
         main_window.resizeDocks([dock], [width], Qt.Orientation.Horizontal)
 
     def closeEvent(self, event) -> None:
@@ -321,16 +332,23 @@ def _disconnect_methods(obj_ref, specs) -> None:
 
 
 class _CloseWatcher(QObject):
-    """Calls back when the main window closes, so the side viewers are closed too."""
+    """Calls back when the main window closes, so the side viewers are closed too; and when a
+    dock widget is added to it (``on_dock``), so the side views keep a column of their own."""
 
-    def __init__(self, callback: Callable[[], None], parent: QObject):
+    def __init__(self, callback: Callable[[], None], parent: QObject, on_dock: Callable[[], None] | None = None):
         super().__init__(parent)
         self._callback = weakref.WeakMethod(callback)
+        self._on_dock = weakref.WeakMethod(on_dock) if on_dock is not None else None
 
     def eventFilter(self, obj, event) -> bool:
         if event.type() == QEvent.Type.Close:
             callback = self._callback()
             if callback is not None:
                 callback()
+        elif event.type() == QEvent.Type.ChildAdded and isinstance(event.child(), QDockWidget) \
+                and self._on_dock is not None:
+            on_dock = self._on_dock()
+            if on_dock is not None:
+                on_dock()
         return False
 

@@ -100,6 +100,8 @@ class MaskToolsWidget(QWidget):
             column.addWidget(panel)
         column.addStretch(1)
         scroll.setWidget(panels)
+        # as wide as the panels need: they scroll up and down, never cut at the side
+        scroll.setMinimumWidth(panels.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
         layout.addWidget(scroll, 1)
         self.panels_scroll = scroll
         for panel, names in _CONTROLS.items():
