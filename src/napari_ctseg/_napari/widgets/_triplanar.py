@@ -7,6 +7,8 @@ the main view (in pan/zoom mode) moves it, and moving any slider moves the other
 has no built-in for this (napari issue #662); the side viewers are ``ViewerModel`` +
 ``QtViewer`` pairs, as in napari's ``multiple_viewer_widget`` example, showing mirrors of the
 main viewer's layers (``_triplanar_layers``). ``CTViewWidget`` (``ct_view``) turns it on and off.
+The main viewer's mouse callbacks marked ``in_side_views_too`` (Mask tools' click to correct)
+get the side views' mouse events too, so a click, a box or a stroke works on any of the three.
 """
 from __future__ import annotations
 
