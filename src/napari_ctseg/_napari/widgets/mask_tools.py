@@ -108,7 +108,7 @@ class MaskToolsWidget(QWidget):
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
 
-        QTimer.singleShot(0, warm_up)  # napari's first layers of a session cost less (``_warm``)
+        QTimer.singleShot(0, lambda: warm_up(self.viewer))  # napari's first layers of a session cost less (``_warm``)
         self.layer_combo.currentIndexChanged.connect(self._layer_chosen)
         self.image_combo.currentIndexChanged.connect(self.hu_box.update_state)
         self.label_spin.valueChanged.connect(self._label_chosen)

@@ -199,7 +199,7 @@ class SegmentWidget(QWidget):
         # Python and torch start in the worker process now, while the user looks at the scan,
         # not when Segment volume is pressed.
         QTimer.singleShot(0, _warm_worker)
-        QTimer.singleShot(0, warm_up)  # the first result layer costs napari less (``_warm``)
+        QTimer.singleShot(0, lambda: warm_up(self.viewer))  # the first result layer costs napari less (``_warm``)
 
     # --- choices ---------------------------------------------------------------------
     def image_layers(self) -> list[Image]:
