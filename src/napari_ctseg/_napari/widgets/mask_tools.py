@@ -17,6 +17,8 @@ the pieces work on, and the layer's spacing and scan geometry.
 """
 from __future__ import annotations
 
+from functools import partial
+
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +110,7 @@ class MaskToolsWidget(QWidget):
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
 
-        QTimer.singleShot(0, lambda: warm_up(self.viewer))  # napari's first layers of a session cost less (``_warm``)
+        QTimer.singleShot(0, partial(warm_up, napari_viewer))  # napari's first layers of a session cost less (``_warm``)
         self.layer_combo.currentIndexChanged.connect(self._layer_chosen)
         self.image_combo.currentIndexChanged.connect(self.hu_box.update_state)
         self.label_spin.valueChanged.connect(self._label_chosen)

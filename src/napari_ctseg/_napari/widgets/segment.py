@@ -14,6 +14,7 @@ File > Save writes them onto the scan), never replacing a layer that is already 
 from __future__ import annotations
 
 import atexit
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -199,7 +200,7 @@ class SegmentWidget(QWidget):
         # Python and torch start in the worker process now, while the user looks at the scan,
         # not when Segment volume is pressed.
         QTimer.singleShot(0, _warm_worker)
-        QTimer.singleShot(0, lambda: warm_up(self.viewer))  # the first result layer costs napari less (``_warm``)
+        QTimer.singleShot(0, partial(warm_up, napari_viewer))  # the first result layer costs napari less (``_warm``)
 
     # --- choices ---------------------------------------------------------------------
     def image_layers(self) -> list[Image]:
