@@ -299,6 +299,8 @@ class CTViewWidget(QWidget):
         """Give the side views most of the right-hand column under the other docked widgets
         when they are short (this one alone), else a full-height column of their own beside
         them (under Mask tools they would get a few pixels); and a useful width."""
+        if dock.isFloating() or main_window.dockWidgetArea(dock) == Qt.DockWidgetArea.NoDockWidgetArea:
+            return  # the user undocked the side views: where they are is theirs
         area = main_window.dockWidgetArea(dock)
         # shown, or to be shown with the window (not a tab behind another)
         others = [d for d in main_window.findChildren(QDockWidget)
