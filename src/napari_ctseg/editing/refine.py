@@ -328,7 +328,7 @@ def random_walk(data: np.ndarray, fg: np.ndarray, bg: np.ndarray, spacing, scale
     m = where.size
     if m == 0:
         return prob.reshape(shape)
-    flat = np.asarray(data, dtype=np.float64).ravel()
+    flat = np.asarray(data).ravel()  # gathered and made float64 per edge: the same values, not a copy of it all
     coords = np.unravel_index(where, shape)
     strides = [int(np.prod(shape[ax + 1:])) for ax in range(3)]
     src, dst, ws = [], [], []
@@ -340,22 +340,27 @@ def random_walk(data: np.ndarray, fg: np.ndarray, bg: np.ndarray, spacing, scale
         back = back[~unknown[back - strides[ax]]]  # seeded previous voxel -> unknown
         a = np.concatenate((fwd, back - strides[ax]))
         b = np.concatenate((fwd + strides[ax], back))
-        d = (flat[b] - flat[a]) / scale
+        d = (flat[b].astype(np.float64) - flat[a].astype(np.float64)) / scale
         src.append(a)
         dst.append(b)
         ws.append(geo[ax] * np.exp(-beta * d * d) + 1e-6)
     i, j, w = np.concatenate(src), np.concatenate(dst), np.concatenate(ws)
-    pos = np.full(unknown.size, -1, dtype=np.int64)
-    pos[where] = np.arange(m)
+    pos = np.full(unknown.size, -1, dtype=np.int32 if unknown.size < 2 ** 31 else np.int64)
+    pos[where] = np.arange(m, dtype=pos.dtype)
     pi, pj = pos[i], pos[j]
     ui, uj = pi >= 0, pj >= 0
     # L_uu x = -L_us x_s: the diagonal holds every edge's weight, the right side those to fg seeds
     degree = np.bincount(pi[ui], w[ui], m) + np.bincount(pj[uj], w[uj], m)
     both = ui & uj
-    lap = sparse.coo_matrix((-w[both], (pi[both], pj[both])), shape=(m, m))
     # a tiny pull towards 0 makes the system definite where a region touches no seed
     diag = degree + 1e-8 * float(degree.mean())
-    lap = (lap + lap.T + sparse.diags(diag)).tocsr()
+    # L_uu in one go: each edge once each way and the diagonal (no entry twice, so nothing is
+    # summed); indices sorted, as a sum of matrices leaves them
+    eye = np.arange(m, dtype=pi.dtype)
+    lap = sparse.csr_matrix((np.concatenate((-w[both], -w[both], diag)),
+                             (np.concatenate((pi[both], pj[both], eye)), np.concatenate((pj[both], pi[both], eye)))),
+                            shape=(m, m))
+    lap.sort_indices()
     rhs = np.bincount(pi[ui & ~uj], w[ui & ~uj] * value[j[ui & ~uj]], m) \
         + np.bincount(pj[uj & ~ui], w[uj & ~ui] * value[i[uj & ~ui]], m)
     if guess is None:
