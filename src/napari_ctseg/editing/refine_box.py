@@ -167,8 +167,9 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing, inclu
         prob = random_walk(np.clip(smooth, lo_hu, hi_hu), fg_f, bg_f, sp, scale=scale, guess=prob)
 
     cand = free & near & (prob > 0.5) & ~outside_box
-    if not include:  # an exclude never reaches past the box's outline, on any slice
-        cand &= _prism(drawn, normal)
+    prism = None if include else _prism(drawn, normal)
+    if prism is not None:  # an exclude never reaches past the box's outline, on any slice
+        cand &= prism
     face = ndimage.generate_binary_structure(3, 1)
     pieces, n = ndimage.label(cand, face)
     keep = np.unique(pieces[seed & cand])
@@ -184,8 +185,8 @@ def refine_box(hu: np.ndarray, mask: np.ndarray, label: int, box, spacing, inclu
     in_plane[tuple(idx)] = ndimage.generate_binary_structure(2, 1)
     tight = ndimage.find_objects(add.view(np.uint8))[0]
     add[tight] |= ndimage.binary_fill_holes(add[tight], in_plane) & free[tight] & ~outside_box[tight]
-    if not include:
-        gone = add & mine & _prism(drawn, normal)
+    if prism is not None:
+        gone = add & mine & prism
         return _tight(region, np.where(gone, np.zeros((), old.dtype), old), gone)
     values = np.where(add, np.asarray(label, old.dtype), old)
     return _tight(region, values, add)

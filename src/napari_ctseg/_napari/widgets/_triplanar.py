@@ -362,8 +362,7 @@ class TriPlanarViews(QWidget):
                 current = model.layers.index(layer)
                 if current != target:
                     model.layers.move(current, target)
-            model.layers.selection.clear()  # no active layer: side views only navigate
-            camera_of(model).mouse_pan = False  # napari turns it on again with no active layer
+            model.layers.selection.clear()  # no active layer: side views only navigate (``_make_no_pan``)
         self._on_side_ndim()
         cross = self.cross.layers.get("main")
         if cross is not None:

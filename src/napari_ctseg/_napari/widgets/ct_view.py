@@ -306,16 +306,16 @@ class CTViewWidget(QWidget):
         others = [d for d in main_window.findChildren(QDockWidget)
                   if d is not dock and d.isVisibleTo(main_window) and main_window.dockWidgetArea(d) == area]
         height = main_window.height()
-        taken = sum(d.sizeHint().height() for d in others)
-        if others and height - taken >= 0.55 * height:
-            main_window.resizeDocks([*others, dock], [*(d.sizeHint().height() for d in others), height - taken],
-                                    Qt.Orientation.Vertical)
+        heights = [d.sizeHint().height() for d in others]
+        stacked = not others or height - sum(heights) >= 0.55 * height  # under short ones (or alone)
+        if others and stacked:
+            main_window.resizeDocks([*others, dock], [*heights, height - sum(heights)], Qt.Orientation.Vertical)
         elif others:  # placed again, as a column of its own
             main_window.removeDockWidget(dock)
             main_window.addDockWidget(area, dock, Qt.Orientation.Horizontal)
             dock.show()
         # a useful width; a column of its own beside the others leaves the main view less
-        share = 0.3 if not others or height - taken >= 0.55 * height else 0.25
+        share = 0.3 if stacked else 0.25
         width = max(self.sizeHint().width(), int(main_window.width() * share))
         main_window.resizeDocks([dock], [width], Qt.Orientation.Horizontal)
 
